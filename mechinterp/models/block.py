@@ -1,0 +1,57 @@
+"""One transformer block: pre-norm attention then MLP, sequential or parallel (NeoX)."""
+
+from __future__ import annotations
+
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from mechinterp.models.attention import Attention
+from mechinterp.models.config import ArchitectureConfig
+from mechinterp.models.layers import MLP, Norm
+
+
+class TransformerBlock(nn.Module):
+    """``resid_mid = resid_pre + attn(ln1(resid_pre))``;
+    ``resid_post = resid_mid + mlp(ln2(resid_mid))``, or ``mlp(ln2(resid_pre))`` when
+    attention and MLP run in parallel (then ``resid_mid`` is only a checkpoint of the
+    sum; the MLP does not read it).
+
+    With ``use_split_qkv_input`` on, the block feeds each head its own copy of the
+    residual stream through ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``
+    (``[batch, pos, head or kv_head, d_model]``) and normalises each copy separately, so
+    a hook can change one head's input alone (path patching).
+    """
+
+    def __init__(self, cfg: ArchitectureConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.use_split_qkv_input = False
+        self.ln1 = Norm(cfg)
+        self.attn = Attention(cfg)
+        self.ln2 = Norm(cfg)
+        self.mlp = MLP(cfg)
+        for name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
+                     "q_input", "k_input", "v_input"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        allowed: Bool[Tensor, "batch 1 q_pos k_pos"],
+        rotary: tuple[Tensor, Tensor] | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        if self.use_split_qkv_input:
+            heads, kv_heads = self.cfg.n_heads, self.cfg.kv_heads
+            per_head = resid_pre[:, :, None]
+            q_in = self.ln1(self.hook_q_input(per_head.expand(-1, -1, heads, -1)))
+            k_in = self.ln1(self.hook_k_input(per_head.expand(-1, -1, kv_heads, -1)))
+            v_in = self.ln1(self.hook_v_input(per_head.expand(-1, -1, kv_heads, -1)))
+        else:
+            q_in = k_in = v_in = self.ln1(resid_pre)
+        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary))
+        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        mlp_input = resid_pre if self.cfg.parallel_attn_mlp else resid_mid
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_input)))
+        return self.hook_resid_post(resid_mid + mlp_out)

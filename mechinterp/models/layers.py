@@ -1,0 +1,106 @@
+"""Small layers of the native transformer: norms, embeddings, unembedding, MLP.
+
+Each layer owns its weights in TransformerLens layout (``W_in: [d_model, d_mlp]``, ...)
+and exposes its intermediate values through identity ``HookPoint`` modules, so a hook
+name is the module path (``blocks.3.mlp.hook_post``).
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+from transformers.activations import ACT2FN
+
+from mechinterp.models.config import ArchitectureConfig
+
+
+class Norm(nn.Module):
+    """LayerNorm or RMSNorm over the last axis, with ``hook_scale`` and ``hook_normalized``.
+
+    ``hook_scale`` holds the divisor (``sqrt(var + eps)`` or ``sqrt(mean(x^2) + eps)``),
+    shaped like the input with the last axis kept as 1, so cached scales let a residual
+    direction be normalised exactly as the model did (direct logit attribution).
+    """
+
+    def __init__(self, cfg: ArchitectureConfig):
+        super().__init__()
+        self.centred = cfg.norm == "layernorm"
+        self.eps = cfg.norm_eps
+        self.w = nn.Parameter(torch.ones(cfg.d_model))
+        self.b = nn.Parameter(torch.zeros(cfg.d_model)) if self.centred else None
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
+        if self.centred:
+            x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        out = self.hook_normalized(x / scale) * self.w
+        return out + self.b if self.b is not None else out
+
+
+class Embed(nn.Module):
+    """Token embedding ``W_E: [d_vocab, d_model]``."""
+
+    def __init__(self, cfg: ArchitectureConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_E[tokens]
+
+
+class PosEmbed(nn.Module):
+    """Learned absolute position embedding ``W_pos: [n_ctx, d_model]``."""
+
+    def __init__(self, cfg: ArchitectureConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
+
+    def forward(self, positions: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_pos[positions]
+
+
+class Unembed(nn.Module):
+    """Unembedding ``W_U: [d_model, d_vocab]`` and bias ``b_U`` (zeros where the model has none)."""
+
+    def __init__(self, cfg: ArchitectureConfig):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return x @ self.W_U + self.b_U
+
+
+class MLP(nn.Module):
+    """Feed-forward layer: ``act(x W_in + b_in) W_out + b_out``, or the gated (SwiGLU) form
+    ``(act(x W_gate) * (x W_in + b_in)) W_out + b_out``.
+
+    Hooks: ``hook_pre`` (the activation's input: the gate for gated MLPs),
+    ``hook_pre_linear`` (gated only: the linear branch), ``hook_post`` (the hidden
+    activations that ``W_out`` reads).
+    """
+
+    def __init__(self, cfg: ArchitectureConfig):
+        super().__init__()
+        self.gated = cfg.mlp == "gated"
+        self.act = ACT2FN[cfg.act_fn]
+        self.W_in = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_gate = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp)) if self.gated else None
+        self.W_out = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.hook_pre = HookPoint()
+        self.hook_pre_linear = HookPoint() if self.gated else None
+        self.hook_post = HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        linear = x @ self.W_in + self.b_in
+        if self.gated:
+            hidden = self.act(self.hook_pre(x @ self.W_gate)) * self.hook_pre_linear(linear)
+        else:
+            hidden = self.act(self.hook_pre(linear))
+        return self.hook_post(hidden) @ self.W_out + self.b_out

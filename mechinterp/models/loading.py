@@ -1,0 +1,127 @@
+"""``load_model``: any source -> native ``HookedLM`` with the checkpoint's exact weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechinterp.models import hf_sources
+from mechinterp.models.embedded import EMBEDDED_MODELS, embedded_model_dir
+from mechinterp.models.families import family_for
+from mechinterp.models.hooked_lm import HookedLM
+
+ModelSource = str | Path | Any  # a name, a path, or a transformers PreTrainedModel
+
+
+def load_model(
+    source: ModelSource,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device | None = None,
+    tokenizer: Any | None = None,
+) -> HookedLM:
+    """Load a causal LM as a native hooked model.
+
+    Args:
+        source: ``"smollm2-135m"`` (embedded, offline), a Hugging Face hub id, a local HF
+            model directory, a ``.gguf`` file, or an already loaded HF ``PreTrainedModel``
+            (pass its ``tokenizer`` too).
+        dtype: parameter dtype (``torch.float32`` default; ``"bfloat16"`` etc. accepted).
+        device: where to put the model; default CUDA when available, else CPU.
+        tokenizer: the tokenizer for an HF model object (other sources bring their own).
+
+    Example:
+        >>> model = load_model("smollm2-135m")
+        >>> model.to_str_tokens("Hello world")
+        ['<|im_start|>', 'Hello', ' world']
+    """
+    dtype = _check_dtype(dtype)
+    device = _check_device(device)
+    hf_model, hf_tokenizer = load_hf(source, dtype=dtype) if _is_location(source) else (source, tokenizer)
+    return from_hf_model(hf_model, hf_tokenizer, dtype=dtype, device=device)
+
+
+def load_hf(source: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """The Hugging Face ``(model, tokenizer)`` behind a source, in eager attention: the
+    reference that parity checks compare a ``HookedLM`` against."""
+    if str(source) in EMBEDDED_MODELS:
+        return hf_sources.from_pretrained(embedded_model_dir(str(source)), dtype)
+    path = Path(source)
+    if path.is_file():
+        return hf_sources.from_gguf(path, dtype)
+    if path.is_dir():
+        return hf_sources.from_pretrained(path, dtype)
+    if path.suffix == ".gguf":
+        raise FileNotFoundError(f"GGUF file {path} does not exist")
+    return hf_sources.from_pretrained(str(source), dtype)
+
+
+def from_hf_model(
+    hf_model: Any, tokenizer: Any | None, *, dtype: torch.dtype, device: torch.device
+) -> HookedLM:
+    """Convert a loaded HF causal LM (any supported family) to a ``HookedLM``."""
+    config = hf_model.config
+    family = family_for(config.model_type)
+    name = getattr(config, "name_or_path", "") or config.model_type
+    model = HookedLM(family.architecture(config, model_name=name), tokenizer)
+    hf_tensors = dict(hf_model.named_parameters(remove_duplicate=False))
+    state = model.state_dict()
+    for rule in family.weights:
+        layers = range(model.architecture.n_layers) if "{l}" in rule.ours else [None]
+        for layer in layers:
+            candidates = [rule.hf] if isinstance(rule.hf, str) else list(rule.hf)
+            present = [n.format(l=layer) for n in candidates if n.format(l=layer) in hf_tensors]
+            if not present:
+                if rule.optional:
+                    continue
+                raise KeyError(f"{family.name} checkpoint lacks {candidates} (needed for {rule.ours})")
+            hf_name = present[0]
+            ours = rule.ours.format(l=layer)
+            converted = rule.convert(hf_tensors[hf_name].detach(), model.architecture)
+            if converted.shape != state[ours].shape:
+                raise ValueError(f"{hf_name} converts to {tuple(converted.shape)}, {ours} needs "
+                                 f"{tuple(state[ours].shape)}")
+            state[ours] = converted
+    model.load_state_dict(state)
+    if model.rotary is not None:
+        _copy_rotary(hf_model, model)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _copy_rotary(hf_model: Any, model: HookedLM) -> None:
+    """Take the checkpoint's own RoPE frequencies (covers Llama-3, YaRN and other scalings)."""
+    for module in hf_model.modules():
+        if hasattr(module, "inv_freq"):
+            model.rotary.inv_freq = module.inv_freq.detach().float().clone()
+            model.rotary.attention_scaling = float(getattr(module, "attention_scaling", 1.0))
+            return
+
+
+def _is_location(source: Any) -> bool:
+    return isinstance(source, (str, Path))
+
+
+def _check_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32', 'bfloat16', 'float16'")
+        dtype = resolved
+    if not dtype.is_floating_point:
+        raise ValueError(f"model dtype must be a floating-point type, got {dtype}")
+    return dtype
+
+
+def _check_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device 'mps' requested but MPS is not available here")
+    return device

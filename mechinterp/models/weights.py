@@ -1,0 +1,96 @@
+"""Weight views of ``HookedLM`` stacked over layers, in TransformerLens layout.
+
+Keys and values are *grouped*: ``W_K`` and ``W_V`` are ``[layer, kv_head, d_model, d_head]``;
+``QK`` and ``OV`` expand them to one matrix per query head.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens.FactoredMatrix import FactoredMatrix
+
+
+class WeightsMixin:
+    """Stacked weights, factored circuits and residual-stream helpers."""
+
+    def _stack(self, path: str) -> Tensor:
+        first, attr = path.split(".")
+        return torch.stack([getattr(getattr(block, first), attr) for block in self.blocks])
+
+    W_Q = property(lambda self: self._stack("attn.W_Q"), doc="``[layer, head, d_model, d_head]``")
+    W_K = property(lambda self: self._stack("attn.W_K"), doc="``[layer, kv_head, d_model, d_head]``")
+    W_V = property(lambda self: self._stack("attn.W_V"), doc="``[layer, kv_head, d_model, d_head]``")
+    W_O = property(lambda self: self._stack("attn.W_O"), doc="``[layer, head, d_head, d_model]``")
+    b_Q = property(lambda self: self._stack("attn.b_Q"), doc="``[layer, head, d_head]``")
+    b_K = property(lambda self: self._stack("attn.b_K"), doc="``[layer, kv_head, d_head]``")
+    b_V = property(lambda self: self._stack("attn.b_V"), doc="``[layer, kv_head, d_head]``")
+    b_O = property(lambda self: self._stack("attn.b_O"), doc="``[layer, d_model]``")
+    W_in = property(lambda self: self._stack("mlp.W_in"), doc="``[layer, d_model, d_mlp]``")
+    b_in = property(lambda self: self._stack("mlp.b_in"), doc="``[layer, d_mlp]``")
+    W_out = property(lambda self: self._stack("mlp.W_out"), doc="``[layer, d_mlp, d_model]``")
+    b_out = property(lambda self: self._stack("mlp.b_out"), doc="``[layer, d_model]``")
+
+    @property
+    def W_gate(self) -> Float[Tensor, "layer d_model d_mlp"]:
+        """Gate weights of gated (SwiGLU) MLPs."""
+        if self.architecture.mlp != "gated":
+            raise AttributeError(f"{self.architecture.model_name} has no gated MLP, so no W_gate")
+        return self._stack("mlp.W_gate")
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
+        if self.pos_embed is None:
+            raise AttributeError("rotary models have no learned position embedding W_pos")
+        return self.pos_embed.W_pos
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        return self.unembed.W_U
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        return self.unembed.b_U
+
+    def _per_query_head(self, grouped: Tensor) -> Tensor:
+        return grouped.repeat_interleave(self.architecture.heads_per_kv_head, dim=1)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """``W_Q @ W_K^T`` per layer and query head, ``[layer, head, d_model, d_model]``
+        (ignores rotary, which makes QK position-dependent)."""
+        return FactoredMatrix(self.W_Q, self._per_query_head(self.W_K).transpose(-2, -1))
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """``W_V @ W_O`` per layer and query head, ``[layer, head, d_model, d_model]``."""
+        return FactoredMatrix(self._per_query_head(self.W_V), self.W_O)
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
+        """Sum of the attention-output (and MLP-output) biases written before ``layer``'s
+        input (its MLP input when ``mlp_input``)."""
+        total = torch.zeros(self.architecture.d_model, device=self.device, dtype=self.dtype)
+        for block in self.blocks[:layer]:
+            total = total + block.attn.b_O
+            if include_mlp_biases:
+                total = total + block.mlp.b_out
+        if mlp_input:
+            total = total + self.blocks[layer].attn.b_O
+        return total
+
+    def tokens_to_residual_directions(
+        self, tokens: str | int | Int[Tensor, "..."]
+    ) -> Float[Tensor, "... d_model"]:
+        """Unembedding columns of tokens: the residual direction each token's logit reads."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        if isinstance(tokens, int):
+            return self.W_U[:, tokens]
+        return self.W_U[:, tokens.to(self.W_U.device)].movedim(0, -1)
