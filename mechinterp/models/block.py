@@ -31,8 +31,16 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = Norm(cfg)
         self.mlp = MLP(cfg)
-        for name in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",
-                     "q_input", "k_input", "v_input"):
+        for name in (
+            "resid_pre",
+            "resid_mid",
+            "resid_post",
+            "attn_out",
+            "mlp_out",
+            "q_input",
+            "k_input",
+            "v_input",
+        ):
             setattr(self, f"hook_{name}", HookPoint())
 
     def forward(
@@ -44,10 +52,10 @@ class TransformerBlock(nn.Module):
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.use_split_qkv_input:
             heads, kv_heads = self.cfg.n_heads, self.cfg.kv_heads
-            per_head = resid_pre[:, :, None]
-            q_in = self.ln1(self.hook_q_input(per_head.expand(-1, -1, heads, -1)))
-            k_in = self.ln1(self.hook_k_input(per_head.expand(-1, -1, kv_heads, -1)))
-            v_in = self.ln1(self.hook_v_input(per_head.expand(-1, -1, kv_heads, -1)))
+            per_head = resid_pre[:, :, None]  # copies below: a hook may edit one head in place
+            q_in = self.ln1(self.hook_q_input(per_head.repeat(1, 1, heads, 1)))
+            k_in = self.ln1(self.hook_k_input(per_head.repeat(1, 1, kv_heads, 1)))
+            v_in = self.ln1(self.hook_v_input(per_head.repeat(1, 1, kv_heads, 1)))
         else:
             q_in = k_in = v_in = self.ln1(resid_pre)
         attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary))

@@ -62,9 +62,7 @@ class ArchitectureConfig:
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
-            )
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.rotary_dim is not None and (self.rotary_dim > self.d_head or self.rotary_dim % 2):
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and <= d_head ({self.d_head})")
 

@@ -58,7 +58,7 @@ def gpt2_qkv(part: int, bias: bool = False) -> Convert:
 
     def convert(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
         width = cfg.n_heads * cfg.d_head
-        piece = w[..., part * width:(part + 1) * width]
+        piece = w[..., part * width : (part + 1) * width]
         if bias:
             return piece.reshape(cfg.n_heads, cfg.d_head)
         return piece.reshape(cfg.d_model, cfg.n_heads, cfg.d_head).transpose(0, 1)
@@ -132,12 +132,21 @@ _GPT2 = Family(
     weights=(
         WeightRule("embed.W_E", "transformer.wte.weight"),
         WeightRule("pos_embed.W_pos", "transformer.wpe.weight"),
-        *(WeightRule(f"blocks.{{l}}.ln{i}.{p}", f"transformer.h.{{l}}.ln_{i}.{hf}")
-          for i in (1, 2) for p, hf in (("w", "weight"), ("b", "bias"))),
-        *(WeightRule(f"blocks.{{l}}.attn.W_{x}", "transformer.h.{l}.attn.c_attn.weight", gpt2_qkv(i))
-          for i, x in enumerate("QKV")),
-        *(WeightRule(f"blocks.{{l}}.attn.b_{x}", "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True))
-          for i, x in enumerate("QKV")),
+        *(
+            WeightRule(f"blocks.{{l}}.ln{i}.{p}", f"transformer.h.{{l}}.ln_{i}.{hf}")
+            for i in (1, 2)
+            for p, hf in (("w", "weight"), ("b", "bias"))
+        ),
+        *(
+            WeightRule(f"blocks.{{l}}.attn.W_{x}", "transformer.h.{l}.attn.c_attn.weight", gpt2_qkv(i))
+            for i, x in enumerate("QKV")
+        ),
+        *(
+            WeightRule(
+                f"blocks.{{l}}.attn.b_{x}", "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True)
+            )
+            for i, x in enumerate("QKV")
+        ),
         WeightRule("blocks.{l}.attn.W_O", "transformer.h.{l}.attn.c_proj.weight", conv1d_out_to_heads),
         WeightRule("blocks.{l}.attn.b_O", "transformer.h.{l}.attn.c_proj.bias"),
         WeightRule("blocks.{l}.mlp.W_in", "transformer.h.{l}.mlp.c_fc.weight"),
@@ -167,17 +176,31 @@ _LLAMA = Family(
         "norm_eps": lambda c: c.rms_norm_eps,
         "rotary_base": lambda c: _rope(c, "rope_theta", 10000.0),
         # Mistral always slides; Qwen2 only when use_sliding_window is set.
-        "sliding_window": lambda c: c.sliding_window
-        if getattr(c, "use_sliding_window", c.model_type == "mistral") else None,
+        "sliding_window": lambda c: (
+            c.sliding_window if getattr(c, "use_sliding_window", c.model_type == "mistral") else None
+        ),
     },
     weights=(
         WeightRule("embed.W_E", "model.embed_tokens.weight"),
         WeightRule("blocks.{l}.ln1.w", "model.layers.{l}.input_layernorm.weight"),
         WeightRule("blocks.{l}.ln2.w", "model.layers.{l}.post_attention_layernorm.weight"),
-        *(WeightRule(f"blocks.{{l}}.attn.W_{x.upper()}", f"model.layers.{{l}}.self_attn.{x}_proj.weight",
-                     linear_to_heads) for x in "qkv"),
-        *(WeightRule(f"blocks.{{l}}.attn.b_{x.upper()}", f"model.layers.{{l}}.self_attn.{x}_proj.bias",
-                     bias_to_heads, optional=True) for x in "qkv"),
+        *(
+            WeightRule(
+                f"blocks.{{l}}.attn.W_{x.upper()}",
+                f"model.layers.{{l}}.self_attn.{x}_proj.weight",
+                linear_to_heads,
+            )
+            for x in "qkv"
+        ),
+        *(
+            WeightRule(
+                f"blocks.{{l}}.attn.b_{x.upper()}",
+                f"model.layers.{{l}}.self_attn.{x}_proj.bias",
+                bias_to_heads,
+                optional=True,
+            )
+            for x in "qkv"
+        ),
         WeightRule("blocks.{l}.attn.W_O", "model.layers.{l}.self_attn.o_proj.weight", linear_out_to_heads),
         WeightRule("blocks.{l}.attn.b_O", "model.layers.{l}.self_attn.o_proj.bias", optional=True),
         WeightRule("blocks.{l}.mlp.W_gate", "model.layers.{l}.mlp.gate_proj.weight", transpose),
@@ -206,20 +229,35 @@ _NEOX = Family(
         "norm_eps": lambda c: c.layer_norm_eps,
         "rotary_base": lambda c: _rope(c, "rope_theta", 10000.0),
         "rotary_dim": lambda c: int(
-            c.hidden_size // c.num_attention_heads
+            c.hidden_size
+            // c.num_attention_heads
             * _rope(c, "partial_rotary_factor", getattr(c, "rotary_pct", 1.0))
         ),
         "parallel_attn_mlp": lambda c: c.use_parallel_residual,
     },
     weights=(
         WeightRule("embed.W_E", "gpt_neox.embed_in.weight"),
-        *(WeightRule(f"blocks.{{l}}.ln{i}.{p}", f"gpt_neox.layers.{{l}}.{hf_ln}.{hf}")
-          for i, hf_ln in ((1, "input_layernorm"), (2, "post_attention_layernorm"))
-          for p, hf in (("w", "weight"), ("b", "bias"))),
-        *(WeightRule(f"blocks.{{l}}.attn.W_{x}", "gpt_neox.layers.{l}.attention.query_key_value.weight",
-                     neox_qkv(i)) for i, x in enumerate("QKV")),
-        *(WeightRule(f"blocks.{{l}}.attn.b_{x}", "gpt_neox.layers.{l}.attention.query_key_value.bias",
-                     neox_qkv(i, bias=True)) for i, x in enumerate("QKV")),
+        *(
+            WeightRule(f"blocks.{{l}}.ln{i}.{p}", f"gpt_neox.layers.{{l}}.{hf_ln}.{hf}")
+            for i, hf_ln in ((1, "input_layernorm"), (2, "post_attention_layernorm"))
+            for p, hf in (("w", "weight"), ("b", "bias"))
+        ),
+        *(
+            WeightRule(
+                f"blocks.{{l}}.attn.W_{x}",
+                "gpt_neox.layers.{l}.attention.query_key_value.weight",
+                neox_qkv(i),
+            )
+            for i, x in enumerate("QKV")
+        ),
+        *(
+            WeightRule(
+                f"blocks.{{l}}.attn.b_{x}",
+                "gpt_neox.layers.{l}.attention.query_key_value.bias",
+                neox_qkv(i, bias=True),
+            )
+            for i, x in enumerate("QKV")
+        ),
         WeightRule("blocks.{l}.attn.W_O", "gpt_neox.layers.{l}.attention.dense.weight", linear_out_to_heads),
         WeightRule("blocks.{l}.attn.b_O", "gpt_neox.layers.{l}.attention.dense.bias"),
         WeightRule("blocks.{l}.mlp.W_in", "gpt_neox.layers.{l}.mlp.dense_h_to_4h.weight", transpose),

@@ -26,8 +26,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from transformer_lens.ActivationCache import ActivationCache
 from transformer_lens.config import TransformerLensConfig
-from transformer_lens.HookedRootModule import HookedRootModule
 from transformer_lens.hook_points import HookPoint
+from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechinterp.models.attention import Rotary
 from mechinterp.models.block import TransformerBlock
@@ -77,15 +77,25 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         arch = self.architecture
         rms = arch.norm == "rmsnorm"
         return TransformerLensConfig(
-            d_model=arch.d_model, d_head=arch.d_head, n_layers=arch.n_layers, n_ctx=arch.n_ctx,
-            n_heads=arch.n_heads, d_mlp=arch.d_mlp, d_vocab=arch.d_vocab, device=str(self.device),
+            d_model=arch.d_model,
+            d_head=arch.d_head,
+            n_layers=arch.n_layers,
+            n_ctx=arch.n_ctx,
+            n_heads=arch.n_heads,
+            d_mlp=arch.d_mlp,
+            d_vocab=arch.d_vocab,
+            device=str(self.device),
             use_attn_result=self.blocks[0].attn.use_attn_result,
             use_split_qkv_input=self.blocks[0].use_split_qkv_input,
             default_prepend_bos=self.default_prepend_bos,
             positional_embedding_type="rotary" if self.rotary is not None else "standard",
             n_key_value_heads=arch.n_kv_heads if arch.heads_per_kv_head > 1 else None,
-            gated_mlp=arch.mlp == "gated", uses_rms_norm=rms, eps=arch.norm_eps,
-            act_fn=arch.act_fn, normalization_type="RMS" if rms else "LN", final_rms=rms,
+            gated_mlp=arch.mlp == "gated",
+            uses_rms_norm=rms,
+            eps=arch.norm_eps,
+            act_fn=arch.act_fn,
+            normalization_type="RMS" if rms else "LN",
+            final_rms=rms,
             dtype=self.dtype,
         )
 
@@ -101,8 +111,10 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
 
     def __repr__(self) -> str:
         a = self.architecture
-        return (f"HookedLM({a.model_name}: {a.n_layers} layers, d_model={a.d_model}, "
-                f"heads={a.n_heads}/{a.kv_heads} kv, d_vocab={a.d_vocab}, {self.dtype}, {self.device})")
+        return (
+            f"HookedLM({a.model_name}: {a.n_layers} layers, d_model={a.d_model}, "
+            f"heads={a.n_heads}/{a.kv_heads} kv, d_vocab={a.d_vocab}, {self.dtype}, {self.device})"
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -112,8 +124,8 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         return_type: ReturnType = "logits",
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-        attention_mask: Int[Tensor, "batch pos"] | None = None,
-        tokens: Int[Tensor, "batch pos"] | None = None,
+        attention_mask: Tensor | None = None,
+        tokens: Tensor | None = None,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] = "right",
     ) -> Any:
@@ -126,9 +138,9 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
                 tokens), ``"both"`` (a ``(logits, loss)`` tuple) or ``None``.
             start_at_layer: first block to run; blocks before it are not run at all.
             stop_at_layer: return the residual stream entering this block instead of logits.
-            attention_mask: 1 for real tokens, 0 for padding (either side). Positions are
+            attention_mask: ``[batch, pos]``, 1 for real tokens, 0 for padding (either side). Positions are
                 counted over real tokens only, so padded rows equal unpadded runs.
-            tokens: the token ids, needed for the loss when ``input`` is a residual stream.
+            tokens: the token ids ``[batch, pos]``, needed for the loss when ``input`` is a residual stream.
 
         Negative layer indices count from the end, as in Python.
 
@@ -202,11 +214,15 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
 
     def _check_mask(self, mask: Tensor | None, batch: int, n_pos: int) -> Int[Tensor, "batch pos"]:
         if n_pos > self.architecture.n_ctx:
-            raise ValueError(f"sequence of {n_pos} tokens is longer than the context ({self.architecture.n_ctx})")
+            raise ValueError(
+                f"sequence of {n_pos} tokens is longer than the context ({self.architecture.n_ctx})"
+            )
         if mask is None:
             return torch.ones(batch, n_pos, dtype=torch.long, device=self.device)
         if tuple(mask.shape) != (batch, n_pos):
-            raise ValueError(f"attention_mask shape {tuple(mask.shape)} does not match input {(batch, n_pos)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(mask.shape)} does not match input {(batch, n_pos)}"
+            )
         return mask.to(self.device, torch.long)
 
     def _allowed_attention(self, mask: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
@@ -238,6 +254,18 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if isinstance(name, str):
             self.check_hook_name(name)
         super().add_hook(name, hook, *args, **kwargs)
+
+    def hooks(self, fwd_hooks: Any = (), bwd_hooks: Any = (), *args: Any, **kwargs: Any):
+        """Context manager adding hooks for its body and removing them after, even on error.
+
+        Example:
+            >>> with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", lambda x, hook: 0 * x)]):
+            ...     logits = model(tokens)
+        """
+        for name, _ in [*fwd_hooks, *bwd_hooks]:
+            if isinstance(name, str):
+                self.check_hook_name(name)
+        return super().hooks(list(fwd_hooks), list(bwd_hooks), *args, **kwargs)
 
     def run_with_cache(
         self, *model_args: Any, names_filter: Any = None, remove_batch_dim: bool = False, **kwargs: Any
@@ -272,7 +300,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         top_k: int | None = None,
         stop_at_eos: bool = True,
         generator: torch.Generator | None = None,
-    ) -> Int[Tensor, "batch pos"] | str | list[str]:
+    ) -> Int[Tensor, "batch new_pos"] | str | list[str]:
         """Greedy (default) or sampled continuation; text in gives text out.
 
         Each step reruns the whole prefix (no key/value cache yet), which is fine for the
@@ -307,5 +335,8 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
                 break
         if isinstance(input, torch.Tensor):
             return tokens
-        texts = [self.tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(tokens, mask)]
+        texts = [
+            self.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
+            for row, m in zip(tokens, mask, strict=True)
+        ]
         return texts[0] if isinstance(input, str) else texts

@@ -39,8 +39,10 @@ def load_model(
     """
     dtype = _check_dtype(dtype)
     device = _check_device(device)
-    hf_model, hf_tokenizer = load_hf(source, dtype=dtype) if _is_location(source) else (source, tokenizer)
-    return from_hf_model(hf_model, hf_tokenizer, dtype=dtype, device=device)
+    if not _is_location(source):
+        return from_hf_model(source, tokenizer, dtype=dtype, device=device)
+    hf_model, hf_tokenizer = load_hf(source, dtype=dtype)
+    return from_hf_model(hf_model, hf_tokenizer, dtype=dtype, device=device, model_name=str(source))
 
 
 def load_hf(source: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
@@ -59,12 +61,17 @@ def load_hf(source: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[
 
 
 def from_hf_model(
-    hf_model: Any, tokenizer: Any | None, *, dtype: torch.dtype, device: torch.device
+    hf_model: Any,
+    tokenizer: Any | None,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    model_name: str | None = None,
 ) -> HookedLM:
     """Convert a loaded HF causal LM (any supported family) to a ``HookedLM``."""
     config = hf_model.config
     family = family_for(config.model_type)
-    name = getattr(config, "name_or_path", "") or config.model_type
+    name = model_name or getattr(config, "name_or_path", "") or config.model_type
     model = HookedLM(family.architecture(config, model_name=name), tokenizer)
     hf_tensors = dict(hf_model.named_parameters(remove_duplicate=False))
     state = model.state_dict()
@@ -81,8 +88,9 @@ def from_hf_model(
             ours = rule.ours.format(l=layer)
             converted = rule.convert(hf_tensors[hf_name].detach(), model.architecture)
             if converted.shape != state[ours].shape:
-                raise ValueError(f"{hf_name} converts to {tuple(converted.shape)}, {ours} needs "
-                                 f"{tuple(state[ours].shape)}")
+                raise ValueError(
+                    f"{hf_name} converts to {tuple(converted.shape)}, {ours} needs {tuple(state[ours].shape)}"
+                )
             state[ours] = converted
     model.load_state_dict(state)
     if model.rotary is not None:
@@ -121,7 +129,9 @@ def _check_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but CUDA is not available here; use device='cpu'")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        raise ValueError(
+            f"device {device} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but MPS is not available here")
     return device

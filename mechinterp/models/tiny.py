@@ -33,32 +33,48 @@ def char_tokenizer() -> Any:
     core = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<pad>"))
     core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     core.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
     directory = tempfile.mkdtemp(prefix="mechinterp-chartok-")
     fast.save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
 
 
-def tiny_hf_config(family: str, *, n_layers: int = 2, n_kv_heads: int | None = None,
-                   vocab_size: int = 98, **overrides: Any) -> Any:
+def tiny_hf_config(
+    family: str, *, n_layers: int = 2, n_kv_heads: int | None = None, vocab_size: int = 98, **overrides: Any
+) -> Any:
     """A small HF config of ``family`` (one of ``TINY_FAMILIES``): d_model 64, 4 heads."""
     import transformers
 
     common = {"vocab_size": vocab_size, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
-    llama_like = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": n_layers,
-                  "num_attention_heads": 4, "num_key_value_heads": n_kv_heads or 4,
-                  "max_position_embeddings": 128, "tie_word_embeddings": False}
+    llama_like = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": n_kv_heads or 4,
+        "max_position_embeddings": 128,
+        "tie_word_embeddings": False,
+    }
     builders = {
-        "gpt2": lambda: transformers.GPT2Config(n_embd=64, n_layer=n_layers, n_head=4, n_positions=128,
-                                                **common),
+        "gpt2": lambda: transformers.GPT2Config(
+            n_embd=64, n_layer=n_layers, n_head=4, n_positions=128, **common
+        ),
         "llama": lambda: transformers.LlamaConfig(**llama_like, **common),
         "mistral": lambda: transformers.MistralConfig(**llama_like, sliding_window=8, **common),
         "qwen2": lambda: transformers.Qwen2Config(**llama_like, **common),
         "gpt_neox": lambda: transformers.GPTNeoXConfig(
-            hidden_size=64, intermediate_size=256, num_hidden_layers=n_layers, num_attention_heads=4,
-            max_position_embeddings=128, rotary_pct=0.5, use_parallel_residual=True,
-            tie_word_embeddings=False, **common),
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            max_position_embeddings=128,
+            rotary_pct=0.5,
+            use_parallel_residual=True,
+            tie_word_embeddings=False,
+            **common,
+        ),
     }
     if family not in builders:
         raise ValueError(f"unknown tiny family {family!r}; choose from {', '.join(TINY_FAMILIES)}")

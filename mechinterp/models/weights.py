@@ -36,7 +36,7 @@ class WeightsMixin:
     def W_gate(self) -> Float[Tensor, "layer d_model d_mlp"]:
         """Gate weights of gated (SwiGLU) MLPs."""
         if self.architecture.mlp != "gated":
-            raise AttributeError(f"{self.architecture.model_name} has no gated MLP, so no W_gate")
+            raise AttributeError("W_gate")  # so hasattr(model, "W_gate") is False
         return self._stack("mlp.W_gate")
 
     @property
@@ -46,7 +46,7 @@ class WeightsMixin:
     @property
     def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
         if self.pos_embed is None:
-            raise AttributeError("rotary models have no learned position embedding W_pos")
+            raise AttributeError("W_pos")  # rotary models: hasattr(model, "W_pos") is False
         return self.pos_embed.W_pos
 
     @property

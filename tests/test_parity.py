@@ -1,0 +1,133 @@
+"""Native models against their references: HF logits and TransformerBridge activations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import patching
+from transformer_lens.model_bridge import TransformerBridge
+
+from tests.conftest import IOI_PROMPT
+
+SHARED_HOOKS = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "ln1.hook_scale",
+    "mlp.hook_post",
+)
+
+
+def bridge_for(hf_model, tokenizer) -> TransformerBridge:
+    return TransformerBridge.boot_transformers(
+        "reference", hf_model=hf_model, tokenizer=tokenizer, device="cpu"
+    )
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+    return (a - b).abs().max().item()
+
+
+@torch.no_grad()
+def test_tiny_logits_match_hf(tiny_pair, random_tokens):
+    model, hf_model = tiny_pair
+    tokens = random_tokens()
+    assert max_diff(model(tokens), hf_model(tokens).logits) <= 1e-4
+
+
+@torch.no_grad()
+def test_tiny_loss_matches_hf(tiny_pair, random_tokens):
+    model, hf_model = tiny_pair
+    tokens = random_tokens()
+    assert abs(model(tokens, return_type="loss").item() - hf_model(tokens, labels=tokens).loss.item()) <= 1e-5
+
+
+@torch.no_grad()
+def test_tiny_hooks_match_bridge(tiny_pair, random_tokens):
+    model, hf_model = tiny_pair
+    bridge = bridge_for(hf_model, model.tokenizer)
+    tokens = random_tokens()
+    _, ours = model.run_with_cache(tokens)
+    _, theirs = bridge.run_with_cache(tokens)
+    for layer in range(model.cfg.n_layers):
+        for hook in SHARED_HOOKS:
+            name = f"blocks.{layer}.{hook}"
+            if hook == "hook_resid_mid" and model.architecture.parallel_attn_mlp:
+                continue  # a parallel block has no residual between attention and MLP
+            assert max_diff(ours[name], theirs[name]) <= 1e-4, name
+
+
+@torch.no_grad()
+def test_tl_patching_on_native_equals_bridge(tiny_pair, random_tokens):
+    model, hf_model = tiny_pair
+    bridge = bridge_for(hf_model, model.tokenizer)
+    clean, corrupt = random_tokens(1, 6, seed=2), random_tokens(1, 6, seed=3)
+
+    def metric(logits):
+        return logits[0, -1, 5] - logits[0, -1, 7]
+
+    results = []
+    for runner in (model, bridge):
+        _, cache = runner.run_with_cache(clean)
+        results.append(patching.get_act_patch_resid_pre(runner, corrupt, cache, metric))
+    assert results[0].shape == (model.cfg.n_layers, 6)
+    assert max_diff(*results) <= 1e-4
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_logits_match_hf(smollm2):
+    model, hf_model = smollm2
+    tokens = model.to_tokens([IOI_PROMPT, "The Eiffel Tower is located in the city of"])
+    assert max_diff(model(tokens), hf_model(tokens).logits) <= 1e-3
+
+
+def within(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """<= 1e-3 absolute, or 1e-5 relative: SmolLM2's BOS residual reaches ~2.5e4, where one
+    fp32 ulp is ~2e-3, so only a relative bound is meaningful there."""
+    return bool(((ours - theirs).abs() <= 1e-3 + 1e-5 * theirs.abs()).all())
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_hooks_match_bridge(smollm2):
+    model, hf_model = smollm2
+    bridge = bridge_for(hf_model, model.tokenizer)
+    tokens = model.to_tokens(IOI_PROMPT)
+    _, ours = model.run_with_cache(tokens)
+    _, theirs = bridge.run_with_cache(tokens)
+    for layer in range(model.cfg.n_layers):
+        for hook in SHARED_HOOKS:
+            name = f"blocks.{layer}.{hook}"
+            assert within(ours[name], theirs[name]), name
+    non_bos = slice(1, None)
+    resid = "blocks.29.hook_resid_post"
+    assert max_diff(ours[resid][:, non_bos], theirs[resid][:, non_bos]) <= 1e-3
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_tl_patching_equals_bridge(smollm2):
+    model, hf_model = smollm2
+    bridge = bridge_for(hf_model, model.tokenizer)
+    clean = model.to_tokens("When Mary and John went")
+    corrupt = clean.clone()
+    corrupt[0, 2] = model.to_single_token(" John")
+    mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
+
+    def metric(logits):
+        return logits[0, -1, mary] - logits[0, -1, john]
+
+    results = []
+    for runner in (model, bridge):
+        _, cache = runner.run_with_cache(clean)
+        results.append(patching.get_act_patch_resid_pre(runner, corrupt, cache, metric))
+    assert max_diff(*results) <= 1e-3
