@@ -1,0 +1,53 @@
+"""Every source ``load_model`` accepts gives the same native model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mechinterp
+from mechinterp.models.embedded import EMBEDDED_MODELS, embedded_model_dir, gguf_path
+from mechinterp.models.tiny import tiny_hf_model
+
+
+@torch.no_grad()
+def test_local_hf_directory(tmp_path, random_tokens):
+    hf_model, tokenizer = tiny_hf_model("qwen2", n_kv_heads=2)
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = mechinterp.load_model(tmp_path, device="cpu")
+    tokens = random_tokens()
+    torch.testing.assert_close(model(tokens), hf_model(tokens).logits, atol=1e-4, rtol=0)
+    assert model.to_str_tokens("ok") == ["<bos>", "o", "k"]
+    assert model.architecture.model_name == str(tmp_path)
+
+
+@torch.no_grad()
+def test_bfloat16_load_keeps_rotary_frequencies_exact(random_tokens):
+    hf_model, tokenizer = tiny_hf_model("llama")
+    model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    assert model.rotary.inv_freq.dtype == torch.float32
+    logits = model(random_tokens()).float()
+    reference = hf_model(random_tokens()).logits
+    # bf16 keeps ~3 significant digits; errors compound over layers, so compare to the scale
+    assert (logits - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_gguf_file_equals_embedded_cache(smollm2):
+    """Loading the package's .gguf directly dequantises to the same weights as the cache."""
+    cached, _ = smollm2
+    direct = mechinterp.load_model(gguf_path(EMBEDDED_MODELS["smollm2-135m"]), device="cpu")
+    tokens = cached.to_tokens("The Eiffel Tower is located in the city of")
+    assert torch.equal(direct(tokens), cached(tokens))
+    assert (embedded_model_dir("smollm2-135m") / "config.json").exists()
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_knows_paris(smollm2):
+    model, _ = smollm2
+    logits = model("The Eiffel Tower is located in the city of")
+    assert model.to_string(logits[0, -1].argmax()) == " Paris"
