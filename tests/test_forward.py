@@ -92,3 +92,28 @@ def test_sampling_is_reproducible_with_a_generator(tiny_llama):
         )
 
     assert sample() == sample()
+
+
+@torch.no_grad()
+def test_kv_prefix_computes_the_same_suffix(tiny_pair):
+    from mechinterp.models.prefix import KeyValuePrefix
+
+    model, _ = tiny_pair
+    tokens, mask = model.encode(["hello there, world", "a b"], padding_side="left")
+    full, cache = model.run_with_cache(
+        tokens, attention_mask=mask, names_filter=KeyValuePrefix.hook_filter(model)
+    )
+    past = KeyValuePrefix.from_cache(cache, model, length=6)
+    suffix = model(tokens[:, 6:], attention_mask=mask, past=past)
+    torch.testing.assert_close(suffix, full[:, 6:], atol=1e-5, rtol=0)
+    resid = model(tokens, attention_mask=mask, stop_at_layer=1)
+    from_layer_1 = model(resid[:, 6:], start_at_layer=1, attention_mask=mask, past=past)
+    torch.testing.assert_close(from_layer_1, full[:, 6:], atol=1e-5, rtol=0)
+    picked = model(
+        tokens[:, 6:],
+        attention_mask=mask,
+        past=past.select(torch.tensor([0, 1])),
+        logit_positions=torch.tensor([[0, 3], [2, 2]]),
+    )
+    torch.testing.assert_close(picked[0], full[0, [6, 9]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(picked[1], full[1, [8, 8]], atol=1e-5, rtol=0)

@@ -96,13 +96,18 @@ class Attention(nn.Module):
         value_input: Tensor,
         allowed: Bool[Tensor, "batch 1 q_pos k_pos"],
         rotary: tuple[Tensor, Tensor] | None,
+        past: tuple[Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch q_pos d_model"]:
+        """``past`` holds keys (after rotary) and values of earlier positions that this call
+        does not compute; they are prepended to this call's own keys and values."""
         q = self.hook_q(_project(query_input, self.W_Q) + self.b_Q)
         k = self.hook_k(_project(key_input, self.W_K) + self.b_K)
         v = self.hook_v(_project(value_input, self.W_V) + self.b_V)
         if rotary is not None:
             q = self.hook_rot_q(apply_rotary(q, *rotary))
             k = self.hook_rot_k(apply_rotary(k, *rotary))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
         group = self.cfg.heads_per_kv_head
         if group > 1:
             k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)

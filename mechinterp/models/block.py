@@ -48,6 +48,7 @@ class TransformerBlock(nn.Module):
         resid_pre: Float[Tensor, "batch pos d_model"],
         allowed: Bool[Tensor, "batch 1 q_pos k_pos"],
         rotary: tuple[Tensor, Tensor] | None,
+        past: tuple[Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.use_split_qkv_input:
@@ -58,7 +59,7 @@ class TransformerBlock(nn.Module):
             v_in = self.ln1(self.hook_v_input(per_head.repeat(1, 1, kv_heads, 1)))
         else:
             q_in = k_in = v_in = self.ln1(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary))
+        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary, past))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
         mlp_input = resid_pre if self.cfg.parallel_attn_mlp else resid_mid
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_input)))

@@ -33,6 +33,7 @@ from mechinterp.models.attention import Rotary
 from mechinterp.models.block import TransformerBlock
 from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.layers import Embed, Norm, PosEmbed, Unembed
+from mechinterp.models.prefix import KeyValuePrefix
 from mechinterp.models.tokenization import TextInput, TokenizationMixin
 from mechinterp.models.weights import WeightsMixin
 
@@ -126,6 +127,8 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         stop_at_layer: int | None = None,
         attention_mask: Tensor | None = None,
         tokens: Tensor | None = None,
+        past: KeyValuePrefix | None = None,
+        logit_positions: Tensor | None = None,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] = "right",
     ) -> Any:
@@ -141,6 +144,12 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             attention_mask: ``[batch, pos]``, 1 for real tokens, 0 for padding (either side). Positions are
                 counted over real tokens only, so padded rows equal unpadded runs.
             tokens: the token ids ``[batch, pos]``, needed for the loss when ``input`` is a residual stream.
+            past: keys and values of the first ``past.length`` positions (``KeyValuePrefix``);
+                ``input`` then holds only the later positions, and ``attention_mask`` (if
+                given) covers prefix and input together.
+            logit_positions: ``[batch, k]`` positions (indices into ``input``) at which to
+                compute logits; the result is ``[batch, k, d_vocab]``. Saves the
+                unembedding elsewhere.
 
         Negative layer indices count from the end, as in Python.
 
@@ -160,20 +169,29 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         else:
             residual = self._check_residual(input)
         batch, n_pos = input.shape[:2]
-        mask = self._check_mask(attention_mask, batch, n_pos)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        offset = 0 if past is None else past.length
+        if past is not None and past.batch != batch:
+            raise ValueError(f"past holds {past.batch} rows but the input has {batch}")
+        mask = self._check_mask(attention_mask, batch, offset + n_pos)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, offset:]
         if residual is None:
             residual = self.hook_embed(self.embed(tokens))
             if self.pos_embed is not None:
                 residual = residual + self.hook_pos_embed(self.pos_embed(positions))
-        allowed = self._allowed_attention(mask)
+        allowed = self._allowed_attention(mask)[:, :, offset:]
         rotary = self.rotary(positions) if self.rotary is not None else None
-        for block in self.blocks[start:stop]:
-            residual = block(residual, allowed, rotary)
+        for index in range(start, stop):
+            layer_past = None if past is None else past.layer(index)
+            residual = self.blocks[index](residual, allowed, rotary, layer_past)
         if stop_at_layer is not None:
             return residual
         if return_type is None:
             return None
+        if logit_positions is not None:
+            if return_type != "logits":
+                raise ValueError("logit_positions only works with return_type='logits'")
+            index = logit_positions.to(self.device)[..., None].expand(-1, -1, residual.shape[-1])
+            residual = residual.gather(1, index)
         logits = self.unembed(self.ln_final(residual))
         if return_type == "logits":
             return logits
