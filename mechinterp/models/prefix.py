@@ -38,6 +38,12 @@ class KeyValuePrefix:
     def layer(self, index: int) -> tuple[Tensor, Tensor]:
         return self.keys[index], self.values[index]
 
+    def truncate(self, length: int) -> KeyValuePrefix:
+        """The first ``length`` positions (views, no copy)."""
+        return KeyValuePrefix(
+            tuple(k[:, :length] for k in self.keys), tuple(v[:, :length] for v in self.values)
+        )
+
     def select(self, examples: Tensor) -> KeyValuePrefix:
         """One prefix row per entry of ``examples`` (indices into this prefix's batch)."""
         return KeyValuePrefix(

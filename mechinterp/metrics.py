@@ -1,0 +1,185 @@
+"""Patching metrics: logit difference, probability difference, KL divergence, normalised.
+
+A *positional* metric knows which position it reads in each example (``positions``,
+``[batch]``) and scores logits at those positions only (``score``: ``[row, d_vocab]`` ->
+``[row]``). The patching engine uses this to unembed one position per row instead of all
+of them. Calling a metric on full logits ``[batch, pos, d_vocab]`` gives one value per
+example, so every metric also works as a TransformerLens-style metric function
+(``reduce="mean"`` on the metric averages over examples).
+
+Example:
+    >>> mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
+    >>> metric = LogitDifference.last_position(mask, correct=[mary], incorrect=[john])
+    >>> metric(model(tokens, attention_mask=mask))        # tensor([3.52])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Reduce = Literal["mean", "none"]
+
+
+@runtime_checkable
+class PositionalMetric(Protocol):
+    """A metric that reads one position per example."""
+
+    positions: Tensor  # [batch]
+
+    def score(self, logits: Tensor, examples: Tensor) -> Tensor:
+        """Values ``[row]`` from logits ``[row, d_vocab]`` of rows belonging to ``examples``."""
+        ...
+
+
+def last_positions(attention_mask: Tensor) -> Int[Tensor, " batch"]:
+    """Index of each example's last real token (right or left padding)."""
+    n_pos = attention_mask.shape[1]
+    idx = torch.arange(n_pos, device=attention_mask.device)
+    return torch.where(attention_mask.bool(), idx, -1).amax(dim=1)
+
+
+def _as_long(values: Sequence[int] | Tensor, name: str) -> Tensor:
+    tensor = torch.as_tensor(values, dtype=torch.long)
+    if tensor.ndim != 1:
+        raise ValueError(f"{name} must be one value per example, got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+class _PositionalBase:
+    positions: Tensor
+    reduce: Reduce
+
+    def _check_batch(self, *tensors: Tensor) -> None:
+        sizes = {t.shape[0] for t in tensors} | {self.positions.shape[0]}
+        if len(sizes) != 1:
+            raise ValueError(f"per-example arguments have different lengths: {sorted(sizes)}")
+
+    def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+        batch = logits.shape[0]
+        if batch != self.positions.shape[0]:
+            raise ValueError(f"metric was built for {self.positions.shape[0]} examples, logits have {batch}")
+        rows = torch.arange(batch, device=logits.device)
+        values = self.score(logits[rows, self.positions.to(logits.device)], rows)
+        return values.mean() if self.reduce == "mean" else values
+
+
+@dataclass(frozen=True, eq=False)
+class LogitDifference(_PositionalBase):
+    """``logit[correct] - logit[incorrect]`` at each example's answer position."""
+
+    positions: Tensor
+    correct: Tensor
+    incorrect: Tensor
+    reduce: Reduce = "mean"
+
+    def __post_init__(self) -> None:
+        self._check_batch(self.correct, self.incorrect)
+
+    @classmethod
+    def last_position(
+        cls,
+        attention_mask: Tensor,
+        *,
+        correct: Sequence[int] | Tensor,
+        incorrect: Sequence[int] | Tensor,
+        reduce: Reduce = "mean",
+    ) -> LogitDifference:
+        """Read each example at its last real token (``attention_mask``: ``[batch, pos]``)."""
+        return cls(
+            last_positions(attention_mask).cpu(),
+            _as_long(correct, "correct"),
+            _as_long(incorrect, "incorrect"),
+            reduce,
+        )
+
+    def score(
+        self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
+    ) -> Float[Tensor, " row"]:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        examples = examples.to(logits.device)
+        right = logits[rows, self.correct.to(logits.device)[examples]]
+        wrong = logits[rows, self.incorrect.to(logits.device)[examples]]
+        return right - wrong
+
+
+@dataclass(frozen=True, eq=False)
+class ProbabilityDifference(_PositionalBase):
+    """``p[correct] - p[incorrect]`` (softmax over the vocabulary) at each answer position."""
+
+    positions: Tensor
+    correct: Tensor
+    incorrect: Tensor
+    reduce: Reduce = "mean"
+
+    def __post_init__(self) -> None:
+        self._check_batch(self.correct, self.incorrect)
+
+    def score(
+        self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
+    ) -> Float[Tensor, " row"]:
+        probs = logits.float().softmax(-1)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        examples = examples.to(logits.device)
+        return (
+            probs[rows, self.correct.to(logits.device)[examples]]
+            - probs[rows, self.incorrect.to(logits.device)[examples]]
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class KLDivergence(_PositionalBase):
+    """``KL(reference || patched)`` of next-token distributions at each example's position.
+
+    ``reference_logits``: ``[batch, d_vocab]``, usually the clean run's logits there.
+    """
+
+    positions: Tensor
+    reference_logits: Tensor
+    reduce: Reduce = "mean"
+
+    def __post_init__(self) -> None:
+        self._check_batch(self.reference_logits)
+
+    def score(
+        self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
+    ) -> Float[Tensor, " row"]:
+        reference = (
+            self.reference_logits.to(logits.device)[examples.to(logits.device)].float().log_softmax(-1)
+        )
+        patched = logits.float().log_softmax(-1)
+        return (reference.exp() * (reference - patched)).sum(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class Normalized(_PositionalBase):
+    """``(metric - corrupted) / (clean - corrupted)``: 0 = corrupted run, 1 = clean run.
+
+    ``clean`` and ``corrupted`` are the wrapped metric's values on the two unpatched runs,
+    per example (``[batch]``) or one number each.
+    """
+
+    metric: PositionalMetric
+    clean: Tensor
+    corrupted: Tensor
+    reduce: Reduce = "mean"
+
+    @property
+    def positions(self) -> Tensor:  # type: ignore[override]
+        return self.metric.positions
+
+    def score(
+        self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
+    ) -> Float[Tensor, " row"]:
+        raw = self.metric.score(logits, examples)
+        clean, corrupted = (
+            torch.as_tensor(v, device=raw.device, dtype=raw.dtype) for v in (self.clean, self.corrupted)
+        )
+        if clean.ndim:
+            clean, corrupted = clean[examples.to(raw.device)], corrupted[examples.to(raw.device)]
+        return (raw - corrupted) / (clean - corrupted)

@@ -1,0 +1,14 @@
+"""Activation patching: batched sweeps, TransformerLens-compatible functions, results.
+
+Example:
+    >>> from mechinterp.patching import SweepSpec, patch_sweep
+    >>> from mechinterp.metrics import LogitDifference
+    >>> result = patch_sweep(model, clean, corrupt, SweepSpec(kind="resid_pre"), metric)
+"""
+
+from mechinterp.patching.reference import reference_patch_sweep
+from mechinterp.patching.result import PatchResult
+from mechinterp.patching.sites import PatchSite, SweepGrid, SweepSpec
+from mechinterp.patching.sweep import patch_sweep
+
+__all__ = ["PatchResult", "PatchSite", "SweepGrid", "SweepSpec", "patch_sweep", "reference_patch_sweep"]

@@ -1,0 +1,54 @@
+"""The slow, literal reference: one full forward per cell, hooks only.
+
+Kept to test the batched engine against (``tests/test_patching_engine.py``) and as the
+readable definition of what a patching sweep computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from mechinterp.metrics import PositionalMetric
+from mechinterp.patching.engine import Ablation, ablated_source, site_index
+from mechinterp.patching.sites import SweepSpec
+from mechinterp.patching.sweep import Direction, TextOrTokens, make_scorer, prepare_pair
+
+
+@torch.no_grad()
+def reference_patch_sweep(
+    model,
+    clean: TextOrTokens,
+    corrupt: TextOrTokens,
+    spec: SweepSpec,
+    metric: PositionalMetric | Callable[[Tensor], Tensor],
+    *,
+    direction: Direction = "denoise",
+    ablation: Ablation = "resample",
+    attention_mask: Tensor | None = None,
+) -> Tensor:
+    """Values ``[*grid, batch]`` (or ``[*grid]`` for scalar metrics), one forward per cell."""
+    clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
+    base, source = (
+        (corrupt_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupt_tokens)
+    )
+    grid = spec.enumerate(model, base.shape[1])
+    scorer = make_scorer(metric, model, base, mask)
+    _, source_cache = model.run_with_cache(source, attention_mask=mask)
+    values = []
+    for site in grid.cells:
+        index = (slice(None), *site_index(site))
+        patched_in = ablated_source(source_cache[site.hook_name], ablation)
+
+        def set_site(activation, hook, index=index, patched_in=patched_in):
+            activation[index] = patched_in[index]
+            return activation
+
+        logits = model.run_with_hooks(base, attention_mask=mask, fwd_hooks=[(site.hook_name, set_site)])
+        values.append(
+            scorer.base_values(logits) if hasattr(scorer, "base_values") else scorer.evaluate(logits)
+        )
+    stacked = torch.stack(values)
+    return stacked.reshape(*grid.shape, *stacked.shape[1:])

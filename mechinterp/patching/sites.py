@@ -1,0 +1,161 @@
+"""What gets patched: sites (one patch cell) and sweep specs (a grid of cells).
+
+A ``PatchSite`` names one activation slice: a hook kind, a layer, optionally a position,
+a head and (attention patterns) a source position. ``SweepSpec`` enumerates the sites of
+a sweep and the axes its results are laid out on (the same axes as TransformerLens'
+``get_act_patch_*`` functions).
+
+Example:
+    >>> spec = SweepSpec(kind="z", per_position=False)       # every head, all positions
+    >>> grid = spec.enumerate(model, n_pos=15)
+    >>> grid.axes, grid.shape
+    (('layer', 'head'), (30, 9))
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+SiteKind = Literal[
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v", "pattern"
+]
+
+# hook path inside block {layer}, and the axis layout of the activation after batch
+HOOKS: dict[str, str] = {
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "mlp_post": "mlp.hook_post",
+    "z": "attn.hook_z",
+    "q": "attn.hook_q",
+    "k": "attn.hook_k",
+    "v": "attn.hook_v",
+    "pattern": "attn.hook_pattern",
+}
+HEAD_KINDS = frozenset({"z", "q", "k", "v", "pattern"})
+KV_KINDS = frozenset({"k", "v"})
+
+
+@dataclass(frozen=True)
+class PatchSite:
+    """One patch cell.
+
+    ``position`` is the (destination) position, ``None`` for all positions; ``head`` is a
+    query head (a key/value head for ``k`` and ``v``), ``None`` for the whole layer;
+    ``src_position`` (patterns only) picks one source position of the pattern row.
+    """
+
+    kind: SiteKind
+    layer: int
+    position: int | None = None
+    head: int | None = None
+    src_position: int | None = None
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.{HOOKS[self.kind]}"
+
+    @property
+    def first_position(self) -> int:
+        """The earliest position the patch can change (causal attention: nothing before it)."""
+        return self.position if self.position is not None else 0
+
+    def validate(self, model, n_pos: int) -> None:
+        """Raise ``ValueError`` if the site names a layer, head or position that does not exist."""
+        arch = model.architecture
+        if self.kind not in HOOKS:
+            raise ValueError(f"unknown site kind {self.kind!r}; choose from {', '.join(HOOKS)}")
+        if not 0 <= self.layer < arch.n_layers:
+            raise ValueError(f"{self}: layer {self.layer} does not exist (model has {arch.n_layers} layers)")
+        n_heads = arch.kv_heads if self.kind in KV_KINDS else arch.n_heads
+        if self.head is not None and self.kind not in HEAD_KINDS:
+            raise ValueError(f"{self}: {self.kind} has no head axis")
+        if self.head is not None and not 0 <= self.head < n_heads:
+            raise ValueError(f"{self}: head {self.head} does not exist ({self.kind} has {n_heads} heads)")
+        for name, pos in (("position", self.position), ("src_position", self.src_position)):
+            if pos is not None and not 0 <= pos < n_pos:
+                raise ValueError(f"{self}: {name} {pos} does not exist (the prompts have {n_pos} positions)")
+        if self.src_position is not None and (self.kind != "pattern" or self.position is None):
+            raise ValueError(f"{self}: src_position needs kind='pattern' and a destination position")
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The cells of a sweep in row-major order over ``axes``, with each axis' coordinates."""
+
+    cells: list[PatchSite]
+    axes: tuple[str, ...]
+    coordinates: dict[str, tuple[int, ...]]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(self.coordinates[axis]) for axis in self.axes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec:
+    """A grid of patch cells of one kind.
+
+    Attributes:
+        kind: the activation patched.
+        per_position: one cell per (destination) position; ``False`` patches all positions at once.
+        per_head: one cell per head (head kinds only; ``False`` patches the whole layer's heads).
+        per_src_position: patterns only, one cell per (destination, source) pair.
+        layers / positions / heads: restrict the grid (``None`` = all).
+    """
+
+    kind: SiteKind
+    per_position: bool = True
+    per_head: bool = True
+    per_src_position: bool = False
+    layers: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+
+    def axes(self) -> tuple[str, ...]:
+        """Result axes, in TransformerLens order."""
+        has_head = self.kind in HEAD_KINDS and self.per_head
+        if self.kind == "pattern":
+            names = ["layer", "head"] if has_head else ["layer"]
+            if self.per_position:
+                names.append("dest_pos")
+            if self.per_src_position:
+                names.append("src_pos")
+            return tuple(names)
+        names = ["layer"]
+        if self.per_position:
+            names.append("pos")
+        if has_head:
+            names.append("head")
+        return tuple(names)
+
+    def enumerate(self, model, n_pos: int) -> SweepGrid:
+        """The cells (row-major over ``axes``) with the grid's axes and coordinates."""
+        if self.per_src_position and not (self.kind == "pattern" and self.per_position):
+            raise ValueError("per_src_position needs kind='pattern' and per_position=True")
+        arch = model.architecture
+        n_heads = arch.kv_heads if self.kind in KV_KINDS else arch.n_heads
+        ranges = {
+            "layer": self.layers if self.layers is not None else tuple(range(arch.n_layers)),
+            "pos": self.positions if self.positions is not None else tuple(range(n_pos)),
+            "head": self.heads if self.heads is not None else tuple(range(n_heads)),
+        }
+        ranges["dest_pos"] = ranges["src_pos"] = ranges["pos"]
+        axes = self.axes()
+        cells = []
+        for combo in itertools.product(*(ranges[a] for a in axes)):
+            named = dict(zip(axes, combo, strict=True))
+            site = PatchSite(
+                kind=self.kind,
+                layer=named["layer"],
+                position=named.get("pos", named.get("dest_pos")),
+                head=named.get("head"),
+                src_position=named.get("src_pos"),
+            )
+            site.validate(model, n_pos)
+            cells.append(site)
+        return SweepGrid(cells, axes, {axis: tuple(ranges[axis]) for axis in axes})
