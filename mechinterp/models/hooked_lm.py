@@ -173,13 +173,9 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if past is not None and past.batch != batch:
             raise ValueError(f"past holds {past.batch} rows but the input has {batch}")
         mask = self._check_mask(attention_mask, batch, offset + n_pos)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, offset:]
+        positions, allowed, rotary = self.attention_inputs(mask, offset)
         if residual is None:
-            residual = self.hook_embed(self.embed(tokens))
-            if self.pos_embed is not None:
-                residual = residual + self.hook_pos_embed(self.pos_embed(positions))
-        allowed = self._allowed_attention(mask)[:, :, offset:]
-        rotary = self.rotary(positions) if self.rotary is not None else None
+            residual = self.embed_tokens(tokens, positions)
         for index in range(start, stop):
             layer_past = None if past is None else past.layer(index)
             residual = self.blocks[index](residual, allowed, rotary, layer_past)
@@ -197,6 +193,24 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             return logits
         loss = self._next_token_loss(logits, tokens, mask)
         return loss if return_type == "loss" else (logits, loss)
+
+    def embed_tokens(self, tokens: Tensor, positions: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0 (token plus learned position embeddings)."""
+        residual = self.hook_embed(self.embed(tokens))
+        if self.pos_embed is not None:
+            residual = residual + self.hook_pos_embed(self.pos_embed(positions))
+        return residual
+
+    def attention_inputs(
+        self, mask: Int[Tensor, "batch pos"], offset: int = 0
+    ) -> tuple[Tensor, Bool[Tensor, "batch 1 q_pos k_pos"], tuple[Tensor, Tensor] | None]:
+        """Positions, allowed query-key pairs and rotary tables for the queries at positions
+        ``offset:`` of a run with attention mask ``mask`` (what each block needs besides
+        the residual stream). Low-level: the patching engine runs blocks with these."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, offset:]
+        allowed = self._allowed_attention(mask)[:, :, offset:]
+        rotary = self.rotary(positions) if self.rotary is not None else None
+        return positions, allowed, rotary
 
     def _layer_index(self, value: int | None, name: str, *, default: int) -> int:
         if value is None:

@@ -9,14 +9,16 @@ one full forward per cell, the engine
    layer, every layer's keys and values, and the patched activations;
 2. stacks cells x examples as rows of a few large batched forwards;
 3. starts each row at its patch layer (``start_at_layer``): no earlier layer is recomputed;
-4. starts each row at its patch position: a causal model cannot change earlier positions,
-   so their keys and values come from the base run (``KeyValuePrefix``);
+4. starts each row at the first position its patch changes: a causal model cannot change
+   earlier positions, so their keys and values come from the base run (``KeyValuePrefix``);
 5. unembeds only the position a positional metric reads; a row whose patch starts after
    that position, or whose patched value equals the base value bit for bit (the prompts
    agree there), cannot change the metric and is not run at all.
 
-Rows are grouped by (hook, layer, first position) and chunked to a memory budget; a chunk
-that runs out of memory is halved and retried.
+Rows are grouped by (hook, layer), sorted by the first position they can change, and
+chunked to a memory budget (a chunk starts at its earliest row's position; the later rows
+recompute a few unchanged positions); a chunk that runs out of memory is halved and
+retried.
 """
 
 from __future__ import annotations
@@ -38,14 +40,22 @@ from mechinterp.patching.sites import PatchSite
 Ablation = Literal["resample", "zero", "mean"]
 
 
-def site_index(site: PatchSite, offset: int = 0) -> tuple:
-    """Index (after the batch axis) of a site's slice in an activation whose position axis
-    starts at ``offset`` (pattern source positions are always absolute)."""
-    position = slice(None) if site.position is None else site.position - offset
+def site_index(site: PatchSite, offset: int = 0, *, source: bool = False) -> tuple:
+    """Index (after the batch axis) of a site's slice.
+
+    With ``source=False`` it indexes an activation of a run that starts at position
+    ``offset`` (its position axis is ``[offset:]``); with ``source=True`` it indexes a
+    full-length activation at the same positions. Pattern source (key) positions are
+    always absolute.
+    """
+    if site.position is None:
+        position = slice(offset, None) if source else slice(None)
+    else:
+        position = site.position if source else site.position - offset
     head = slice(None) if site.head is None else site.head
     if site.kind == "pattern":
-        source = slice(None) if site.src_position is None else site.src_position
-        return (head, position, source)
+        key = slice(None) if site.src_position is None else site.src_position
+        return (head, position, key)
     if site.head is not None or site.kind in ("z", "q", "k", "v"):
         return (position, head)
     return (position,)
@@ -63,10 +73,27 @@ def ablated_source(source: Tensor, ablation: Ablation) -> Tensor:
     raise ValueError(f"ablation must be 'resample', 'zero' or 'mean', got {ablation!r}")
 
 
+def first_changed_positions(site: PatchSite, base: Tensor, source: Tensor) -> Tensor:
+    """Per example, the first position where patching ``site`` changes the base activation
+    (``-1`` where it changes nothing). Causality: no earlier position can be affected."""
+    index = site_index(site)
+    differs = (base != source)[(slice(None), *index)]
+    if site.position is not None:
+        changed = differs.reshape(differs.shape[0], -1).any(1)
+        return torch.where(changed, site.position, -1).cpu()
+    position_entry = 1 if site.kind == "pattern" else 0
+    axis = 1 + sum(isinstance(entry, slice) for entry in index[:position_entry])
+    per_position = differs.movedim(axis, 1).reshape(differs.shape[0], differs.shape[axis], -1).any(-1)
+    first = per_position.int().argmax(1)
+    return torch.where(per_position.any(1), first, -1).cpu()
+
+
 @dataclass(frozen=True)
 class _Row:
     cell: int
     example: int
+    layer: int
+    start: int
 
 
 class BatchedPatcher:
@@ -74,6 +101,10 @@ class BatchedPatcher:
 
     ``source_activations`` maps each patched hook name to ``[batch, ...]`` values to patch in
     (already ablated). Use ``patch_sweep`` rather than this class directly.
+
+    A chunk of rows runs as one pass over the layers: rows join the batch at their patch
+    layer (entering with the base run's residual stream), so each layer's weights are read
+    once per chunk however many layers the rows start at.
     """
 
     def __init__(
@@ -84,8 +115,6 @@ class BatchedPatcher:
         cells: Sequence[PatchSite],
         source_activations: Mapping[str, Tensor],
         scorer: PositionalScorer | FullLogitScorer,
-        *,
-        skip_unchanged: bool,
     ):
         self.model = model
         self.tokens = base_tokens
@@ -103,23 +132,24 @@ class BatchedPatcher:
             )
         self.base_cache = cache
         self.kv = KeyValuePrefix.from_cache(cache, model, length=base_tokens.shape[1])
-        self.skip_unchanged = skip_unchanged
 
     # ------------------------------------------------------------------ planning
-    def _rows_by_group(self) -> dict[tuple[str, int, int], list[_Row]]:
-        groups: dict[tuple[str, int, int], list[_Row]] = defaultdict(list)
+    def _plan(self) -> list[_Row]:
+        """Rows that can change the metric, sorted by start position, then layer.
+
+        A row starts at the first position where its patched values differ from the base
+        run's; a row that differs nowhere, or only after the position the metric reads,
+        cannot change the result and is left out (its cell keeps the base value).
+        """
+        rows = []
         for cell, site in enumerate(self.cells):
-            start = site.first_position
-            index = site_index(site)
-            base = self.base_cache[site.hook_name]
-            source = self.source[site.hook_name]
-            for example in range(self.tokens.shape[0]):
-                if not self.scorer.can_change(example, start):
-                    continue
-                if self.skip_unchanged and torch.equal(base[example][index], source[example][index]):
-                    continue
-                groups[(site.hook_name, site.layer, start)].append(_Row(cell, example))
-        return groups
+            starts = first_changed_positions(
+                site, self.base_cache[site.hook_name], self.source[site.hook_name]
+            )
+            for example, start in enumerate(starts.tolist()):
+                if start >= 0 and self.scorer.can_change(example, start):
+                    rows.append(_Row(cell, example, site.layer, start))
+        return sorted(rows, key=lambda row: (row.start, row.layer))
 
     def _auto_rows(self, max_batch_rows: int | Literal["auto"], max_memory: int | None) -> int:
         if max_batch_rows != "auto":
@@ -132,35 +162,57 @@ class BatchedPatcher:
         return max(1, budget // bytes_per_row(self.model, n_pos, n_logits, n_pos))
 
     # ------------------------------------------------------------------ running
-    def _forward_rows(self, hook_name: str, layer: int, start: int, rows: list[_Row]) -> Tensor:
-        examples = torch.tensor([r.example for r in rows], device=self.tokens.device)
-        segments = []  # (first row, end row, site): consecutive rows of one cell
-        for i, row in enumerate(rows):
-            if segments and segments[-1][2] is self.cells[row.cell] and segments[-1][1] == i:
-                segments[-1] = (segments[-1][0], i + 1, segments[-1][2])
+    def _patch_hooks(self, rows: list[_Row], examples: Tensor, start: int) -> list[tuple[str, object]]:
+        """One hook per patched hook point; each patches the rows of its cells in place."""
+        segments: dict[str, list[tuple[int, int, PatchSite]]] = defaultdict(list)
+        for i, row in enumerate(rows):  # consecutive rows of one cell form a segment
+            site = self.cells[row.cell]
+            runs = segments[site.hook_name]
+            if runs and runs[-1][2] is site and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1, site)
             else:
-                segments.append((i, i + 1, self.cells[row.cell]))
-        source = self.source[hook_name]
+                runs.append((i, i + 1, site))
 
-        def patch(activation: Tensor, hook) -> Tensor:
-            for first, end, site in segments:
-                rel, absolute = (slice(None), *site_index(site, start)), (slice(None), *site_index(site))
-                activation[first:end][rel] = source[examples[first:end]][absolute].to(activation.dtype)
-            return activation
+        def make_hook(hook_name: str):
+            source = self.source[hook_name]
 
-        if layer == 0:
-            model_input = self.tokens[examples, start:]
-        else:
-            model_input = self.base_cache[f"blocks.{layer}.hook_resid_pre"][examples, start:]
+            def patch(activation: Tensor, hook) -> Tensor:
+                for first, end, site in segments[hook_name]:
+                    target = (slice(None), *site_index(site, start))
+                    values = source[examples[first:end]][(slice(None), *site_index(site, start, source=True))]
+                    activation[first:end][target] = values.to(activation.dtype)
+                return activation
+
+            return patch
+
+        return [(name, make_hook(name)) for name in segments]
+
+    def _forward_rows(self, rows: list[_Row]) -> tuple[Tensor, int]:
+        """The final residual stream ``[row, pos - start, d_model]`` of rows that share a start
+        position and are sorted by layer, and that start position."""
+        model = self.model
+        start = rows[0].start
+        examples = torch.tensor([r.example for r in rows], device=self.tokens.device)
+        positions, allowed, rotary = model.attention_inputs(self.mask[examples], start)
         past = self.kv.truncate(start).select(examples) if start > 0 else None
-        with self.model.hooks(fwd_hooks=[(hook_name, patch)]):
-            return self.model(
-                model_input,
-                start_at_layer=layer,
-                attention_mask=self.mask[examples],
-                past=past,
-                logit_positions=self.scorer.logit_positions(examples, start),
-            )
+        joining = defaultdict(list)
+        for i, row in enumerate(rows):
+            joining[row.layer].append(i)
+        residual = None
+        with model.hooks(fwd_hooks=self._patch_hooks(rows, examples, start)):
+            for layer in range(rows[0].layer, model.architecture.n_layers):
+                if joining[layer]:
+                    new = slice(joining[layer][0], joining[layer][-1] + 1)
+                    if layer == 0:
+                        entering = model.embed_tokens(self.tokens[examples[new], start:], positions[new])
+                    else:
+                        entering = self.base_cache[f"blocks.{layer}.hook_resid_pre"][examples[new], start:]
+                    residual = entering if residual is None else torch.cat([residual, entering])
+                n = residual.shape[0]
+                layer_rotary = None if rotary is None else (rotary[0][:n], rotary[1][:n])
+                layer_past = None if past is None else tuple(t[:n] for t in past.layer(layer))
+                residual = model.blocks[layer](residual, allowed[:n], layer_rotary, layer_past)
+        return residual, start
 
     @torch.no_grad()
     def run(
@@ -173,61 +225,74 @@ class BatchedPatcher:
     ) -> tuple[Tensor, Tensor]:
         """``(values per cell, base value)``; values are ``[cell, batch]`` for positional
         metrics, else ``[cell, *metric output]``."""
-        groups = self._rows_by_group()
+        rows = self._plan()
         chunk = self._auto_rows(max_batch_rows, max_memory)
         self.chunks_run = 0
         base_value = self._base_value()
-        values = self._initial_values(base_value)
-        pending = _PendingCells(self, groups) if isinstance(self.scorer, FullLogitScorer) else None
-        total = sum(len(rows) for rows in groups.values())
-        with tqdm(total=total, desc=description, unit="row", disable=not progress) as bar:
-            for (hook_name, layer, start), rows in groups.items():
-                done = 0
-                while done < len(rows):
-                    batch = rows[done : done + chunk]
-                    try:
-                        logits = self._forward_rows(hook_name, layer, start, batch)
-                    except Exception as error:  # halve the chunk on out-of-memory, re-raise anything else
-                        if not is_out_of_memory(error) or chunk == 1:
-                            raise
-                        chunk = max(1, chunk // 2)
-                        if self.model.device.type == "cuda":
-                            torch.cuda.empty_cache()
-                        continue
-                    self.chunks_run += 1
-                    if pending is None:
-                        examples = torch.tensor([r.example for r in batch])
-                        cells = torch.tensor([r.cell for r in batch])
-                        values[cells, examples] = self.scorer.row_values(logits, examples)
-                    else:
-                        pending.add(batch, logits, start, values)
-                    done += len(batch)
-                    bar.update(len(batch))
-        if pending is not None:
-            pending.finish(values)
-        self.rows_run, self.rows_per_chunk = total, chunk
+        values = base_value.expand(len(self.cells), *base_value.shape).clone()  # unrun cells keep it
+        positional = isinstance(self.scorer, PositionalScorer)
+        pending = None if positional else _PendingCells(self, rows)
+        read_residuals = []
+        with tqdm(total=len(rows), desc=description, unit="row", disable=not progress) as bar:
+            done = 0
+            while done < len(rows):
+                batch = _same_start(rows[done : done + chunk])
+                try:
+                    residual, start = self._forward_rows(batch)
+                except Exception as error:  # halve the chunk on out-of-memory, re-raise anything else
+                    if not is_out_of_memory(error) or chunk == 1:
+                        raise
+                    chunk = max(1, chunk // 2)
+                    if self.model.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                self.chunks_run += 1
+                examples = torch.tensor([r.example for r in batch])
+                if positional:  # keep the read position only; unembed all rows at the end
+                    read = self.scorer.logit_positions(examples, start)[:, 0].to(residual.device)
+                    read_residuals.append(residual[torch.arange(len(batch)), read])
+                else:
+                    pending.add(batch, self.model.unembed(self.model.ln_final(residual)), start, values)
+                done += len(batch)
+                bar.update(len(batch))
+        if positional and rows:
+            self._score_read_positions(rows, torch.cat(read_residuals), values)
+        self.rows_run, self.rows_per_chunk = len(rows), chunk
         return values, base_value
+
+    def _score_read_positions(
+        self, rows: list[_Row], residual: Tensor, values: Tensor, block: int = 1024
+    ) -> None:
+        """Unembed the read positions of all rows (in blocks of rows) and score them."""
+        examples = torch.tensor([r.example for r in rows])
+        cells = torch.tensor([r.cell for r in rows])
+        for first in range(0, len(rows), block):
+            part = slice(first, first + block)
+            logits = self.model.unembed(self.model.ln_final(residual[part][:, None]))
+            values[cells[part], examples[part]] = self.scorer.row_values(logits, examples[part])
 
     def _base_value(self) -> Tensor:
         if isinstance(self.scorer, PositionalScorer):
             return self.scorer.base_values(self.base_logits)
         return self.scorer.evaluate(self.base_logits)
 
-    def _initial_values(self, base_value: Tensor) -> Tensor:
-        """Every cell starts at the base value: cells (or examples) that run no row keep it."""
-        return base_value.expand(len(self.cells), *base_value.shape).clone()
+
+def _same_start(rows: list[_Row]) -> list[_Row]:
+    """The leading rows that share the first row's start position: a chunk never makes a
+    row compute positions before its own start."""
+    end = next((i for i, row in enumerate(rows) if row.start != rows[0].start), len(rows))
+    return rows[:end]
 
 
 class _PendingCells:
     """Assembles full logits per cell from its rows, then scores the cell."""
 
-    def __init__(self, patcher: BatchedPatcher, groups: dict[tuple[str, int, int], list[_Row]]):
+    def __init__(self, patcher: BatchedPatcher, rows: list[_Row]):
         self.patcher = patcher
         self.logits: dict[int, Tensor] = {}
         self.remaining: dict[int, int] = defaultdict(int)
-        for rows in groups.values():
-            for row in rows:
-                self.remaining[row.cell] += 1
+        for row in rows:
+            self.remaining[row.cell] += 1
 
     def add(self, rows: list[_Row], logits: Tensor, start: int, values: Tensor) -> None:
         for i, row in enumerate(rows):
@@ -238,6 +303,6 @@ class _PendingCells:
             if self.remaining[row.cell] == 0:
                 values[row.cell] = self.patcher.scorer.evaluate(self.logits.pop(row.cell))
 
-    def finish(self, values: Tensor) -> None:
+    def finish(self) -> None:
         if self.logits:
             raise RuntimeError(f"cells {sorted(self.logits)} never received all their rows")

@@ -140,7 +140,7 @@ def patch_sweep(
             source_tokens, attention_mask=mask, names_filter=list(hooks)
         )
     source_values = {name: ablated_source(source_cache[name], ablation) for name in hooks}
-    patcher = BatchedPatcher(model, base_tokens, mask, grid.cells, source_values, scorer, skip_unchanged=True)
+    patcher = BatchedPatcher(model, base_tokens, mask, grid.cells, source_values, scorer)
     values, base_value = patcher.run(
         max_batch_rows, max_memory=max_memory, progress=progress, description=f"patching {spec.kind}"
     )
