@@ -116,6 +116,7 @@ def _make(tl_name: str, spec: SweepSpec):
         *,
         reduce="scalar",
         baseline=False,
+        index_axis_names=None,  # fixed by the function, as in TL's partials; accepted for parity
     ):
         return _sweep(
             spec,
