@@ -98,6 +98,25 @@ class LogitDifference(_PositionalBase):
             reduce,
         )
 
+    @classmethod
+    def from_answers(
+        cls,
+        model,
+        attention_mask: Tensor,
+        *,
+        correct: Sequence[str],
+        incorrect: Sequence[str],
+        reduce: Reduce = "mean",
+    ) -> LogitDifference:
+        """Answers as strings (one single-token answer per example, e.g. ``" Mary"``), read
+        at each example's last real token.
+
+        Raises:
+            ValueError: if an answer is not exactly one token.
+        """
+        ids = [[model.to_single_token(answer) for answer in answers] for answers in (correct, incorrect)]
+        return cls.last_position(attention_mask, correct=ids[0], incorrect=ids[1], reduce=reduce)
+
     def score(
         self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
     ) -> Float[Tensor, " row"]:

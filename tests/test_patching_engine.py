@@ -38,7 +38,9 @@ def pair(batch: int = 2, n_pos: int = 7, seed: int = 0):
 
 def logit_diff(batch: int = 2, n_pos: int = 7) -> LogitDifference:
     mask = torch.ones(batch, n_pos, dtype=torch.long)
-    return LogitDifference.last_position(mask, correct=[5, 6][:batch], incorrect=[7, 8][:batch], reduce="none")
+    return LogitDifference.last_position(
+        mask, correct=[5, 6][:batch], incorrect=[7, 8][:batch], reduce="none"
+    )
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -56,8 +58,9 @@ def test_engine_equals_reference_every_site_kind(tiny_pair, name):
 @pytest.mark.parametrize("name", ["resid_pre", "z_by_pos", "pattern_by_pos", "v_all_pos"])
 def test_directions_and_ablations(tiny_llama, direction, ablation, name):
     clean, corrupt = pair(batch=3, seed=1)
-    metric = LogitDifference.last_position(torch.ones_like(clean), correct=[5, 6, 7], incorrect=[8, 9, 10],
-                                           reduce="none")
+    metric = LogitDifference.last_position(
+        torch.ones_like(clean), correct=[5, 6, 7], incorrect=[8, 9, 10], reduce="none"
+    )
     kwargs = {"direction": direction, "ablation": ablation}
     ours = patch_sweep(tiny_llama, clean, corrupt, SPECS[name], metric, progress=False, **kwargs)
     reference = reference_patch_sweep(tiny_llama, clean, corrupt, SPECS[name], metric, **kwargs)
@@ -71,17 +74,31 @@ def test_padded_batches_with_per_example_answer_positions(tiny_pair, side):
     corrupt = ["When a and c", "x z"]
     tokens, mask = model.encode(clean, padding_side=side)
     metric = LogitDifference.last_position(mask, correct=[5, 6], incorrect=[7, 8], reduce="none")
-    ours = patch_sweep(model, tokens, model.encode(corrupt, padding_side=side)[0], SweepSpec(kind="resid_pre"),
-                       metric, attention_mask=mask, progress=False)
-    reference = reference_patch_sweep(model, tokens, model.encode(corrupt, padding_side=side)[0],
-                                      SweepSpec(kind="resid_pre"), metric, attention_mask=mask)
+    ours = patch_sweep(
+        model,
+        tokens,
+        model.encode(corrupt, padding_side=side)[0],
+        SweepSpec(kind="resid_pre"),
+        metric,
+        attention_mask=mask,
+        progress=False,
+    )
+    reference = reference_patch_sweep(
+        model,
+        tokens,
+        model.encode(corrupt, padding_side=side)[0],
+        SweepSpec(kind="resid_pre"),
+        metric,
+        attention_mask=mask,
+    )
     torch.testing.assert_close(ours.values, reference, atol=1e-4, rtol=0)
 
 
 def test_chunk_of_one_row_and_tiny_memory_budget(tiny_llama):
     clean, corrupt = pair(batch=3)
-    metric = LogitDifference.last_position(torch.ones_like(clean), correct=[5, 6, 7], incorrect=[8, 9, 10],
-                                           reduce="none")
+    metric = LogitDifference.last_position(
+        torch.ones_like(clean), correct=[5, 6, 7], incorrect=[8, 9, 10], reduce="none"
+    )
     spec = SweepSpec(kind="z")
     auto = patch_sweep(tiny_llama, clean, corrupt, spec, metric, progress=False)
     one_row = patch_sweep(tiny_llama, clean, corrupt, spec, metric, max_batch_rows=1, progress=False)

@@ -15,12 +15,17 @@ FUNCTIONS = sorted(name for name in dir(tl_compat) if name.startswith("get_act_p
 
 
 def test_every_public_tl_sweep_has_a_drop_in():
-    theirs = {name for name in dir(tl_patching) if name.startswith("get_act_patch_") and "direct_path" not in name}
+    theirs = {
+        name for name in dir(tl_patching) if name.startswith("get_act_patch_") and "direct_path" not in name
+    }
     assert set(FUNCTIONS) == theirs
 
 
-@pytest.fixture(scope="module", params=[("llama", 2), ("gpt2", None), ("gpt_neox", None)],
-                ids=["llama-gqa", "gpt2", "gpt_neox"])
+@pytest.fixture(
+    scope="module",
+    params=[("llama", 2), ("gpt2", None), ("gpt_neox", None)],
+    ids=["llama-gqa", "gpt2", "gpt_neox"],
+)
 def setup(request):
     family, kv = request.param
     hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=kv)
@@ -66,9 +71,12 @@ def test_per_example_results_baselines_and_metric_mappings(setup):
     ours = tl_compat.get_act_patch_resid_pre(model, corrupt, cache, metrics)
     theirs = tl_patching.get_act_patch_resid_pre(model, corrupt, cache, metrics)
     torch.testing.assert_close(ours.values, theirs.values, atol=1e-4, rtol=0)
-    every = tl_compat.get_act_patch_block_every(model, corrupt, cache, per_example, reduce="none", baseline=True)
-    reference = tl_patching.get_act_patch_block_every(model, corrupt, cache, per_example, reduce="none",
-                                                      baseline=True)
+    every = tl_compat.get_act_patch_block_every(
+        model, corrupt, cache, per_example, reduce="none", baseline=True
+    )
+    reference = tl_patching.get_act_patch_block_every(
+        model, corrupt, cache, per_example, reduce="none", baseline=True
+    )
     torch.testing.assert_close(every.values, reference.values, atol=1e-4, rtol=0)
     assert every.patch_type_names == reference.patch_type_names
 
@@ -76,10 +84,12 @@ def test_per_example_results_baselines_and_metric_mappings(setup):
 def test_index_df_gives_flat_output(setup):
     model, corrupt, cache = setup
     index_df = tl_patching.make_df_from_ranges([2, 3], ["layer", "pos"]).iloc[[0, 4, 5]]
-    ours, df = tl_compat.get_act_patch_resid_pre(model, corrupt, cache, metric, index_df=index_df,
-                                                 return_index_df=True)
-    theirs = tl_patching.get_act_patch_resid_pre(model, corrupt, cache, metric, index_axis_names=None,
-                                                 index_df=index_df)
+    ours, df = tl_compat.get_act_patch_resid_pre(
+        model, corrupt, cache, metric, index_df=index_df, return_index_df=True
+    )
+    theirs = tl_patching.get_act_patch_resid_pre(
+        model, corrupt, cache, metric, index_axis_names=None, index_df=index_df
+    )
     assert ours.shape == (3,)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     assert df is index_df
