@@ -8,11 +8,14 @@ fp32. Contestants:
 
 - ``TL on bridge``: ``transformer_lens.patching`` 4.3 on ``TransformerBridge`` (what users run today);
 - ``TL on HookedLM``: the same TL functions on our native model;
+- ``nnsight``: nnsight 0.8 on the HF model, its fastest documented way: one trace per
+  layer with one invoke per patch, so each layer's patches run as one batched forward;
 - ``drop-in``: ``mechinterp.patching.tl_compat`` (same call, metric sees full logits);
 - ``engine``: ``patch_sweep`` with the positional ``LogitDifference`` metric.
 
-The by-position head sweep runs TL on the first ``--pattern-layers`` layers only and scales
-its time to all layers (marked ``*``). Peak memory is the rise of the process's resident
+The by-position head sweep runs TL and nnsight on the first ``--pattern-layers`` layers only
+and scales their time to all layers (marked ``*``). nnsight is optional
+(``pip install -e ".[bench]"``); without it its rows are skipped. Peak memory is the rise of the process's resident
 memory during the run (CPU) or ``torch.cuda.max_memory_allocated`` (GPU).
 """
 
@@ -81,6 +84,42 @@ def timed(device: str, run: Callable[[], torch.Tensor]) -> tuple[float, torch.Te
     return seconds, out.detach().cpu().float(), memory.peak
 
 
+def nnsight_sweep(lm, kind: str, clean, corrupt, answer, *, n_layers: int, n_heads: int, per_position: bool):
+    """Patch clean activations into the corrupt run with nnsight: one trace per layer, one
+    invoke per cell. ``kind``: ``"resid_pre"`` (decoder-layer input) or ``"z"`` (the
+    per-head slices of the attention output projection's input)."""
+    import nnsight
+
+    def site(layer):
+        block = lm.model.layers[layer]
+        return block.self_attn.o_proj if kind == "z" else block
+
+    mary, john = answer
+    n_pos = clean.shape[1]
+    with torch.no_grad(), lm.trace(clean):
+        sources = nnsight.save(list())
+        for layer in range(n_layers):
+            sources.append(site(layer).input)
+    d_head = sources[0].shape[-1] // n_heads
+    if kind == "resid_pre":
+        cells = [(pos, slice(None)) for pos in range(n_pos)]
+    else:
+        positions = list(range(n_pos)) if per_position else [slice(None)]
+        cells = [(pos, slice(h * d_head, (h + 1) * d_head)) for pos in positions for h in range(n_heads)]
+    results = []
+    with torch.no_grad():
+        for layer in range(n_layers):
+            with lm.trace() as tracer:
+                values = nnsight.save(list())
+                for pos, columns in cells:
+                    with tracer.invoke(corrupt):
+                        site(layer).input[:, pos, columns] = sources[layer][:, pos, columns]
+                        logits = lm.lm_head.output
+                        values.append(logits[0, -1, mary] - logits[0, -1, john])
+            results.append(torch.stack([torch.as_tensor(v) for v in values]))
+    return torch.stack(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,6 +138,12 @@ def main() -> None:
     )
     clean, corrupt = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
     mary, john = model.to_single_token(" Mary"), model.to_single_token(" John")
+    try:
+        from nnsight import TransformersModel
+
+        nnsight_model = TransformersModel(hf_model, tokenizer=tokenizer, dispatch=True)
+    except ImportError:
+        nnsight_model = None
     positional = LogitDifference.last_position(torch.ones_like(clean), correct=[mary], incorrect=[john])
 
     def metric(logits):
@@ -144,7 +189,7 @@ def main() -> None:
                     model, corrupt, native_cache, metric
                 ),
             }
-        else:  # TL runs the first `layers` layers through index_df; time scaled to all layers
+        else:  # TL and nnsight run the first `layers` layers; their time is scaled to all layers
             scale = n_layers / layers
             grid = tl_patching.make_df_from_ranges(
                 [layers, clean.shape[1], model.cfg.n_heads], ["layer", "pos", "head"]
@@ -157,6 +202,17 @@ def main() -> None:
                     model, corrupt, native_cache, metric, index_axis_names=None, index_df=grid
                 ),
             }
+        if nnsight_model is not None:
+            tl_runs["nnsight*" if layers else "nnsight"] = lambda spec=spec, layers=layers: nnsight_sweep(
+                nnsight_model,
+                spec.kind,
+                clean,
+                corrupt,
+                (mary, john),
+                n_layers=layers or n_layers,
+                n_heads=model.cfg.n_heads,
+                per_position=spec.per_position,
+            )
         ours = {
             "drop-in": lambda tl_name=tl_name: getattr(tl_compat, tl_name)(
                 model, corrupt, native_cache, metric
@@ -178,13 +234,7 @@ def main() -> None:
                 f"{diff:12.1e}{peak / 2**20:10.0f}"
             )
         title = ""
-    print(
-        "* TL timed on the first",
-        subset,
-        "layers and scaled to",
-        n_layers,
-        "(values compared on those layers)",
-    )
+    print(f"* timed on the first {subset} layers and scaled to {n_layers} (values compared on those layers)")
 
 
 if __name__ == "__main__":

@@ -257,6 +257,8 @@ class BatchedPatcher:
                 bar.update(len(batch))
         if positional and rows:
             self._score_read_positions(rows, torch.cat(read_residuals), values)
+        if pending is not None:
+            pending.finish()
         self.rows_run, self.rows_per_chunk = len(rows), chunk
         return values, base_value
 
