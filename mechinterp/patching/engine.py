@@ -58,6 +58,8 @@ def site_index(site: PatchSite, offset: int = 0, *, source: bool = False) -> tup
         return (head, position, key)
     if site.head is not None or site.kind in ("z", "q", "k", "v"):
         return (position, head)
+    if site.neuron is not None:
+        return (position, site.neuron)
     return (position,)
 
 

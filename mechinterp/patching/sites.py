@@ -46,7 +46,8 @@ class PatchSite:
 
     ``position`` is the (destination) position, ``None`` for all positions; ``head`` is a
     query head (a key/value head for ``k`` and ``v``), ``None`` for the whole layer;
-    ``src_position`` (patterns only) picks one source position of the pattern row.
+    ``src_position`` (patterns only) picks one source position of the pattern row;
+    ``neuron`` (``mlp_post`` only) picks one MLP neuron.
     """
 
     kind: SiteKind
@@ -54,6 +55,7 @@ class PatchSite:
     position: int | None = None
     head: int | None = None
     src_position: int | None = None
+    neuron: int | None = None
 
     @property
     def hook_name(self) -> str:
@@ -76,6 +78,8 @@ class PatchSite:
             raise ValueError(f"{self}: {self.kind} has no head axis")
         if self.head is not None and not 0 <= self.head < n_heads:
             raise ValueError(f"{self}: head {self.head} does not exist ({self.kind} has {n_heads} heads)")
+        if self.neuron is not None and (self.kind != "mlp_post" or not 0 <= self.neuron < arch.d_mlp):
+            raise ValueError(f"{self}: neuron needs kind='mlp_post' and 0 <= neuron < {arch.d_mlp}")
         for name, pos in (("position", self.position), ("src_position", self.src_position)):
             if pos is not None and not 0 <= pos < n_pos:
                 raise ValueError(f"{self}: {name} {pos} does not exist (the prompts have {n_pos} positions)")
@@ -105,6 +109,8 @@ class SweepSpec:
         per_position: one cell per (destination) position; ``False`` patches all positions at once.
         per_head: one cell per head (head kinds only; ``False`` patches the whole layer's heads).
         per_src_position: patterns only, one cell per (destination, source) pair.
+        per_neuron: ``mlp_post`` only, one cell per MLP neuron (for attribution patching;
+            an exact sweep over every neuron is large).
         layers / positions / heads: restrict the grid (``None`` = all).
     """
 
@@ -112,6 +118,7 @@ class SweepSpec:
     per_position: bool = True
     per_head: bool = True
     per_src_position: bool = False
+    per_neuron: bool = False
     layers: tuple[int, ...] | None = None
     positions: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
@@ -131,12 +138,16 @@ class SweepSpec:
             names.append("pos")
         if has_head:
             names.append("head")
+        if self.per_neuron:
+            names.append("neuron")
         return tuple(names)
 
     def enumerate(self, model, n_pos: int) -> SweepGrid:
         """The cells (row-major over ``axes``) with the grid's axes and coordinates."""
         if self.per_src_position and not (self.kind == "pattern" and self.per_position):
             raise ValueError("per_src_position needs kind='pattern' and per_position=True")
+        if self.per_neuron and self.kind != "mlp_post":
+            raise ValueError("per_neuron needs kind='mlp_post'")
         arch = model.architecture
         n_heads = arch.kv_heads if self.kind in KV_KINDS else arch.n_heads
         ranges = {
@@ -145,6 +156,7 @@ class SweepSpec:
             "head": self.heads if self.heads is not None else tuple(range(n_heads)),
         }
         ranges["dest_pos"] = ranges["src_pos"] = ranges["pos"]
+        ranges["neuron"] = tuple(range(arch.d_mlp))
         axes = self.axes()
         cells = []
         for combo in itertools.product(*(ranges[a] for a in axes)):
@@ -155,6 +167,7 @@ class SweepSpec:
                 position=named.get("pos", named.get("dest_pos")),
                 head=named.get("head"),
                 src_position=named.get("src_pos"),
+                neuron=named.get("neuron"),
             )
             site.validate(model, n_pos)
             cells.append(site)
