@@ -37,6 +37,7 @@ class TransformerBlock(nn.Module):
             "resid_post",
             "attn_out",
             "mlp_out",
+            "mlp_in",
             "q_input",
             "k_input",
             "v_input",
@@ -61,6 +62,6 @@ class TransformerBlock(nn.Module):
             q_in = k_in = v_in = self.ln1(resid_pre)
         attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary, past))
         resid_mid = self.hook_resid_mid(resid_pre + attn_out)
-        mlp_input = resid_pre if self.cfg.parallel_attn_mlp else resid_mid
+        mlp_input = self.hook_mlp_in(resid_pre if self.cfg.parallel_attn_mlp else resid_mid)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_input)))
         return self.hook_resid_post(resid_mid + mlp_out)

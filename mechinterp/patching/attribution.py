@@ -162,6 +162,7 @@ def attribution_patch(
     spec: SweepSpec,
     *,
     method: Method = "atp",
+    grad_drop: bool = True,
     direction: Direction = "denoise",
     attention_mask: Tensor | None = None,
 ) -> PatchResult:
@@ -169,8 +170,9 @@ def attribution_patch(
 
     Arguments mean what they mean in ``patch_sweep``; the result has the same axes, labels
     and layout, so exact and estimated maps can be compared (``compare``) and plotted side
-    by side. ``method="atp*"`` gives GradDrop magnitudes (non-negative). The metric may be
-    positional or any callable on logits returning a scalar or per-example values.
+    by side. ``method="atp*"`` applies the QK fix to query/key sites and, unless
+    ``grad_drop=False``, GradDrop. The metric may be positional or any callable on logits
+    returning a scalar or per-example values.
     """
     if method not in ("atp", "atp*"):
         raise ValueError(f"method must be 'atp' or 'atp*', got {method!r}")
@@ -209,7 +211,7 @@ def attribution_patch(
         )
 
     values = estimates(None)
-    if method == "atp*":
+    if method == "atp*" and grad_drop:
         n_layers = model.architecture.n_layers
         magnitude = sum(estimates(layer).abs() for layer in range(n_layers)) / max(n_layers - 1, 1)
         values = torch.where(values < 0, -magnitude, magnitude)
@@ -234,7 +236,7 @@ def attribution_patch(
             "kind": spec.kind,
             "direction": direction,
             "ablation": "resample",
-            "method": method,
+            "method": method if method == "atp" or grad_drop else "atp* (no GradDrop)",
             "model": model.architecture.model_name,
             "metric": type(metric).__name__,
             "examples": int(base.shape[0]),

@@ -98,6 +98,58 @@ class _Row:
     start: int
 
 
+class BaseRun:
+    """The unpatched run that patched rows branch off: its logits, the residual stream
+    entering the requested layers, every layer's keys and values, and the activations at
+    ``hook_names``. ``forward_rows`` runs rows that enter at given layers from it."""
+
+    def __init__(self, model, tokens: Tensor, attention_mask: Tensor, hook_names: set[str], layers: set[int]):
+        self.model, self.tokens, self.mask = model, tokens, attention_mask
+        n_layers = model.architecture.n_layers
+        kv_filter = KeyValuePrefix.hook_filter(model)
+        wanted = set(hook_names) | {self._entering_hook(layer) for layer in layers if layer > 0}
+        with torch.no_grad():
+            self.logits, self.cache = model.run_with_cache(
+                tokens, attention_mask=attention_mask, names_filter=lambda n: n in wanted or kv_filter(n)
+            )
+        self.kv = KeyValuePrefix.from_cache(self.cache, model, length=tokens.shape[1])
+        self.n_layers = n_layers
+
+    def _entering_hook(self, layer: int) -> str:
+        n_layers = self.model.architecture.n_layers
+        return (
+            f"blocks.{layer}.hook_resid_pre" if layer < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+        )
+
+    def forward_rows(self, layers: Sequence[int], examples: Tensor, start: int, hooks: list) -> Tensor:
+        """The final residual stream ``[row, pos - start, d_model]`` of rows that enter at
+        ``layers`` (sorted; ``n_layers`` = after the last block) with the base run's residual
+        stream, computing positions ``start:`` only, with ``hooks`` active."""
+        model = self.model
+        positions, allowed, rotary = model.attention_inputs(self.mask[examples], start)
+        past = self.kv.truncate(start).select(examples) if start > 0 else None
+        joining = defaultdict(list)
+        for i, layer in enumerate(layers):
+            joining[layer].append(i)
+        residual = None
+        with model.hooks(fwd_hooks=hooks):
+            for layer in range(layers[0], self.n_layers + 1):
+                if joining[layer]:
+                    new = examples[joining[layer][0] : joining[layer][-1] + 1]
+                    if layer == 0:
+                        entering = model.embed_tokens(self.tokens[new, start:], positions[: len(new)])
+                    else:
+                        entering = self.cache[self._entering_hook(layer)][new, start:]
+                    residual = entering if residual is None else torch.cat([residual, entering])
+                if layer == self.n_layers:
+                    break
+                n = residual.shape[0]
+                layer_rotary = None if rotary is None else (rotary[0][:n], rotary[1][:n])
+                layer_past = None if past is None else tuple(t[:n] for t in past.layer(layer))
+                residual = model.blocks[layer](residual, allowed[:n], layer_rotary, layer_past)
+        return residual
+
+
 class BatchedPatcher:
     """Runs a list of cells as batched partial forwards and returns one value per cell.
 
@@ -124,16 +176,14 @@ class BatchedPatcher:
         self.cells = list(cells)
         self.source = source_activations
         self.scorer = scorer
-        hooks = {site.hook_name for site in self.cells}
-        layers = {site.layer for site in self.cells}
-        kv_filter = KeyValuePrefix.hook_filter(model)
-        wanted = hooks | {f"blocks.{layer}.hook_resid_pre" for layer in layers}
-        with torch.no_grad():
-            self.base_logits, cache = model.run_with_cache(
-                base_tokens, attention_mask=attention_mask, names_filter=lambda n: n in wanted or kv_filter(n)
-            )
-        self.base_cache = cache
-        self.kv = KeyValuePrefix.from_cache(cache, model, length=base_tokens.shape[1])
+        self.base = BaseRun(
+            model,
+            base_tokens,
+            attention_mask,
+            {site.hook_name for site in self.cells},
+            {site.layer for site in self.cells},
+        )
+        self.base_logits, self.base_cache = self.base.logits, self.base.cache
 
     # ------------------------------------------------------------------ planning
     def _plan(self) -> list[_Row]:
@@ -192,29 +242,10 @@ class BatchedPatcher:
     def _forward_rows(self, rows: list[_Row]) -> tuple[Tensor, int]:
         """The final residual stream ``[row, pos - start, d_model]`` of rows that share a start
         position and are sorted by layer, and that start position."""
-        model = self.model
         start = rows[0].start
         examples = torch.tensor([r.example for r in rows], device=self.tokens.device)
-        positions, allowed, rotary = model.attention_inputs(self.mask[examples], start)
-        past = self.kv.truncate(start).select(examples) if start > 0 else None
-        joining = defaultdict(list)
-        for i, row in enumerate(rows):
-            joining[row.layer].append(i)
-        residual = None
-        with model.hooks(fwd_hooks=self._patch_hooks(rows, examples, start)):
-            for layer in range(rows[0].layer, model.architecture.n_layers):
-                if joining[layer]:
-                    new = slice(joining[layer][0], joining[layer][-1] + 1)
-                    if layer == 0:
-                        entering = model.embed_tokens(self.tokens[examples[new], start:], positions[new])
-                    else:
-                        entering = self.base_cache[f"blocks.{layer}.hook_resid_pre"][examples[new], start:]
-                    residual = entering if residual is None else torch.cat([residual, entering])
-                n = residual.shape[0]
-                layer_rotary = None if rotary is None else (rotary[0][:n], rotary[1][:n])
-                layer_past = None if past is None else tuple(t[:n] for t in past.layer(layer))
-                residual = model.blocks[layer](residual, allowed[:n], layer_rotary, layer_past)
-        return residual, start
+        hooks = self._patch_hooks(rows, examples, start)
+        return self.base.forward_rows([r.layer for r in rows], examples, start, hooks), start
 
     @torch.no_grad()
     def run(

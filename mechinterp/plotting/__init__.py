@@ -5,6 +5,6 @@ Example:
     >>> patch_heatmap(result).show()
 """
 
-from mechinterp.plotting.patching import patch_heatmap
+from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
 
-__all__ = ["patch_heatmap"]
+__all__ = ["comparison_scatter", "patch_heatmap"]

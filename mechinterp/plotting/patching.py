@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mechinterp.patching.compare import Comparison
 from mechinterp.patching.result import PatchResult
 
 
@@ -50,4 +51,36 @@ def patch_heatmap(
     figure.update_layout(title=title or default_title, height=400 + 12 * len(result.labels[rows_axis]))
     figure.update_yaxes(autorange="reversed", title_text=rows_axis, col=1)
     figure.update_xaxes(title_text=cols_axis)
+    return figure
+
+
+def comparison_scatter(comparison: Comparison, *, title: str | None = None) -> go.Figure:
+    """Scatter of one map against the other, one point per cell (hover: the cell), with the
+    diagonal and the correlations in the title."""
+    x, y = comparison.reference.numpy(), comparison.estimate.numpy()
+    low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(
+            x=[low, high], y=[low, high], mode="lines", name="y = x", line={"dash": "dot", "color": "gray"}
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=x,
+            y=y,
+            mode="markers",
+            text=comparison.labels,
+            name="cells",
+            hovertemplate="%{text}<br>x %{x:.4f}<br>y %{y:.4f}<extra></extra>",
+        )
+    )
+    default = (
+        f"{comparison.names[1]} vs {comparison.names[0]}: Pearson {comparison.pearson:.3f}, "
+        f"Spearman {comparison.spearman:.3f}, top-{comparison.top_k} overlap "
+        f"{comparison.top_k_overlap:.0%}"
+    )
+    figure.update_layout(
+        title=title or default, xaxis_title=comparison.names[0], yaxis_title=comparison.names[1]
+    )
     return figure
