@@ -32,7 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.engine import BaseRun, ablated_source, site_index
+from mechinterp.patching.engine import BaseRun, site_index
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
@@ -197,7 +197,7 @@ def path_patch(
         source_tokens, attention_mask=mask, names_filter=list(sender_hooks)
     )
     deltas = sender_deltas(
-        model, sites, base.cache, {n: ablated_source(source_cache[n], "resample") for n in sender_hooks}
+        model, sites, {n: base.cache[n] for n in sender_hooks}, {n: source_cache[n] for n in sender_hooks}
     )
     base_value = scorer.base_values(base.logits)
     values = base_value.expand(len(sites), *base_value.shape).clone()
@@ -284,7 +284,12 @@ def reference_path_patch(
     values = []
     try:
         for site in senders:
-            delta = sender_deltas(model, [site], base_cache, source_cache)[0]
+            delta = sender_deltas(
+                model,
+                [site],
+                {site.hook_name: base_cache[site.hook_name]},
+                {site.hook_name: source_cache[site.hook_name]},
+            )[0]
             examples_sender = torch.zeros(base.shape[0], dtype=torch.long)
             hooks = _receiver_hooks(model, receivers, [site], examples_sender, delta, 0)
             if any(receiver.kind == "logits" for receiver in receivers):
