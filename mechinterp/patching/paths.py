@@ -123,8 +123,9 @@ def _receiver_hooks(model, receivers, senders, rows_sender: Tensor, delta: Tenso
 
     def make(entries):
         def add(activation: Tensor, hook) -> Tensor:
+            n = activation.shape[0]  # rows join at their entry layer: the active rows come first
             for receiver, feeds in entries:
-                change = delta[:, start:] * feeds[:, None, None]
+                change = delta[:n, start:] * feeds[:n, None, None]
                 if receiver.kind == "mlp":
                     activation = activation + change
                 else:
@@ -191,8 +192,11 @@ def path_patch(
             raise ValueError(f"senders must be of kind {', '.join(SENDER_KINDS)}; got {site.kind!r}")
     scorer = PositionalScorer(metric, base_tokens.shape[0], n_pos)
     sender_hooks = {site.hook_name for site in sites}
-    entry = min(receiver.entry_layer(model) for receiver in receivers)
-    base = BaseRun(model, base_tokens, mask, sender_hooks, {entry})
+    # a row enters at the first block one of its sender's receivers changes
+    entries = [
+        min((r.entry_layer(model) for r in receivers if r.reads(site, model)), default=None) for site in sites
+    ]
+    base = BaseRun(model, base_tokens, mask, sender_hooks, {e for e in entries if e is not None})
     source_logits, source_cache = model.run_with_cache(
         source_tokens, attention_mask=mask, names_filter=list(sender_hooks)
     )
@@ -202,20 +206,21 @@ def path_patch(
     base_value = scorer.base_values(base.logits)
     values = base_value.expand(len(sites), *base_value.shape).clone()
 
-    rows = []  # (sender, example, first position its delta is nonzero)
-    for s, site in enumerate(sites):
-        if not any(receiver.reads(site, model) for receiver in receivers):
+    rows = []  # (sender, example, first position its delta is nonzero, entry layer)
+    for s in range(len(sites)):
+        if entries[s] is None:
             continue
         changed = deltas[s].abs().amax(-1) > 0  # [batch, pos]
         for example in range(base_tokens.shape[0]):
             if changed[example].any():
                 start = int(changed[example].int().argmax())
                 if scorer.can_change(example, start):
-                    rows.append((s, example, start))
-    rows.sort(key=lambda row: row[2])
-    split_heads = any(receiver.kind in ("q", "k", "v") for receiver in receivers)
-    previous_split = model.blocks[0].use_split_qkv_input
-    model.set_use_split_qkv_input(split_heads or previous_split)
+                    rows.append((s, example, start, entries[s]))
+    rows.sort(key=lambda row: (row[2], row[3]))
+    previous_split = [block.use_split_qkv_input for block in model.blocks]
+    for receiver in receivers:  # per-head inputs only where a head input receives
+        if receiver.kind in ("q", "k", "v"):
+            model.blocks[receiver.layer].use_split_qkv_input = True
     try:
         with tqdm(total=len(rows), desc="path patching", unit="row", disable=not progress) as bar:
             done = 0
@@ -226,7 +231,7 @@ def path_patch(
                 examples = torch.tensor([r[1] for r in chunk], device=base_tokens.device)
                 delta = deltas[senders_idx, examples]  # [row, pos, d_model]
                 hooks = _receiver_hooks(model, receivers, sites, senders_idx, delta, start)
-                residual = base.forward_rows([entry] * len(chunk), examples, start, hooks)
+                residual = base.forward_rows([r[3] for r in chunk], examples, start, hooks)
                 if any(receiver.kind == "logits" for receiver in receivers):
                     residual = residual + delta[:, start:]
                 read = scorer.logit_positions(examples, start)[:, 0].to(residual.device)
@@ -236,7 +241,8 @@ def path_patch(
                 done += len(chunk)
                 bar.update(len(chunk))
     finally:
-        model.set_use_split_qkv_input(previous_split)
+        for block, split in zip(model.blocks, previous_split, strict=True):
+            block.use_split_qkv_input = split
     return PatchResult(
         values=values.reshape(*shape, base_tokens.shape[0]),
         axes=tuple(axes),
