@@ -33,6 +33,7 @@ from mechinterp.patching import (
     path_patch,
     reference_path_patch,
 )
+from mechinterp.patching.compare import pearson, spearman
 from mechinterp.plotting import comparison_scatter, patch_heatmap
 
 NAMES = [("Mary", "John"), ("Tom", "James"), ("Anna", "David"), ("Sarah", "Michael")]
@@ -91,13 +92,8 @@ def main() -> None:
                 args.out / "heads_exact.html"
             )
     for method, (reference, estimate) in pooled.items():
-        from mechinterp.patching.compare import _pearson, _ranks
-
         a, b = torch.cat(reference), torch.cat(estimate)
-        print(
-            f"{'all four, pooled':24}{method:8}{_pearson(a.double(), b.double()):9.3f}"
-            f"{_pearson(_ranks(a), _ranks(b)):10.3f}{'':>8}"
-        )
+        print(f"{'all four, pooled':24}{method:8}{pearson(a, b):9.3f}{spearman(a, b):10.3f}")
 
     tokens, mask = model.encode(corrupt)
     every_head = SweepSpec(kind="z")

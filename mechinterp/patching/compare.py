@@ -29,8 +29,9 @@ def cell_labels(result: PatchResult) -> list[str]:
     return [" ".join(combo) for combo in itertools.product(*(result.labels[a] for a in result.axes))]
 
 
-def _pearson(a: Tensor, b: Tensor) -> float:
-    a, b = a - a.mean(), b - b.mean()
+def pearson(a: Tensor, b: Tensor) -> float:
+    """Pearson correlation of two 1-D tensors."""
+    a, b = a.double() - a.double().mean(), b.double() - b.double().mean()
     denominator = a.norm() * b.norm()
     return float((a @ b) / denominator) if denominator > 0 else float("nan")
 
@@ -38,6 +39,11 @@ def _pearson(a: Tensor, b: Tensor) -> float:
 def _ranks(values: Tensor) -> Tensor:
     """Average ranks (ties share their mean rank), as Spearman's correlation needs."""
     return torch.tensor(pd.Series(values.numpy()).rank(method="average").to_numpy(), dtype=torch.float64)
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (ties get average ranks)."""
+    return pearson(_ranks(a), _ranks(b))
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,8 +105,8 @@ def compare(
     )
     frame["rank_gap"] = (frame[f"rank_{names[0]}"] - frame[f"rank_{names[1]}"]).abs()
     return Comparison(
-        pearson=_pearson(a.double(), b.double()),
-        spearman=_pearson(_ranks(a), _ranks(b)),
+        pearson=pearson(a, b),
+        spearman=spearman(a, b),
         top_k=k,
         top_k_overlap=len(top_a & top_b) / k if k else float("nan"),
         disagreements=frame.sort_values("rank_gap", ascending=False).reset_index(drop=True),
