@@ -1,0 +1,158 @@
+"""Direct logit attribution: how much each component writes the answer directly.
+
+The final residual stream is a sum of components (embeddings, each attention head's output,
+attention and MLP biases, each MLP's output or each neuron's ``activation * W_out`` row).
+The logit difference ``logit[correct] - logit[incorrect]`` reads it through the final norm.
+**Approximation:** the norm's scale (its divisor) is frozen at its value on the full
+residual stream, which makes the norm linear (LayerNorm's mean subtraction is linear
+anyway). Each component's attribution is then ``center?(c) / scale * w . (W_U[:, correct] -
+W_U[:, incorrect])``, and the attributions plus the constant term (norm bias and unembedding
+bias) sum exactly to the true logit difference.
+
+Example:
+    >>> dla = direct_logit_attribution(model, prompts, correct=[" Mary"], incorrect=[" John"])
+    >>> dla.by_head().mean(-1)          # [layer, head]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from mechinterp.metrics import last_positions
+from mechinterp.models.tokenization import TextInput
+
+Granularity = Literal["layer", "head", "neuron"]
+
+
+@dataclass(frozen=True, eq=False)
+class DLAResult:
+    """``values``: ``[component, batch]`` attributions, named by ``labels`` and typed by
+    ``kinds`` (``embed``, ``pos_embed``, ``head``, ``attn``, ``attn_bias``, ``mlp``,
+    ``neuron``, ``mlp_bias``, ``constant``). ``logit_diff`` is the model's true value."""
+
+    values: Tensor
+    labels: list[str]
+    kinds: list[str]
+    layers: list[int | None]
+    logit_diff: Tensor
+    n_layers: int
+    n_heads: int
+
+    @property
+    def total(self) -> Tensor:
+        """Sum of all attributions (equals ``logit_diff`` up to float error)."""
+        return self.values.sum(0)
+
+    def by_head(self) -> Tensor:
+        """``[layer, head, batch]`` attributions of single heads (head granularity)."""
+        rows = [i for i, kind in enumerate(self.kinds) if kind == "head"]
+        if not rows:
+            raise ValueError("no per-head attributions: use granularity='head'")
+        return self.values[rows].reshape(self.n_layers, self.n_heads, -1)
+
+    def by_layer(self) -> dict[str, Tensor]:
+        """``{"attn": [layer, batch], "mlp": [layer, batch]}``, biases included."""
+        out = {
+            "attn": torch.zeros(self.n_layers, self.values.shape[1]),
+            "mlp": torch.zeros(self.n_layers, self.values.shape[1]),
+        }
+        for value, kind, layer in zip(self.values, self.kinds, self.layers, strict=True):
+            if kind in ("head", "attn", "attn_bias"):
+                out["attn"][layer] += value
+            elif kind in ("mlp", "neuron", "mlp_bias"):
+                out["mlp"][layer] += value
+        return out
+
+
+@torch.no_grad()
+def direct_logit_attribution(
+    model,
+    input: TextInput | Tensor,
+    *,
+    correct: list[str] | Tensor,
+    incorrect: list[str] | Tensor,
+    positions: Tensor | None = None,
+    granularity: Granularity = "head",
+    attention_mask: Tensor | None = None,
+) -> DLAResult:
+    """Attribute ``logit[correct] - logit[incorrect]`` at each example's position (default:
+    its last real token) to every component writing into the final residual stream."""
+    if isinstance(input, (str, list)):
+        tokens, attention_mask = model.encode(input)
+    else:
+        tokens = input.to(model.device)
+        attention_mask = (
+            torch.ones_like(tokens) if attention_mask is None else attention_mask.to(model.device)
+        )
+    batch = tokens.shape[0]
+    ids = []
+    for answers in (correct, incorrect):
+        answers = (
+            answers
+            if isinstance(answers, Tensor)
+            else torch.tensor([model.to_single_token(a) for a in answers])
+        )
+        if answers.shape != (batch,):
+            raise ValueError(f"need one answer per example ({batch}), got shape {tuple(answers.shape)}")
+        ids.append(answers.to(model.device))
+    positions = last_positions(attention_mask) if positions is None else positions.to(model.device)
+    arch = model.architecture
+    logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
+    rows = torch.arange(batch, device=model.device)
+    logit_diff = logits[rows, positions, ids[0]] - logits[rows, positions, ids[1]]
+
+    direction = (model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.w  # [batch, d_model]
+    if arch.norm == "layernorm":  # (c - mean c) . u == c . (u - mean u)
+        direction = direction - direction.mean(-1, keepdim=True)
+    reader = direction / cache["ln_final.hook_scale"][rows, positions]  # [batch, d_model]
+
+    def at(name: str) -> Tensor:
+        return cache[name][rows, positions]
+
+    values, labels, kinds, layers = [], [], [], []
+
+    def add(value: Tensor, label: str, kind: str, layer: int | None) -> None:
+        values.append(value.float())
+        labels.append(label)
+        kinds.append(kind)
+        layers.append(layer)
+
+    add((at("hook_embed") * reader).sum(-1), "embed", "embed", None)
+    if model.pos_embed is not None:
+        add((at("hook_pos_embed") * reader).sum(-1), "pos_embed", "pos_embed", None)
+    for layer, block in enumerate(model.blocks):
+        if granularity == "layer":
+            attn = at(f"blocks.{layer}.hook_attn_out") - block.attn.b_O
+            add((attn * reader).sum(-1), f"L{layer} attn", "attn", layer)
+        else:
+            head_readers = torch.einsum("hdm,bm->bhd", block.attn.W_O, reader)
+            per_head = (at(f"blocks.{layer}.attn.hook_z") * head_readers).sum(-1)  # [batch, head]
+            for head in range(arch.n_heads):
+                add(per_head[:, head], f"L{layer} H{head}", "head", layer)
+        add((block.attn.b_O * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
+        if granularity == "neuron":
+            neuron_readers = reader @ block.mlp.W_out.T  # [batch, d_mlp]
+            per_neuron = at(f"blocks.{layer}.mlp.hook_post") * neuron_readers
+            for neuron in range(arch.d_mlp):
+                add(per_neuron[:, neuron], f"L{layer} N{neuron}", "neuron", layer)
+        else:
+            mlp = at(f"blocks.{layer}.hook_mlp_out") - block.mlp.b_out
+            add((mlp * reader).sum(-1), f"L{layer} MLP", "mlp", layer)
+        add((block.mlp.b_out * reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
+    constant = model.b_U[ids[0]] - model.b_U[ids[1]]
+    if model.ln_final.b is not None:
+        constant = constant + ((model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.b).sum(-1)
+    add(constant, "norm and unembedding biases", "constant", None)
+    return DLAResult(
+        values=torch.stack(values).cpu(),
+        labels=labels,
+        kinds=kinds,
+        layers=layers,
+        logit_diff=logit_diff.float().cpu(),
+        n_layers=arch.n_layers,
+        n_heads=arch.n_heads,
+    )
