@@ -6,12 +6,21 @@ Example:
 """
 
 from mechinterp.lens.dla import DLAResult, direct_logit_attribution
-from mechinterp.lens.heads import detection_pattern, head_scores, induction_scores, repeated_random_tokens
+from mechinterp.lens.heads import (
+    AttentionPatterns,
+    attention_patterns,
+    detection_pattern,
+    head_scores,
+    induction_scores,
+    repeated_random_tokens,
+)
 from mechinterp.lens.logit_lens import LensResult, logit_lens
 
 __all__ = [
+    "AttentionPatterns",
     "DLAResult",
     "LensResult",
+    "attention_patterns",
     "detection_pattern",
     "direct_logit_attribution",
     "head_scores",

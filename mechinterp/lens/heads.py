@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -93,3 +94,29 @@ def induction_scores(model, *, seq_len: int = 50, batch: int = 8, seed: int = 0)
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][:, :, seq_len + 1 :].cpu()
         scores.append((pattern * target[:, None, seq_len + 1 :]).sum(-1).mean((0, 2)))
     return torch.stack(scores)
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionPatterns:
+    """Attention patterns ``[head, q_pos, k_pos]`` of chosen ``(layer, head)`` pairs on one prompt."""
+
+    patterns: Tensor
+    heads: list[tuple[int, int]]
+    str_tokens: list[str]
+
+
+@torch.no_grad()
+def attention_patterns(model, text: str | Tensor, heads: list[tuple[int, int]]) -> AttentionPatterns:
+    """The attention patterns of ``heads`` (``(layer, head)`` pairs) on one prompt; draw them
+    with ``mechinterp.plotting.attention_heatmap``."""
+    tokens = model.to_tokens(text) if isinstance(text, str) else text.reshape(1, -1).to(model.device)
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer, _ in heads}
+    for layer, head in heads:
+        if not (0 <= layer < model.architecture.n_layers and 0 <= head < model.architecture.n_heads):
+            raise ValueError(
+                f"head ({layer}, {head}) does not exist in a {model.architecture.n_layers}-layer, "
+                f"{model.architecture.n_heads}-head model"
+            )
+    _, cache = model.run_with_cache(tokens, names_filter=list(names))
+    patterns = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0, head] for layer, head in heads])
+    return AttentionPatterns(patterns.cpu(), list(heads), model.to_str_tokens(tokens[0]))

@@ -64,9 +64,12 @@ def _decode_layer(model, normed: Tensor, final_probs: Tensor, targets: Tensor | 
     top_values = top_ids = log_norm = None
     cross = torch.zeros(normed.shape[:2], device=normed.device)
     target_logit = rank = None
-    if targets is not None:  # the target columns directly: [batch, pos]
-        columns = model.W_U[:, targets].T[:, None, :]  # [batch, 1, d_model]
-        target_logit = ((normed * columns).sum(-1) + model.b_U[targets][:, None]).float()
+    if targets is not None:  # from the same chunked products as below, so ranks are exact
+        target_logit = torch.zeros(normed.shape[:2], device=normed.device)
+        for first in (targets // chunk * chunk).unique().tolist():
+            logits = (normed @ model.W_U[:, first : first + chunk] + model.b_U[first : first + chunk]).float()
+            rows = (targets // chunk * chunk == first).nonzero().flatten()
+            target_logit[rows] = logits[rows, :, targets[rows] - first]
         rank = torch.zeros_like(target_logit, dtype=torch.long)
     for start in range(0, model.architecture.d_vocab, chunk):
         stop = min(start + chunk, model.architecture.d_vocab)

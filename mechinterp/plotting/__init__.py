@@ -5,6 +5,15 @@ Example:
     >>> patch_heatmap(result).show()
 """
 
+from mechinterp.plotting.lens import attention_heatmap, dla_bar, dla_heatmap, lens_heatmap, lens_trajectory
 from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
 
-__all__ = ["comparison_scatter", "patch_heatmap"]
+__all__ = [
+    "attention_heatmap",
+    "comparison_scatter",
+    "dla_bar",
+    "dla_heatmap",
+    "lens_heatmap",
+    "lens_trajectory",
+    "patch_heatmap",
+]
