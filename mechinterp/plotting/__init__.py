@@ -5,7 +5,14 @@ Example:
     >>> patch_heatmap(result).show()
 """
 
-from mechinterp.plotting.lens import attention_heatmap, dla_bar, dla_heatmap, lens_heatmap, lens_trajectory
+from mechinterp.plotting.lens import (
+    attention_heatmap,
+    dla_bar,
+    dla_heatmap,
+    lens_heatmap,
+    lens_trajectory,
+    probe_accuracy,
+)
 from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
 
 __all__ = [
@@ -16,4 +23,5 @@ __all__ = [
     "lens_heatmap",
     "lens_trajectory",
     "patch_heatmap",
+    "probe_accuracy",
 ]

@@ -1,4 +1,5 @@
-"""Figures for lens results: logit-lens heatmaps and trajectories, DLA, attention patterns."""
+"""Figures for looking inside: logit-lens heatmaps and trajectories, DLA, attention
+patterns, probe accuracy per layer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from plotly.subplots import make_subplots
 from mechinterp.lens.dla import DLAResult
 from mechinterp.lens.heads import AttentionPatterns
 from mechinterp.lens.logit_lens import LensResult
+from mechinterp.probing.probes import ProbeResult
 
 LensValue = Literal["kl", "target_prob", "target_rank", "top_prob"]
 
@@ -138,4 +140,34 @@ def attention_heatmap(patterns: AttentionPatterns) -> go.Figure:
         )
     figure.update_yaxes(autorange="reversed")
     figure.update_layout(title="attention patterns", height=250 + 18 * len(labels))
+    return figure
+
+
+def probe_accuracy(result: ProbeResult) -> go.Figure:
+    """Per-layer test score of the probes, with the shuffled-label and control-task probes
+    beside them and the chance level."""
+    layers = [f"L{layer}" for layer in result.layers]
+    name = "accuracy" if result.kind == "logistic" else "R^2"
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(
+            x=layers, y=result.score["test"].numpy(), name=f"probe (test {name})", mode="lines+markers"
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=layers, y=result.shuffled.numpy(), name="shuffled labels", mode="lines", line={"dash": "dot"}
+        )
+    )
+    if result.control is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=layers, y=result.control.numpy(), name="control task", mode="lines", line={"dash": "dash"}
+            )
+        )
+    if result.kind == "logistic":
+        figure.add_hline(y=result.chance, line={"color": "gray", "width": 1}, annotation_text="chance")
+    figure.update_layout(
+        title=f"probe {name} per layer ({result.model_name}, {result.hook})", yaxis_title=name
+    )
     return figure

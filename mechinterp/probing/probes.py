@@ -1,0 +1,387 @@
+"""Linear probes for every layer at once, with controls.
+
+Alain & Bengio (2016) read concepts off hidden states with linear classifiers. Here one
+probe per layer is trained in a single batched optimisation (weights ``[layer, d_model,
+class]``, full-batch Adam on the model's device, early stopping per layer on the validation
+loss). Every probe is reported next to two controls: the same probe on shuffled labels, and
+Hewitt & Liang's (2019) control task, where each token type gets a random label; the
+*selectivity* is task accuracy minus control-task accuracy. ``mass_mean_probe`` is the
+difference-of-means probe (class-mean direction, midpoint threshold).
+
+Example:
+    >>> result = train_probes(collect_activations(model, number_agreement(400)))
+    >>> result.best_layer, result.accuracy["test"][result.best_layer]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from mechinterp.probing.collect import Activations
+
+ProbeKind = Literal["logistic", "linear"]
+SPLITS = ("train", "val", "test")
+FORMAT_VERSION = 1
+
+
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, Tensor]:
+    """A seeded random train / validation / test split."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
+        raise ValueError(f"splits must be three positive fractions summing to 1, got {fractions}")
+    sizes = [round(f * n) for f in fractions[:2]]
+    sizes.append(n - sum(sizes))
+    if min(sizes) < 2:
+        raise ValueError(
+            f"{n} examples are too few for splits {fractions}: sizes would be {sizes} (need >= 2 each)"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return dict(zip(SPLITS, torch.split(order, sizes), strict=True))
+
+
+def roc_auc(scores: Tensor, labels: Tensor) -> float:
+    """Binary ROC-AUC from ranks (Mann-Whitney U), ties averaged."""
+    positive = labels.bool()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = scores.argsort()
+    ranks = torch.empty_like(scores, dtype=torch.float64)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    for value in scores.unique():  # average the ranks of tied scores
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _fit(
+    x: Tensor,
+    y: Tensor,
+    split: dict[str, Tensor],
+    kind: ProbeKind,
+    n_out: int,
+    layer_ids: list[int],
+    *,
+    lr: float,
+    max_epochs: int,
+    patience: int,
+    weight_decay: float,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """Weights ``[layer, d, out]`` and bias ``[layer, out]`` of all layers' probes at once.
+
+    Each layer's probe is initialised from its own seed and stops (keeps its best validation
+    weights; later epochs no longer count) on its own, so the batched result equals training
+    each layer alone: Adam's updates are elementwise and the summed loss separates by layer.
+    """
+    n_layers, _, d = x.shape
+    initial = [
+        torch.randn(d, n_out, generator=torch.Generator().manual_seed(seed * 100_003 + layer)) * 0.01
+        for layer in layer_ids
+    ]
+    weight = torch.stack(initial).to(x.device).requires_grad_()
+    bias = torch.zeros(n_layers, n_out, device=x.device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    best_loss = torch.full((n_layers,), float("inf"), device=x.device)
+    best_weight, best_bias = weight.detach().clone(), bias.detach().clone()
+    waited = torch.zeros(n_layers, dtype=torch.long, device=x.device)
+    active = torch.ones(n_layers, dtype=torch.bool, device=x.device)
+
+    def losses(rows: Tensor) -> Tensor:  # [layer]
+        out = torch.einsum("lnd,ldo->lno", x[:, rows], weight) + bias[:, None]
+        if kind == "logistic":
+            return torch.nn.functional.cross_entropy(
+                out.transpose(1, 2), y[rows].expand(n_layers, -1), reduction="none"
+            ).mean(1)
+        return ((out[..., 0] - y[rows]) ** 2).mean(1)
+
+    for _ in range(max_epochs):
+        optimizer.zero_grad()
+        losses(split["train"]).sum().backward()  # layers are independent: one sum, one step
+        optimizer.step()
+        with torch.no_grad():
+            val = losses(split["val"])
+            improved = (val < best_loss - 1e-6) & active
+            best_loss = torch.where(improved, val, best_loss)
+            best_weight[improved], best_bias[improved] = weight[improved], bias[improved]
+            waited = torch.where(improved, 0, waited + 1)
+            active &= waited <= patience
+            if not bool(active.any()):
+                break
+    return best_weight, best_bias
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeResult:
+    """Per-layer probe metrics on each split, controls, and the probes themselves.
+
+    ``accuracy`` / ``auc`` (logistic) or ``r2`` (linear): ``{split: [layer]}``;
+    ``shuffled``: test metric with shuffled labels; ``control``: test accuracy on the
+    control task (logistic only); ``selectivity`` = test accuracy - control.
+    """
+
+    kind: ProbeKind
+    layers: list[int]
+    accuracy: dict[str, Tensor]
+    auc: dict[str, Tensor]
+    r2: dict[str, Tensor]
+    shuffled: Tensor
+    control: Tensor | None
+    weight: Tensor
+    bias: Tensor
+    mean: Tensor
+    std: Tensor
+    chance: float
+    model_name: str
+    n_layers: int
+    hook: str
+
+    @property
+    def score(self) -> dict[str, Tensor]:
+        """The headline metric: accuracy (logistic) or R^2 (linear), per split and layer."""
+        return self.accuracy if self.kind == "logistic" else self.r2
+
+    @property
+    def selectivity(self) -> Tensor | None:
+        return None if self.control is None else self.accuracy["test"] - self.control
+
+    @property
+    def best_layer(self) -> int:
+        """The layer whose probe does best on the validation split."""
+        return self.layers[int(self.score["val"].argmax())]
+
+    def direction(self, layer: int) -> Tensor:
+        """The probe's direction in the residual stream of ``layer`` (binary logistic: class 1
+        minus class 0; linear: the regression weights), undoing the standardisation."""
+        index = self.layers.index(layer)
+        weight = self.weight[index]
+        column = weight[:, 1] - weight[:, 0] if self.kind == "logistic" else weight[:, 0]
+        return column / self.std[index]
+
+    def save(self, path: str | Path) -> None:
+        """``PATH.safetensors`` (tensors) + ``PATH.json`` (metrics, provenance)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(
+            {
+                "weight": self.weight.contiguous(),
+                "bias": self.bias.contiguous(),
+                "mean": self.mean.contiguous(),
+                "std": self.std.contiguous(),
+            },
+            str(path.with_suffix(".safetensors")),
+        )
+        info = {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "layers": self.layers,
+            "chance": self.chance,
+            "model_name": self.model_name,
+            "n_layers": self.n_layers,
+            "hook": self.hook,
+            "accuracy": {k: v.tolist() for k, v in self.accuracy.items()},
+            "auc": {k: v.tolist() for k, v in self.auc.items()},
+            "r2": {k: v.tolist() for k, v in self.r2.items()},
+            "shuffled": self.shuffled.tolist(),
+            "control": None if self.control is None else self.control.tolist(),
+        }
+        path.with_suffix(".json").write_text(json.dumps(info, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, model=None) -> ProbeResult:
+        """Read a saved probe; with ``model``, check it was trained on that model."""
+        path = Path(path)
+        info = json.loads(path.with_suffix(".json").read_text())
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+        if model is not None:
+            arch = model.architecture
+            if info["n_layers"] != arch.n_layers or tensors["weight"].shape[1] != arch.d_model:
+                raise ValueError(
+                    f"{path} holds probes for {info['model_name']!r} ({info['n_layers']} layers, d_model "
+                    f"{tensors['weight'].shape[1]}), not for {arch.model_name!r} ({arch.n_layers} layers, "
+                    f"d_model {arch.d_model})"
+                )
+        return cls(
+            kind=info["kind"],
+            layers=info["layers"],
+            accuracy={k: torch.tensor(v) for k, v in info["accuracy"].items()},
+            auc={k: torch.tensor(v) for k, v in info["auc"].items()},
+            r2={k: torch.tensor(v) for k, v in info["r2"].items()},
+            shuffled=torch.tensor(info["shuffled"]),
+            control=None if info["control"] is None else torch.tensor(info["control"]),
+            weight=tensors["weight"],
+            bias=tensors["bias"],
+            mean=tensors["mean"],
+            std=tensors["std"],
+            chance=info["chance"],
+            model_name=info["model_name"],
+            n_layers=info["n_layers"],
+            hook=info["hook"],
+        )
+
+
+def _evaluate(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, kind: ProbeKind, rows: Tensor):
+    """(accuracy, auc, r2) per layer on ``rows``."""
+    out = torch.einsum("lnd,ldo->lno", x[:, rows], weight) + bias[:, None]
+    target = y[rows]
+    n_layers = x.shape[0]
+    if kind == "logistic":
+        accuracy = (out.argmax(-1) == target).float().mean(1)
+        if out.shape[-1] == 2:
+            margin = out[..., 1] - out[..., 0]
+            auc = torch.tensor([roc_auc(margin[layer].cpu(), target.cpu()) for layer in range(n_layers)])
+        else:
+            auc = torch.full((n_layers,), float("nan"))
+        return accuracy.cpu(), auc, torch.full((n_layers,), float("nan"))
+    residual = ((out[..., 0] - target) ** 2).sum(1)
+    total = ((target - target.mean()) ** 2).sum()
+    nan = torch.full((n_layers,), float("nan"))
+    return nan, nan, (1 - residual / total).cpu()
+
+
+def _train_and_score(x, y, split, kind, n_out, layer_ids, options) -> tuple[Tensor, Tensor, dict]:
+    weight, bias = _fit(x, y, split, kind, n_out, layer_ids, **options)
+    scores = {name: _evaluate(x, y, weight, bias, kind, rows) for name, rows in split.items()}
+    return weight, bias, scores
+
+
+@torch.no_grad()
+def train_probes(
+    activations: Activations,
+    *,
+    kind: ProbeKind = "logistic",
+    splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    lr: float = 1e-2,
+    max_epochs: int = 500,
+    patience: int = 25,
+    weight_decay: float = 1e-4,
+    controls: bool = True,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> ProbeResult:
+    """Train one probe per layer, all layers in one batched optimisation, with controls.
+
+    Args:
+        kind: ``"logistic"`` (integer class labels) or ``"linear"`` (scalar regression, R^2).
+        splits: train / validation / test fractions (seeded by ``seed``).
+        controls: also train on shuffled labels and (logistic) on Hewitt & Liang's control task.
+        device: where to optimise (default: CUDA if available).
+    """
+    labels = activations.labels
+    if kind == "logistic":
+        if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            raise ValueError(
+                "logistic probes need integer class labels; use kind='linear' for scalar targets"
+            )
+        labels = labels.long()
+        classes = labels.unique()
+        if len(classes) < 2:
+            raise ValueError(f"labels have a single class ({classes.tolist()}); a probe needs at least two")
+        if not torch.equal(classes, torch.arange(len(classes))):
+            raise ValueError(f"class labels must be 0..K-1, got {classes.tolist()}")
+    else:
+        labels = labels.float()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    split = split_indices(len(labels), splits, seed)
+    x = activations.values.to(device, torch.float32)
+    mean = x[:, split["train"]].mean(1, keepdim=True)
+    std = x[:, split["train"]].std(1, keepdim=True) + 1e-6
+    x = (x - mean) / std
+    y = labels.to(device)
+    if kind == "linear":  # standardised targets train faster; R^2 does not change
+        y = (y - y[split["train"]].mean()) / (y[split["train"]].std() + 1e-12)
+    n_out = int(labels.max()) + 1 if kind == "logistic" else 1
+    layer_ids = list(activations.layers)
+    options = {
+        "lr": lr,
+        "max_epochs": max_epochs,
+        "patience": patience,
+        "weight_decay": weight_decay,
+        "seed": seed,
+    }
+    with torch.enable_grad():
+        weight, bias, scores = _train_and_score(x, y, split, kind, n_out, layer_ids, options)
+        shuffled = control = None
+        if controls:
+            permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)
+            _, _, shuffled_scores = _train_and_score(
+                x, y[permutation], split, kind, n_out, layer_ids, options
+            )
+            shuffled = shuffled_scores["test"][0 if kind == "logistic" else 2]
+            if kind == "logistic":
+                control_labels = _control_task(activations.type_ids, labels, seed).to(device)
+                _, _, control_scores = _train_and_score(
+                    x, control_labels, split, kind, n_out, layer_ids, options
+                )
+                control = control_scores["test"][0]
+    chance = float(torch.bincount(labels).max()) / len(labels) if kind == "logistic" else 0.0
+    return ProbeResult(
+        kind=kind,
+        layers=list(activations.layers),
+        accuracy={name: s[0] for name, s in scores.items()},
+        auc={name: s[1] for name, s in scores.items()},
+        r2={name: s[2] for name, s in scores.items()},
+        shuffled=shuffled if shuffled is not None else torch.full((len(activations.layers),), float("nan")),
+        control=control,
+        weight=weight.cpu(),
+        bias=bias.cpu(),
+        mean=mean[:, 0].cpu(),
+        std=std[:, 0].cpu(),
+        chance=chance,
+        model_name=activations.model_name,
+        n_layers=activations.n_layers,
+        hook=activations.hook,
+    )
+
+
+def _control_task(type_ids: Tensor, labels: Tensor, seed: int) -> Tensor:
+    """Hewitt & Liang's control task: every word type gets a random label drawn from the
+    task's label distribution, so a probe can only succeed by memorising word identity."""
+    generator = torch.Generator().manual_seed(seed + 2)
+    types = type_ids.unique()
+    frequencies = torch.bincount(labels).float()
+    assigned = torch.multinomial(frequencies, len(types), replacement=True, generator=generator)
+    lookup = dict(zip(types.tolist(), assigned.tolist(), strict=True))
+    return torch.tensor([lookup[t] for t in type_ids.tolist()])
+
+
+@dataclass(frozen=True, eq=False)
+class MassMeanResult:
+    """Difference-of-means probes: ``directions`` ``[layer, d_model]`` and test accuracy per layer."""
+
+    layers: list[int]
+    directions: Tensor
+    thresholds: Tensor
+    accuracy: Tensor
+
+
+def mass_mean_probe(
+    activations: Activations, *, splits: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0
+) -> MassMeanResult:
+    """Binary mass-mean probes (Marks & Tegmark 2023): direction = mean(class 1) - mean(class 0)
+    on the training split, threshold halfway between the projected class means; accuracy on
+    the test split (the same split as ``train_probes`` with the same seed). Features are
+    standardised with training statistics first, so the few huge residual dimensions of
+    some models do not swamp the projection; ``directions`` are in standardised units."""
+    labels = activations.labels.long()
+    if labels.unique().tolist() != [0, 1]:
+        raise ValueError(
+            f"mass-mean probes are binary: labels must be 0 and 1, got {labels.unique().tolist()}"
+        )
+    split = split_indices(len(labels), splits, seed)
+    x = activations.values.float()
+    train, test = split["train"], split["test"]
+    x = (x - x[:, train].mean(1, keepdim=True)) / (x[:, train].std(1, keepdim=True) + 1e-6)
+    positive = x[:, train][:, labels[train] == 1].mean(1)
+    negative = x[:, train][:, labels[train] == 0].mean(1)
+    directions = positive - negative  # [layer, d_model]
+    thresholds = ((positive + negative) / 2 * directions).sum(-1)
+    predictions = (torch.einsum("lnd,ld->ln", x[:, test], directions) > thresholds[:, None]).long()
+    accuracy = (predictions == labels[test]).float().mean(1)
+    return MassMeanResult(list(activations.layers), directions, thresholds, accuracy)
