@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -51,12 +52,7 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = scores.argsort()
-    ranks = torch.empty_like(scores, dtype=torch.float64)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores.unique():  # average the ranks of tied scores
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
+    ranks = torch.tensor(pd.Series(scores.double().numpy()).rank(method="average").to_numpy())
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -76,44 +72,59 @@ def _fit(
 ) -> tuple[Tensor, Tensor]:
     """Weights ``[layer, d, out]`` and bias ``[layer, out]`` of all layers' probes at once.
 
-    Each layer's probe is initialised from its own seed and stops (keeps its best validation
-    weights; later epochs no longer count) on its own, so the batched result equals training
-    each layer alone: Adam's updates are elementwise and the summed loss separates by layer.
+    Full-batch Adam (L2 weight decay) over the stacked probes of all still-training layers.
+    Each layer starts from its own seed and stops on its own (patience on the validation
+    loss, keeping its best weights); finished layers leave the batch, so the batched result
+    equals training each layer alone while every step is one batched matrix product.
     """
     n_layers, _, d = x.shape
     initial = [
         torch.randn(d, n_out, generator=torch.Generator().manual_seed(seed * 100_003 + layer)) * 0.01
         for layer in layer_ids
     ]
-    weight = torch.stack(initial).to(x.device).requires_grad_()
-    bias = torch.zeros(n_layers, n_out, device=x.device, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=lr, weight_decay=weight_decay)
+    best_weight = torch.stack(initial).to(x.device)
+    best_bias = torch.zeros(n_layers, n_out, device=x.device)
     best_loss = torch.full((n_layers,), float("inf"), device=x.device)
-    best_weight, best_bias = weight.detach().clone(), bias.detach().clone()
     waited = torch.zeros(n_layers, dtype=torch.long, device=x.device)
-    active = torch.ones(n_layers, dtype=torch.bool, device=x.device)
+    active = torch.arange(n_layers, device=x.device)  # layers still training
+    params = [best_weight.clone(), best_bias.clone()]
+    moments = [torch.zeros_like(p) for p in params] + [torch.zeros_like(p) for p in params]
+    data = {name: (x[:, split[name]], y[split[name]]) for name in ("train", "val")}  # gathered once
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
 
-    def losses(rows: Tensor) -> Tensor:  # [layer]
-        out = torch.einsum("lnd,ldo->lno", x[:, rows], weight) + bias[:, None]
+    def losses(name: str, weight: Tensor, bias: Tensor) -> Tensor:  # [active layer]
+        features, target = data[name]
+        out = torch.bmm(features, weight) + bias[:, None]
         if kind == "logistic":
             return torch.nn.functional.cross_entropy(
-                out.transpose(1, 2), y[rows].expand(n_layers, -1), reduction="none"
+                out.transpose(1, 2), target.expand(len(weight), -1), reduction="none"
             ).mean(1)
-        return ((out[..., 0] - y[rows]) ** 2).mean(1)
+        return ((out[..., 0] - target) ** 2).mean(1)
 
-    for _ in range(max_epochs):
-        optimizer.zero_grad()
-        losses(split["train"]).sum().backward()  # layers are independent: one sum, one step
-        optimizer.step()
+    for step in range(1, max_epochs + 1):
+        weight, bias = (p.requires_grad_() for p in params)
+        grads = torch.autograd.grad(losses("train", weight, bias).sum(), [weight, bias])  # layers separate
         with torch.no_grad():
-            val = losses(split["val"])
-            improved = (val < best_loss - 1e-6) & active
-            best_loss = torch.where(improved, val, best_loss)
-            best_weight[improved], best_bias[improved] = weight[improved], bias[improved]
-            waited = torch.where(improved, 0, waited + 1)
-            active &= waited <= patience
-            if not bool(active.any()):
-                break
+            for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+                grad = grad + weight_decay * param
+                moments[i].mul_(beta1).add_(grad, alpha=1 - beta1)
+                moments[i + 2].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denominator = (moments[i + 2] / (1 - beta2**step)).sqrt_().add_(eps)
+                params[i] = param.detach() - lr / (1 - beta1**step) * moments[i] / denominator
+            val = losses("val", *params)
+            improved = val < best_loss[active] - 1e-6
+            rows = active[improved]
+            best_loss[rows] = val[improved]
+            best_weight[rows], best_bias[rows] = params[0][improved], params[1][improved]
+            waited[active] = torch.where(improved, 0, waited[active] + 1)
+            keep = waited[active] <= patience
+            if not bool(keep.all()):  # finished layers leave the batch
+                active = active[keep]
+                if len(active) == 0:
+                    break
+                params = [p[keep] for p in params]
+                moments = [m[keep] for m in moments]
+                data = {name: (features[keep], target) for name, (features, target) in data.items()}
     return best_weight, best_bias
 
 
