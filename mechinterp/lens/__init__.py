@@ -15,11 +15,13 @@ from mechinterp.lens.heads import (
     repeated_random_tokens,
 )
 from mechinterp.lens.logit_lens import LensResult, logit_lens
+from mechinterp.lens.tuned_lens import TunedLens, stdlib_corpus
 
 __all__ = [
     "AttentionPatterns",
     "DLAResult",
     "LensResult",
+    "TunedLens",
     "attention_patterns",
     "detection_pattern",
     "direct_logit_attribution",
@@ -27,4 +29,5 @@ __all__ = [
     "induction_scores",
     "logit_lens",
     "repeated_random_tokens",
+    "stdlib_corpus",
 ]
