@@ -122,3 +122,29 @@ def test_smollm2_logit_lens_finds_paris_before_the_last_layer(smollm2):
     lens = logit_lens(model, "The Eiffel Tower is located in the city of", targets=[" Paris"])
     ranks = lens.target_rank[:-1, 0, -1]  # every layer before the final residual stream
     assert bool((ranks < 5).any())
+
+
+def test_tuned_lens_beats_the_logit_lens_on_held_out_text(tiny_llama, tmp_path):
+    from mechinterp.lens import TunedLens, stdlib_corpus
+    from mechinterp.models.tiny import tiny_hf_model
+
+    corpus = stdlib_corpus(120)
+    assert len(corpus) == 120 and all(len(text.split()) >= 12 for text in corpus)
+    lens = TunedLens.train(
+        tiny_llama, corpus[:100], steps=150, tokens_per_step=128, lr=3e-3, max_tokens=32, progress=False
+    )
+    kl = lens.evaluate(tiny_llama, corpus[100:], max_tokens=32)
+    assert bool((kl["tuned"] < kl["logit"]).all()), kl
+    lens.save(tmp_path / "lens")
+    loaded = TunedLens.load(tmp_path / "lens", tiny_llama)
+    torch.testing.assert_close(loaded.weight, lens.weight)
+    hf_model, tokenizer = tiny_hf_model("llama", n_layers=3)
+    import mechinterp
+
+    other = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+    with pytest.raises(
+        ValueError, match=r"tuned lens for 'llama' \(2 layers, d_model 64\), not for 'llama' \(3 layers"
+    ):
+        TunedLens.load(tmp_path / "lens", other)
+    with pytest.raises(ValueError, match="needs training texts"):
+        TunedLens.train(tiny_llama, [])

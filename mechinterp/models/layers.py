@@ -71,7 +71,7 @@ class Unembed(nn.Module):
         self.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+    def forward(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_vocab"]:
         return x @ self.W_U + self.b_U
 
 
