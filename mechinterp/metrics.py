@@ -128,27 +128,14 @@ class LogitDifference(_PositionalBase):
 
 
 @dataclass(frozen=True, eq=False)
-class ProbabilityDifference(_PositionalBase):
-    """``p[correct] - p[incorrect]`` (softmax over the vocabulary) at each answer position."""
-
-    positions: Tensor
-    correct: Tensor
-    incorrect: Tensor
-    reduce: Reduce = "mean"
-
-    def __post_init__(self) -> None:
-        self._check_batch(self.correct, self.incorrect)
+class ProbabilityDifference(LogitDifference):
+    """``p[correct] - p[incorrect]`` (softmax over the vocabulary) at each answer position;
+    built like ``LogitDifference`` (``last_position``, ``from_answers``)."""
 
     def score(
         self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
     ) -> Float[Tensor, " row"]:
-        probs = logits.float().softmax(-1)
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        examples = examples.to(logits.device)
-        return (
-            probs[rows, self.correct.to(logits.device)[examples]]
-            - probs[rows, self.incorrect.to(logits.device)[examples]]
-        )
+        return super().score(logits.float().softmax(-1), examples)
 
 
 @dataclass(frozen=True, eq=False)
