@@ -1,6 +1,14 @@
-"""Circuit discovery on mechinterp models (graphs, edge patching, algorithms, export).
+"""Circuit discovery on mechinterp models: the computational graph and batched edge patching.
 
-Nothing is implemented here yet; see the README's "not done yet" section.
+Discovery algorithms (ACDC, EAP, EAP-IG), faithfulness evaluation and export are not
+implemented yet; see the README's "not done yet" section.
+
+Example:
+    >>> from circuits import Graph, patch_edges
+    >>> graph = Graph.from_model(model)
 """
 
-__all__: list[str] = []
+from circuits.edge_patching import patch_edges, reference_patch_edges
+from circuits.graph import Edge, Graph, Node
+
+__all__ = ["Edge", "Graph", "Node", "patch_edges", "reference_patch_edges"]

@@ -1,0 +1,112 @@
+"""The computational graph of a transformer, as circuits see it.
+
+Nodes are the components that write into the residual stream (the input embedding, each
+attention head, each MLP) plus the logits. An edge goes from a node to a later component's
+*input channel*: a head's query, key or value input, an MLP's input, or the logits. A
+component's input is the sum of the outputs of every node before it (plus constant
+biases), so every (earlier node, later channel) pair is an edge.
+
+Example:
+    >>> graph = Graph.from_model(model)
+    >>> len(graph.nodes), len(graph.edges)
+    >>> graph.edges[0]
+    Edge(source=Node(kind='input'), target=Node(kind='head', layer=0, head=0), channel='q')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+NodeKind = Literal["input", "head", "mlp", "logits"]
+Channel = Literal["q", "k", "v", "mlp", "logits"]
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """``input`` (embeddings), ``head`` (layer, head), ``mlp`` (layer) or ``logits``."""
+
+    kind: NodeKind
+    layer: int | None = None
+    head: int | None = None
+
+    @property
+    def name(self) -> str:
+        """EAP-IG style name: ``input``, ``a3.h1``, ``m5``, ``logits``."""
+        if self.kind == "head":
+            return f"a{self.layer}.h{self.head}"
+        if self.kind == "mlp":
+            return f"m{self.layer}"
+        return self.kind
+
+
+@dataclass(frozen=True, order=True)
+class Edge:
+    """``source`` writes into ``target``'s ``channel`` input. For ``k`` and ``v`` channels the
+    target head is a key/value head (under grouped-query attention it serves several query
+    heads)."""
+
+    source: Node
+    target: Node
+    channel: Channel
+
+    @property
+    def name(self) -> str:
+        """EAP-IG style: ``a3.h1->m5``, ``input->a0.h0<q>``."""
+        suffix = f"<{self.channel}>" if self.channel in ("q", "k", "v") else ""
+        return f"{self.source.name}->{self.target.name}{suffix}"
+
+
+def _writes_before(source: Node, target: Node, parallel: bool) -> bool:
+    """Whether ``source``'s output is part of ``target``'s input."""
+    if source.kind == "input" or target.kind == "logits":
+        return source.kind != "logits"
+    if target.kind == "head":
+        return source.layer < target.layer
+    # MLP target: earlier layers, plus this layer's heads in sequential blocks
+    return source.layer < target.layer or (
+        source.kind == "head" and source.layer == target.layer and not parallel
+    )
+
+
+@dataclass(frozen=True)
+class Graph:
+    """All nodes and edges of a model, with a fixed edge order (``edge_index``)."""
+
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...]
+    model_name: str
+    n_layers: int
+    n_heads: int
+    edge_index: dict[Edge, int] = field(compare=False, repr=False)
+
+    @classmethod
+    def from_model(cls, model) -> Graph:
+        """Every node and edge of ``model``. Key and value edges end at key/value heads, so
+        grouped-query models need no un-grouping of their weights."""
+        arch = model.architecture
+        sources = [Node("input")]
+        for layer in range(arch.n_layers):
+            sources += [Node("head", layer, head) for head in range(arch.n_heads)]
+            sources.append(Node("mlp", layer))
+        targets: list[tuple[Node, Channel]] = []
+        for layer in range(arch.n_layers):
+            targets += [(Node("head", layer, head), "q") for head in range(arch.n_heads)]
+            for channel in "kv":  # keys and values belong to key/value heads (GQA stays grouped)
+                targets += [(Node("head", layer, head), channel) for head in range(arch.kv_heads)]
+            targets.append((Node("mlp", layer), "mlp"))
+        targets.append((Node("logits"), "logits"))
+        edges = tuple(
+            Edge(source, target, channel)
+            for target, channel in targets
+            for source in sources
+            if _writes_before(source, target, arch.parallel_attn_mlp)
+        )
+        nodes = (*sources, Node("logits"))
+        return cls(
+            nodes, edges, arch.model_name, arch.n_layers, arch.n_heads, {e: i for i, e in enumerate(edges)}
+        )
+
+    def edges_into(self, target: Node, channel: Channel) -> list[int]:
+        """Indices of the edges into one input channel."""
+        return [i for i, e in enumerate(self.edges) if e.target == target and e.channel == channel]

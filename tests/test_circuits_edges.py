@@ -1,0 +1,84 @@
+"""The circuit graph and batched edge patching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mechinterp
+from circuits import Edge, Graph, Node, patch_edges, reference_patch_edges
+from mechinterp.metrics import LogitDifference
+from mechinterp.models.tiny import tiny_hf_model
+
+
+@pytest.fixture(
+    scope="module",
+    params=[("gpt2", None), ("llama", 2), ("gpt_neox", None)],
+    ids=["gpt2", "llama-gqa", "gpt_neox-parallel"],
+)
+def model(request):
+    family, kv = request.param
+    hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=kv)
+    return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+
+
+def inputs():
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randint(3, 98, (2, 6), generator=generator)
+    corrupt = torch.randint(3, 98, (2, 6), generator=generator)
+    metric = LogitDifference.last_position(
+        torch.ones_like(clean), correct=[5, 6], incorrect=[7, 8], reduce="none"
+    )
+    return clean, corrupt, metric
+
+
+def test_graph_structure(model):
+    graph = Graph.from_model(model)
+    arch = model.architecture
+    heads, kv = arch.n_heads, arch.kv_heads
+    sources_before_layer_1 = 1 + heads + 1
+    assert (
+        len([e for e in graph.edges if e.target == Node("head", 1, 0) and e.channel == "q"])
+        == sources_before_layer_1
+    )
+    assert len(graph.edges_into(Node("logits"), "logits")) == 1 + 2 * (heads + 1)
+    parallel = arch.parallel_attn_mlp
+    same_layer = Edge(Node("head", 0, 1), Node("mlp", 0), "mlp")
+    assert (same_layer in graph.edge_index) == (not parallel)
+    assert not any(e.channel in ("k", "v") and e.target.head >= kv for e in graph.edges)
+    assert Edge(Node("head", 0, 1), Node("mlp", 1), "mlp").name == "a0.h1->m1"
+    assert Edge(Node("input"), Node("head", 0, 0), "q").name == "input->a0.h0<q>"
+
+
+def test_all_edges_is_the_corrupted_run_and_none_the_clean_run(model):
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    masks = torch.stack([torch.ones(len(graph.edges)), torch.zeros(len(graph.edges))])
+    values = patch_edges(model, clean, corrupt, graph, masks, metric)
+    with torch.no_grad():
+        torch.testing.assert_close(values[0], metric(model(corrupt)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(values[1], metric(model(clean)), atol=1e-5, rtol=0)
+
+
+def test_batched_rows_equal_the_reference_on_random_edge_sets(model):
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    generator = torch.Generator().manual_seed(1)
+    masks = (torch.rand(4, len(graph.edges), generator=generator) > 0.5).float()
+    values = patch_edges(model, clean, corrupt, graph, masks, metric)
+    for row in range(4):
+        reference = reference_patch_edges(model, clean, corrupt, graph, masks[row], metric)
+        torch.testing.assert_close(values[row], reference, atol=1e-5, rtol=0)
+    assert (values[0] - values[1]).abs().max() > 1e-3  # different circuits, different numbers
+
+
+def test_bad_masks_and_foreign_graphs(model):
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    with pytest.raises(ValueError, match=rf"masks must be \[row, {len(graph.edges)}\]"):
+        patch_edges(model, clean, corrupt, graph, torch.ones(2, 3), metric)
+    hf_model, tokenizer = tiny_hf_model("gpt2", n_layers=3)
+    other = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+    foreign = Graph.from_model(other)
+    with pytest.raises(ValueError, match=r"graph of 'gpt2' \(3 layers, 4 heads\) does not fit"):
+        patch_edges(model, clean, corrupt, foreign, torch.ones(1, len(foreign.edges)), metric)
