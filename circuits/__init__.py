@@ -1,14 +1,16 @@
-"""Circuit discovery on mechinterp models: the computational graph and batched edge patching.
+"""Circuit discovery on mechinterp models: the computational graph, batched edge patching and
+EAP edge scores.
 
-Discovery algorithms (ACDC, EAP, EAP-IG), faithfulness evaluation and export are not
-implemented yet; see the README's "not done yet" section.
+ACDC, EAP-IG, faithfulness evaluation and export are not implemented yet; see the README's
+"not done yet" section.
 
 Example:
     >>> from circuits import Graph, patch_edges
     >>> graph = Graph.from_model(model)
 """
 
+from circuits.eap import eap_scores, node_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
 from circuits.graph import Edge, Graph, Node
 
-__all__ = ["Edge", "Graph", "Node", "patch_edges", "reference_patch_edges"]
+__all__ = ["Edge", "Graph", "Node", "eap_scores", "node_scores", "patch_edges", "reference_patch_edges"]

@@ -82,3 +82,28 @@ def test_bad_masks_and_foreign_graphs(model):
     foreign = Graph.from_model(other)
     with pytest.raises(ValueError, match=r"graph of 'gpt2' \(3 layers, 4 heads\) does not fit"):
         patch_edges(model, clean, corrupt, foreign, torch.ones(1, len(foreign.edges)), metric)
+
+
+def test_eap_is_exact_edge_patching_for_edges_into_the_logits(model):
+    """The logit difference is linear in the final residual stream once the final norm's
+    scale is frozen, so EAP's score of an edge into the logits equals patching that edge."""
+    from circuits import eap_scores
+
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    _, cache = model.run_with_cache(clean)
+    scale = cache["ln_final.hook_scale"]
+
+    def frozen(value, hook):  # patch_edges stacks rows of the batch: repeat the clean scale
+        return scale.repeat(value.shape[0] // scale.shape[0], 1, 1)
+
+    with model.hooks(fwd_hooks=[("ln_final.hook_scale", frozen)]):
+        scores = eap_scores(model, clean, corrupt, graph, metric)
+        into_logits = graph.edges_into(Node("logits"), "logits")
+        masks = torch.zeros(len(into_logits) + 1, len(graph.edges))
+        for row, index in enumerate(into_logits):
+            masks[row + 1, index] = 1
+        values = patch_edges(model, clean, corrupt, graph, masks, metric)
+    exact = (values[1:] - values[0]).sum(1)
+    torch.testing.assert_close(scores[into_logits], exact, atol=1e-4, rtol=1e-4)
+    assert scores.shape == (len(graph.edges),) and bool(scores.isfinite().all())
