@@ -9,8 +9,27 @@ Example:
     >>> graph = Graph.from_model(model)
 """
 
+from circuits.circuit import Circuit
 from circuits.eap import eap_scores, node_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
+from circuits.evaluate import FaithfulnessCurve, faithfulness_curve
+from circuits.export import read_json, to_dot, write_dot, write_eap_ig_json, write_json
 from circuits.graph import Edge, Graph, Node
 
-__all__ = ["Edge", "Graph", "Node", "eap_scores", "node_scores", "patch_edges", "reference_patch_edges"]
+__all__ = [
+    "Circuit",
+    "Edge",
+    "FaithfulnessCurve",
+    "Graph",
+    "Node",
+    "eap_scores",
+    "faithfulness_curve",
+    "node_scores",
+    "patch_edges",
+    "read_json",
+    "reference_patch_edges",
+    "to_dot",
+    "write_dot",
+    "write_eap_ig_json",
+    "write_json",
+]

@@ -26,7 +26,7 @@ def eap_scores(model, clean: Tensor, corrupt: Tensor, graph: Graph, metric: Posi
     with torch.no_grad():
         _, clean_cache = model.run_with_cache(clean)
         _, corrupt_cache = model.run_with_cache(corrupt)
-    clean_out, corrupt_out = _source_outputs(model, clean_cache), _source_outputs(model, corrupt_cache)
+        clean_out, corrupt_out = _source_outputs(model, clean_cache), _source_outputs(model, corrupt_cache)
     inputs: dict[str, Tensor] = {}
 
     def keep(value: Tensor, hook) -> Tensor:
@@ -52,7 +52,7 @@ def eap_scores(model, clean: Tensor, corrupt: Tensor, graph: Graph, metric: Posi
     finally:
         model.set_use_split_qkv_input(previous)
     scores = torch.empty(len(graph.edges))
-    for index, edge in enumerate(graph.edges):
+    for index, edge in enumerate(graph.edges):  # gradients carry no graph: plain arithmetic
         grad = grads[_destination_hook(edge.target.layer, edge.channel, model)]
         if edge.channel in ("q", "k", "v"):
             grad = grad[:, :, edge.target.head]

@@ -1,0 +1,115 @@
+"""Circuit selection, pruning, faithfulness curves and files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mechinterp
+from circuits import (
+    Circuit,
+    Edge,
+    Graph,
+    Node,
+    eap_scores,
+    faithfulness_curve,
+    patch_edges,
+    read_json,
+    to_dot,
+    write_eap_ig_json,
+    write_json,
+)
+from mechinterp.metrics import LogitDifference
+from mechinterp.models.tiny import tiny_hf_model
+
+
+@pytest.fixture(scope="module")
+def setup():
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2)
+    model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randint(3, 98, (2, 6), generator=generator)
+    corrupt = torch.randint(3, 98, (2, 6), generator=generator)
+    metric = LogitDifference.last_position(
+        torch.ones_like(clean), correct=[5, 6], incorrect=[7, 8], reduce="none"
+    )
+    graph = Graph.from_model(model)
+    circuit = Circuit(graph, eap_scores(model, clean, corrupt, graph, metric), metadata={"algorithm": "eap"})
+    return model, clean, corrupt, metric, circuit
+
+
+def test_selection_and_pruning(setup):
+    _, _, _, _, circuit = setup
+    top = circuit.top_n(10)
+    assert top.n_edges == 10
+    kept = top.scores.abs()[top.in_graph].min()
+    assert bool((top.scores.abs()[~top.in_graph] <= kept).all())
+    assert circuit.threshold(float(kept)).n_edges >= 10
+    graph = circuit.graph
+    # one path input -> a0.h1 -> logits plus a dangling edge into an MLP that reaches nothing
+    chosen = [
+        Edge(Node("input"), Node("head", 0, 1), "q"),
+        Edge(Node("head", 0, 1), Node("logits"), "logits"),
+        Edge(Node("head", 0, 2), Node("mlp", 1), "mlp"),
+    ]
+    mask = torch.zeros(len(graph.edges), dtype=torch.bool)
+    for edge in chosen:
+        mask[graph.edge_index[edge]] = True
+    pruned = Circuit(graph, circuit.scores, mask).pruned()
+    assert pruned.edges_in_graph() == chosen[:2]
+
+
+def test_faithfulness_curve_is_one_batched_forward_with_exact_ends(setup):
+    model, clean, corrupt, metric, circuit = setup
+    n = len(circuit.graph.edges)
+    curve = faithfulness_curve(model, clean, corrupt, circuit, metric, counts=[0, 5, 20, n])
+    torch.testing.assert_close(
+        curve.faithfulness[-1], torch.tensor(1.0), atol=1e-4, rtol=0
+    )  # every edge kept
+    torch.testing.assert_close(curve.faithfulness[0], torch.tensor(0.0), atol=1e-4, rtol=0)  # none kept
+    with torch.no_grad():
+        assert curve.full_model == pytest.approx(float(metric(model(clean)).mean()), abs=1e-4)
+        assert curve.all_patched == pytest.approx(float(metric(model(corrupt)).mean()), abs=1e-4)
+    mask = torch.ones(1, n)
+    mask[0, circuit.scores.abs().argsort(descending=True)[:5]] = 0
+    single = patch_edges(model, clean, corrupt, circuit.graph, mask, metric).mean()
+    assert float(curve.values[1]) == pytest.approx(float(single), abs=1e-5)
+    assert 0 <= curve.area <= 1.5
+
+
+def test_json_round_trip_and_other_formats(setup, tmp_path):
+    model, _, _, _, circuit = setup
+    selected = circuit.top_n(12)
+    path = write_json(selected, tmp_path / "circuit.json")
+    loaded = read_json(path, model)
+    assert torch.equal(loaded.scores, selected.scores.double()) and torch.equal(
+        loaded.in_graph, selected.in_graph
+    )
+    assert loaded.metadata == {"algorithm": "eap"} and loaded.graph.edges == selected.graph.edges
+    eap = json.loads(write_eap_ig_json(selected, tmp_path / "eap.json").read_text())
+    assert sum(edge["in_graph"] for edge in eap["edges"].values()) == 12
+    assert "input->a0.h0<q>" in eap["edges"]
+    dot = to_dot(selected)
+    assert dot.startswith("digraph circuit {") and dot.count("->") == 12
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_bad_circuit_files(setup, tmp_path):
+    model, _, _, _, circuit = setup
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        read_json(broken, model)
+    other_format = tmp_path / "other.json"
+    other_format.write_text(json.dumps({"format": "eap-ig"}))
+    with pytest.raises(ValueError, match="is not a mechinterp circuit file"):
+        read_json(other_format, model)
+    hf_model, tokenizer = tiny_hf_model("llama", n_layers=3)
+    bigger = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+    write_json(circuit, tmp_path / "c.json")
+    with pytest.raises(ValueError, match="describes a different graph"):
+        read_json(tmp_path / "c.json", bigger)
+    with pytest.raises(ValueError, match=r"scores must be \["):
+        Circuit(circuit.graph, torch.zeros(3))
