@@ -9,6 +9,7 @@ Example:
     >>> graph = Graph.from_model(model)
 """
 
+from circuits.algorithms import ALGORITHMS, ACDCConfig, EAPConfig, PairedData, acdc, eap
 from circuits.circuit import Circuit
 from circuits.eap import eap_scores, node_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
@@ -17,11 +18,17 @@ from circuits.export import read_json, to_dot, write_dot, write_eap_ig_json, wri
 from circuits.graph import Edge, Graph, Node
 
 __all__ = [
+    "ALGORITHMS",
+    "ACDCConfig",
     "Circuit",
+    "EAPConfig",
     "Edge",
     "FaithfulnessCurve",
     "Graph",
     "Node",
+    "PairedData",
+    "acdc",
+    "eap",
     "eap_scores",
     "faithfulness_curve",
     "node_scores",

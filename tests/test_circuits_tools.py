@@ -113,3 +113,22 @@ def test_bad_circuit_files(setup, tmp_path):
         read_json(tmp_path / "c.json", bigger)
     with pytest.raises(ValueError, match=r"scores must be \["):
         Circuit(circuit.graph, torch.zeros(3))
+
+
+def test_algorithms_share_one_signature(setup):
+    from circuits import ALGORITHMS, ACDCConfig, EAPConfig, PairedData
+
+    model, clean, corrupt, metric, circuit = setup
+    data = PairedData(clean, corrupt)
+    graph = circuit.graph
+    eap_circuit = ALGORITHMS["eap"](model, data, metric, graph, config=EAPConfig(top_n=15))
+    assert 0 < eap_circuit.n_edges <= 15 and eap_circuit.metadata["algorithm"] == "eap"
+    keep_everything = ALGORITHMS["acdc"](model, data, metric, graph, config=ACDCConfig(threshold=0.0))
+    assert keep_everything.n_edges == len(graph.edges)
+    sparse = ALGORITHMS["acdc"](model, data, metric, graph, config=ACDCConfig(threshold=0.2))
+    assert sparse.n_edges < len(graph.edges)
+    # every kept edge changed the metric by at least the threshold when it was tried
+    assert bool((sparse.scores[sparse.in_graph] >= 0.2).all())
+    assert sparse.edges_in_graph() == sparse.pruned().edges_in_graph()
+    with pytest.raises(ValueError, match="tokens differ in shape"):
+        PairedData(clean, corrupt[:, :3])
