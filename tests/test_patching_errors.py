@@ -79,3 +79,17 @@ def test_bad_direction_ablation_and_batch_rows(tiny_llama):
         patch_sweep(tiny_llama, tokens, tokens.flip(1), spec, metric, ablation="random")
     with pytest.raises(ValueError, match="max_batch_rows must be >= 1 or 'auto', got 0"):
         patch_sweep(tiny_llama, tokens, tokens.flip(1), spec, metric, max_batch_rows=0, progress=False)
+
+
+def test_every_entry_point_checks_the_direction(tiny_llama):
+    from mechinterp.patching import Receiver, attribution_patch, path_patch
+
+    tokens = torch.randint(3, 98, (1, 5))
+    metric = LogitDifference(torch.tensor([4]), torch.tensor([5]), torch.tensor([6]))
+    spec = SweepSpec(kind="z", per_position=False)
+    with pytest.raises((ValueError, TypeError), match="'denoise'.*'noise'"):
+        attribution_patch(tiny_llama, tokens, tokens.flip(1), metric, spec, direction="sideways")
+    with pytest.raises((ValueError, TypeError), match="'denoise'.*'noise'"):
+        path_patch(
+            tiny_llama, tokens, tokens.flip(1), spec, [Receiver("logits")], metric, direction="sideways"
+        )

@@ -39,8 +39,16 @@ from torch import Tensor
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.engine import site_index
 from mechinterp.patching.result import PatchResult
+from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
-from mechinterp.patching.sweep import Direction, TextOrTokens, axis_labels, make_scorer, prepare_pair
+from mechinterp.patching.sweep import (
+    Direction,
+    TextOrTokens,
+    axis_labels,
+    base_and_source,
+    make_scorer,
+    prepare_pair,
+)
 
 Method = Literal["atp", "atp*"]
 
@@ -79,7 +87,7 @@ class _GradientRun:
                 hooks.append((f"blocks.{layer}.{name}", drop_point(layer)))
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             logits = model(tokens, attention_mask=mask)
-            values = scorer.base_values(logits) if hasattr(scorer, "base_values") else scorer.evaluate(logits)
+            values = scorer.run_values(logits)
             self.values = values.detach()
             self.total = _metric_total(scorer, logits)
 
@@ -101,7 +109,7 @@ class _GradientRun:
 
 def _metric_total(scorer, logits: Tensor) -> Tensor:
     """A scalar whose gradient gives every example's metric gradient (examples are independent)."""
-    if hasattr(scorer, "metric") and isinstance(scorer.metric, PositionalMetric):
+    if isinstance(scorer, PositionalScorer):
         rows = torch.arange(logits.shape[0], device=logits.device)
         return scorer.metric.score(logits[rows, scorer.positions.to(logits.device)], rows).sum()
     (fn,) = scorer.metrics.values()
@@ -177,9 +185,7 @@ def attribution_patch(
     if method not in ("atp", "atp*"):
         raise ValueError(f"method must be 'atp' or 'atp*', got {method!r}")
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
-    base, source = (
-        (corrupt_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupt_tokens)
-    )
+    base, source = base_and_source(clean_tokens, corrupt_tokens, direction)
     grid = spec.enumerate(model, base.shape[1])
     scorer = make_scorer(metric, model, base, mask)
     qk_cells = method == "atp*" and spec.kind in ("q", "k")
@@ -219,11 +225,7 @@ def attribution_patch(
     if not per_example:  # scalar metrics: the estimate of the scalar is the sum over examples
         values = values.sum(-1)
     values = values.reshape(*grid.shape, *values.shape[1:]).cpu()
-    source_value = (
-        scorer.base_values(source_logits)
-        if hasattr(scorer, "base_values")
-        else scorer.evaluate(source_logits)
-    )
+    source_value = scorer.run_values(source_logits)
     base_value = run.values.float().cpu()
     return PatchResult(
         values=values + base_value,

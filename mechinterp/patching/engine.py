@@ -261,7 +261,7 @@ class BatchedPatcher:
         rows = self._plan()
         chunk = self._auto_rows(max_batch_rows, max_memory)
         self.chunks_run = 0
-        base_value = self._base_value()
+        base_value = self.scorer.run_values(self.base_logits)
         values = base_value.expand(len(self.cells), *base_value.shape).clone()  # unrun cells keep it
         positional = isinstance(self.scorer, PositionalScorer)
         pending = None if positional else _PendingCells(self, rows)
@@ -306,11 +306,6 @@ class BatchedPatcher:
             logits = self.model.unembed(self.model.ln_final(residual[part][:, None]))
             values[cells[part], examples[part]] = self.scorer.row_values(logits, examples[part])
 
-    def _base_value(self) -> Tensor:
-        if isinstance(self.scorer, PositionalScorer):
-            return self.scorer.base_values(self.base_logits)
-        return self.scorer.evaluate(self.base_logits)
-
 
 def _same_start(rows: list[_Row]) -> list[_Row]:
     """The leading rows that share the first row's start position: a chunk never makes a
@@ -336,7 +331,7 @@ class _PendingCells:
             self.logits[row.cell][row.example, start:] = logits[i]
             self.remaining[row.cell] -= 1
             if self.remaining[row.cell] == 0:
-                values[row.cell] = self.patcher.scorer.evaluate(self.logits.pop(row.cell))
+                values[row.cell] = self.patcher.scorer.run_values(self.logits.pop(row.cell))
 
     def finish(self) -> None:
         if self.logits:

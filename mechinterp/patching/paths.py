@@ -36,7 +36,7 @@ from mechinterp.patching.engine import BaseRun, site_index
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
-from mechinterp.patching.sweep import Direction, TextOrTokens, axis_labels, prepare_pair
+from mechinterp.patching.sweep import Direction, TextOrTokens, axis_labels, base_and_source, prepare_pair
 
 ReceiverKind = Literal["q", "k", "v", "mlp", "logits"]
 SENDER_KINDS = ("z", "attn_out", "mlp_out")
@@ -174,9 +174,7 @@ def path_patch(
     for receiver in receivers:
         receiver.validate(model)
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
-    base_tokens, source_tokens = (
-        (corrupt_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupt_tokens)
-    )
+    base_tokens, source_tokens = base_and_source(clean_tokens, corrupt_tokens, direction)
     n_pos = base_tokens.shape[1]
     if isinstance(senders, SweepSpec):
         grid = senders.enumerate(model, n_pos)
@@ -203,7 +201,7 @@ def path_patch(
     deltas = sender_deltas(
         model, sites, {n: base.cache[n] for n in sender_hooks}, {n: source_cache[n] for n in sender_hooks}
     )
-    base_value = scorer.base_values(base.logits)
+    base_value = scorer.run_values(base.logits)
     values = base_value.expand(len(sites), *base_value.shape).clone()
 
     rows = []  # (sender, example, first position its delta is nonzero, entry layer)
@@ -248,7 +246,7 @@ def path_patch(
         axes=tuple(axes),
         labels=labels,
         base=base_value,
-        source=scorer.base_values(source_logits),
+        source=scorer.run_values(source_logits),
         per_example=True,
         metadata={
             "kind": "path",
@@ -277,9 +275,7 @@ def reference_path_patch(
     """The slow literal reference: one full forward per sender, hooks adding the sender's
     change at each receiver it feeds. Values ``[sender, batch]``."""
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
-    base, source = (
-        (corrupt_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupt_tokens)
-    )
+    base, source = base_and_source(clean_tokens, corrupt_tokens, direction)
     scorer = PositionalScorer(metric, base.shape[0], base.shape[1])
     names = list({site.hook_name for site in senders})
     _, base_cache = model.run_with_cache(base, attention_mask=mask, names_filter=names)
@@ -301,7 +297,7 @@ def reference_path_patch(
             if any(receiver.kind == "logits" for receiver in receivers):
                 hooks.append((final_hook, lambda activation, hook, delta=delta: activation + delta))
             logits = model.run_with_hooks(base, attention_mask=mask, fwd_hooks=hooks)
-            values.append(scorer.base_values(logits))
+            values.append(scorer.run_values(logits))
     finally:
         model.set_use_split_qkv_input(previous_split)
     return torch.stack(values)

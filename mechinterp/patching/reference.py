@@ -14,7 +14,7 @@ from torch import Tensor
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.engine import Ablation, ablated_source, site_index
 from mechinterp.patching.sites import SweepSpec
-from mechinterp.patching.sweep import Direction, TextOrTokens, make_scorer, prepare_pair
+from mechinterp.patching.sweep import Direction, TextOrTokens, base_and_source, make_scorer, prepare_pair
 
 
 @torch.no_grad()
@@ -31,9 +31,7 @@ def reference_patch_sweep(
 ) -> Tensor:
     """Values ``[*grid, batch]`` (or ``[*grid]`` for scalar metrics), one forward per cell."""
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
-    base, source = (
-        (corrupt_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupt_tokens)
-    )
+    base, source = base_and_source(clean_tokens, corrupt_tokens, direction)
     grid = spec.enumerate(model, base.shape[1])
     scorer = make_scorer(metric, model, base, mask)
     _, source_cache = model.run_with_cache(source, attention_mask=mask)
@@ -47,8 +45,6 @@ def reference_patch_sweep(
             return activation
 
         logits = model.run_with_hooks(base, attention_mask=mask, fwd_hooks=[(site.hook_name, set_site)])
-        values.append(
-            scorer.base_values(logits) if hasattr(scorer, "base_values") else scorer.evaluate(logits)
-        )
+        values.append(scorer.run_values(logits))
     stacked = torch.stack(values)
     return stacked.reshape(*grid.shape, *stacked.shape[1:])

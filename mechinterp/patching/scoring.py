@@ -44,7 +44,8 @@ class PositionalScorer:
     def logit_positions(self, examples: Tensor, start: int) -> Tensor:
         return (self.positions[examples.cpu()] - start)[:, None]
 
-    def base_values(self, logits: Tensor) -> Tensor:
+    def run_values(self, logits: Tensor) -> Tensor:
+        """Per-example values of a whole run's logits ``[batch, pos, d_vocab]``."""
         rows = torch.arange(logits.shape[0])
         return self._values(logits[rows, self.positions.to(logits.device)], rows)
 
@@ -83,7 +84,7 @@ class FullLogitScorer:
     def logit_positions(self, examples: Tensor, start: int) -> None:
         return None
 
-    def evaluate(self, logits: Tensor) -> Tensor:
+    def run_values(self, logits: Tensor) -> Tensor:
         """``[metric?, batch?]`` values of full logits ``[batch, pos, d_vocab]``."""
         values = []
         for name, fn in self.metrics.items():

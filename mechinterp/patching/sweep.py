@@ -48,6 +48,14 @@ def prepare_pair(model, clean: TextOrTokens, corrupt: TextOrTokens, attention_ma
     return clean.to(device), corrupt.to(device), attention_mask.to(device)
 
 
+def base_and_source(clean: Tensor, corrupt: Tensor, direction: Direction) -> tuple[Tensor, Tensor]:
+    """``(base, source)`` runs: denoising runs the corrupt prompt and patches in clean values,
+    noising the reverse."""
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    return (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+
+
 def make_scorer(metric: PositionalMetric | Callable, model, tokens: Tensor, mask: Tensor):
     """A ``PositionalScorer`` for positional metrics; else a full-logit scorer whose reduce
     mode (scalar or per example) is read off the metric's value on the given run."""
@@ -126,12 +134,8 @@ def patch_sweep(
         >>> result = patch_sweep(model, clean, corrupt, SweepSpec(kind="resid_pre"), metric)
         >>> result.normalized()   # [layer, pos], 0 = corrupted, 1 = clean
     """
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
-    base_tokens, source_tokens = (
-        (corrupt_tokens, clean_tokens) if direction == "denoise" else (clean_tokens, corrupt_tokens)
-    )
+    base_tokens, source_tokens = base_and_source(clean_tokens, corrupt_tokens, direction)
     grid = spec.enumerate(model, base_tokens.shape[1])
     scorer = make_scorer(metric, model, base_tokens, mask)
     hooks = {site.hook_name for site in grid.cells}
@@ -144,10 +148,7 @@ def patch_sweep(
     values, base_value = patcher.run(
         max_batch_rows, max_memory=max_memory, progress=progress, description=f"patching {spec.kind}"
     )
-    if isinstance(scorer, PositionalScorer):
-        source_value = scorer.base_values(source_logits)
-    else:
-        source_value = scorer.evaluate(source_logits)
+    source_value = scorer.run_values(source_logits)
     return PatchResult(
         values=values.reshape(*grid.shape, *values.shape[1:]),
         axes=grid.axes,
