@@ -1,9 +1,14 @@
-"""Prompt-pair datasets for patching and circuit discovery.
+"""Prompt-pair datasets for patching and circuit discovery: the ``PromptPairs`` type, the IOI
+generator, and JSON / JSONL record files.
 
 Example:
-    >>> from mechinterp.data import PromptPairs
+    >>> from mechinterp.data import ioi_pairs, load_pairs
+    >>> pairs = ioi_pairs(model, 8)                  # built-in generator
+    >>> pairs = load_pairs("pairs.jsonl", model)     # {"clean", "corrupt", "correct", "incorrect"} records
 """
 
+from mechinterp.data.ioi import ioi_pairs
 from mechinterp.data.pairs import PromptPairs
+from mechinterp.data.records import load_pairs, pairs_from_records, read_records, write_records
 
-__all__ = ["PromptPairs"]
+__all__ = ["PromptPairs", "ioi_pairs", "load_pairs", "pairs_from_records", "read_records", "write_records"]

@@ -1,0 +1,127 @@
+"""Indirect-object identification (IOI) prompt pairs, generated offline from templates.
+
+Wang et al. (2022), "Interpretability in the Wild: a Circuit for Indirect Object
+Identification in GPT-2 small", study sentences such as "When Mary and John went to the
+store, John gave a drink to" whose continuation is the indirect object (IO, " Mary") rather
+than the repeated subject (S, " John"). Each clean prompt here is one of those sentences,
+with the two names in either order (ABBA and BABA).
+
+Corruption: the second mention of the subject is replaced by the indirect object ("...,
+Mary gave a drink to"), so the corrupt run's natural answer is the subject. This is the
+S2-swap variant; Wang et al.'s ABC distribution (three distinct names) has no definite
+answer, whereas here both runs have one and ``logit(IO) - logit(S)`` flips sign between
+them, which is what ``PromptPairs.metric()`` measures.
+
+Lengths: every filler (names, places, objects) must be one token for the model's tokenizer
+(checked; fillers that are not are dropped), and the built-in templates share one shape, so
+all prompts have the same length and the names sit at the same positions (in SmolLM2: 15
+tokens with BOS, names at positions 2, 4 and 10). That keeps per-position patching maps
+meaningful across examples. Custom templates of other lengths are right-padded and get an
+``attention_mask``; clean and corrupt always have equal length pair by pair.
+
+Example:
+    >>> pairs = ioi_pairs(model, 8, seed=0)
+    >>> model.to_string(pairs.clean[0])
+    '<|im_start|>When Mary and John went to the store, John gave a drink to'
+    >>> metric = pairs.metric()       # logit(IO) - logit(S) at the last token
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+
+from mechinterp.data.pairs import PromptPairs
+from mechinterp.metrics import last_positions
+
+# {first} and {second} are the two names in order; {s2} is the repeated subject (clean) or
+# the indirect object (corrupt).
+TEMPLATES: tuple[str, ...] = (
+    "When {first} and {second} went to the {place}, {s2} gave a {object} to",
+    "After {first} and {second} arrived at the {place}, {s2} handed a {object} to",
+    "While {first} and {second} were at the {place}, {s2} passed a {object} to",
+    "Then {first} and {second} walked to the {place}, {s2} threw a {object} to",
+    "Once {first} and {second} got to the {place}, {s2} sent a {object} to",
+)
+NAMES: tuple[str, ...] = (
+    "Mary", "John", "Tom", "James", "Anna", "Sarah", "Michael", "David", "Lisa", "Paul",
+    "Emma", "Alice", "Bob", "Kate", "Peter", "Mark", "Laura", "Jack", "Sam", "Ben",
+)  # fmt: skip
+PLACES: tuple[str, ...] = ("store", "park", "school", "market", "beach", "office", "garden", "station")
+OBJECTS: tuple[str, ...] = ("drink", "book", "ball", "gift", "letter", "bag", "ring", "cake")
+
+
+def single_token_words(model, words: Sequence[str]) -> list[str]:
+    """The words that are one token for ``model`` when preceded by a space."""
+    kept = []
+    for word in words:
+        try:
+            model.to_single_token(f" {word}")
+        except ValueError:
+            continue
+        kept.append(word)
+    return kept
+
+
+def ioi_pairs(
+    model,
+    n: int,
+    *,
+    seed: int = 0,
+    templates: Sequence[str] = TEMPLATES,
+    names: Sequence[str] = NAMES,
+) -> PromptPairs:
+    """``n`` IOI prompt pairs (see the module docstring): answer ``correct`` = the indirect
+    object, ``incorrect`` = the subject, read at the last token.
+
+    Args:
+        n: number of pairs (at least 1).
+        seed: seeds the choice of template, names, place, object and name order.
+        templates: format strings with ``{first}``, ``{second}``, ``{place}``, ``{s2}`` and
+            ``{object}`` fields, ending just before the answer.
+        names: candidate names; those that are not one token for the model are dropped.
+
+    Raises:
+        ValueError: fewer than two single-token names, or a template whose clean and
+            corrupt prompts tokenize to different lengths.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    usable = single_token_words(model, names)
+    places, objects = single_token_words(model, PLACES), single_token_words(model, OBJECTS)
+    if len(usable) < 2 or not places or not objects:
+        raise ValueError(
+            f"the tokenizer of {model.architecture.model_name!r} keeps {len(usable)} names, {len(places)} places "
+            f"and {len(objects)} objects as single tokens; IOI needs at least 2 names, 1 place and 1 object"
+        )
+    rng = random.Random(seed)
+    clean, corrupt, correct, incorrect = [], [], [], []
+    for _ in range(n):
+        template = rng.choice(list(templates))
+        io, subject = rng.sample(usable, 2)
+        first, second = (io, subject) if rng.random() < 0.5 else (subject, io)
+        fill = {"first": first, "second": second, "place": rng.choice(places), "object": rng.choice(objects)}
+        clean.append(template.format(s2=subject, **fill))
+        corrupt.append(template.format(s2=io, **fill))
+        correct.append(model.to_single_token(f" {io}"))
+        incorrect.append(model.to_single_token(f" {subject}"))
+    clean_tokens, clean_mask = model.encode(clean)
+    corrupt_tokens, corrupt_mask = model.encode(corrupt)
+    lengths = clean_mask.sum(1), corrupt_mask.sum(1)
+    mismatched = torch.nonzero(lengths[0] != lengths[1]).flatten().tolist()
+    if mismatched:
+        i = mismatched[0]
+        raise ValueError(
+            f"pair {i}: clean {clean[i]!r} has {int(lengths[0][i])} tokens but corrupt {corrupt[i]!r} has "
+            f"{int(lengths[1][i])}; use templates whose names are separate words"
+        )
+    return PromptPairs(
+        clean=clean_tokens.cpu(),
+        corrupt=corrupt_tokens.cpu(),
+        correct=torch.tensor(correct),
+        incorrect=torch.tensor(incorrect),
+        positions=last_positions(clean_mask).cpu(),
+        attention_mask=None if bool(clean_mask.all()) else clean_mask.cpu(),
+    )
