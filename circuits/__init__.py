@@ -11,7 +11,7 @@ Example:
 
 from circuits.algorithms import ALGORITHMS, ACDCConfig, EAPConfig, PairedData, acdc, eap
 from circuits.circuit import Circuit
-from circuits.eap import eap_scores, node_scores
+from circuits.eap import eap_ig_scores, eap_scores, node_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
 from circuits.evaluate import FaithfulnessCurve, faithfulness_curve
 from circuits.export import read_json, to_dot, write_dot, write_eap_ig_json, write_json
@@ -29,6 +29,7 @@ __all__ = [
     "PairedData",
     "acdc",
     "eap",
+    "eap_ig_scores",
     "eap_scores",
     "faithfulness_curve",
     "node_scores",

@@ -1,64 +1,150 @@
-"""Edge attribution patching (EAP; Syed et al. 2023): a gradient score for every edge at once.
+"""Edge attribution patching: a gradient score for every edge at once.
 
-EAP estimates the effect of patching edge ``source -> target channel`` as
-``(corrupt_output[source] - clean_output[source]) . dM/d(input of the target channel)``,
-summed over positions, from one clean forward and backward pass and one corrupted forward
-pass. Where the metric is linear in the target's input this is exact edge patching.
+EAP (Syed et al. 2023) estimates the effect of patching edge ``source -> target channel`` as
+
+    (corrupt_output[source] - clean_output[source]) . dM/d(input of the target channel)
+
+summed over batch and positions, from a clean forward and backward pass and the corrupted
+source outputs. Where the metric is linear in the target's input this is exact edge patching.
+
+EAP-IG (Hanna et al. 2024, "inputs" variant) replaces the clean gradient by the gradient
+averaged along the straight line from the corrupt to the clean input embeddings (integrated
+gradients, Sundararajan et al. 2017), which follows the metric's curvature between the two
+runs. The ``steps`` points of the line run as rows of one batched forward and backward; they
+sit at the midpoints ``(k + 1/2) / steps`` (midpoint rule).
+
+Every score is one dot product of a source's output difference with a destination's
+gradient, so all of them are a few matrix products ``[slot, batch*pos*d] @ [batch*pos*d,
+source]``, one per destination hook.
 
 Example:
     >>> scores = eap_scores(model, clean, corrupt, Graph.from_model(model), metric)   # [edge]
+    >>> scores = eap_ig_scores(model, clean, corrupt, graph, metric, steps=5)
 """
 
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-from circuits.edge_patching import _destination_hook, _source_outputs
+from circuits.edge_patching import check_graph_fits, destination_groups, run_source_outputs
 from circuits.graph import Graph, Node
 from mechinterp.metrics import PositionalMetric
 
 
-def eap_scores(model, clean: Tensor, corrupt: Tensor, graph: Graph, metric: PositionalMetric) -> Tensor:
-    """EAP scores ``[edge]`` (summed over the batch): the estimated change of the summed metric
-    when each edge alone carries the corrupted source."""
-    clean, corrupt = clean.to(model.device), corrupt.to(model.device)
-    with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean)
-        _, corrupt_cache = model.run_with_cache(corrupt)
-        clean_out, corrupt_out = _source_outputs(model, clean_cache), _source_outputs(model, corrupt_cache)
+def _destination_gradients(
+    model,
+    graph: Graph,
+    clean: Tensor,
+    metric: PositionalMetric,
+    mask: Tensor | None,
+    embed_line: Tensor | None,
+) -> dict[str, Tensor]:
+    """Gradients of the summed metric with respect to every destination hook's input.
+
+    With ``embed_line`` (``[steps, batch, pos, d_model]`` token embeddings) the rows are the
+    points of that line and gradients are averaged over them."""
+    steps = 1 if embed_line is None else embed_line.shape[0]
+    groups = destination_groups(graph)
     inputs: dict[str, Tensor] = {}
 
     def keep(value: Tensor, hook) -> Tensor:
         inputs[hook.name] = value
         return value
 
-    def leaf(value: Tensor, hook) -> Tensor:
-        return value.detach().requires_grad_(True)
+    def embeddings(value: Tensor, hook) -> Tensor:
+        source = value if embed_line is None else embed_line.flatten(0, 1)
+        return source.detach().requires_grad_(True)
 
-    names = {_destination_hook(e.target.layer, e.channel, model) for e in graph.edges}
     previous = model.blocks[0].use_split_qkv_input
     model.set_use_split_qkv_input(True)
     try:
-        with (
-            torch.enable_grad(),
-            model.hooks(fwd_hooks=[("hook_embed", leaf), *((n, keep) for n in sorted(names))]),
-        ):
-            logits = model(clean)
-            rows = torch.arange(clean.shape[0], device=model.device)
-            total = metric.score(logits[rows, metric.positions.to(model.device)], rows).sum()
-            ordered = sorted(names)
-            grads = dict(zip(ordered, torch.autograd.grad(total, [inputs[n] for n in ordered]), strict=True))
+        hooks = [("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
+            batch = clean.shape[0]
+            positions = metric.positions.to(model.device).repeat(steps)
+            logits = model(
+                clean.repeat(steps, 1),
+                attention_mask=None if mask is None else mask.repeat(steps, 1),
+                logit_positions=positions[:, None],
+            )
+            examples = torch.arange(batch, device=model.device).repeat(steps)
+            total = metric.score(logits[:, 0], examples).sum() / steps
+            names = [g.hook for g in groups]
+            grads = torch.autograd.grad(total, [inputs[n] for n in names])
     finally:
         model.set_use_split_qkv_input(previous)
-    scores = torch.empty(len(graph.edges))
-    for index, edge in enumerate(graph.edges):  # gradients carry no graph: plain arithmetic
-        grad = grads[_destination_hook(edge.target.layer, edge.channel, model)]
-        if edge.channel in ("q", "k", "v"):
-            grad = grad[:, :, edge.target.head]
-        delta = corrupt_out[edge.source] - clean_out[edge.source]
-        scores[index] = (delta * grad).sum()
+    return {
+        name: grad.reshape(steps, batch, *grad.shape[1:]).sum(0)
+        for name, grad in zip(names, grads, strict=True)
+    }
+
+
+def _scores_from_gradients(graph: Graph, grads: dict[str, Tensor], delta: Tensor) -> Float[Tensor, " edge"]:
+    """``delta``: ``[source, batch*pos*d]`` output differences. One matrix product per hook."""
+    scores = torch.zeros(len(graph.edges), dtype=torch.float32)
+    for group in destination_groups(graph):
+        grad = grads[group.hook]
+        # per head: [batch, pos, slot, d] -> [slot, batch*pos*d]
+        grad = grad.permute(2, 0, 1, 3).flatten(1) if group.per_head else grad.reshape(1, -1)
+        table = (grad @ delta[: group.n_sources].T).float().cpu()  # [slot, source]
+        present = group.edge_ids >= 0
+        scores[group.edge_ids[present]] = table[present]
     return scores
+
+
+def _output_difference(model, graph: Graph, clean: Tensor, corrupt: Tensor, mask: Tensor | None) -> Tensor:
+    """``corrupt - clean`` source outputs, ``[source, batch*pos*d_model]``."""
+    difference = run_source_outputs(model, graph, corrupt, mask) - run_source_outputs(
+        model, graph, clean, mask
+    )
+    return difference.flatten(1)
+
+
+def eap_scores(
+    model,
+    clean: Tensor,
+    corrupt: Tensor,
+    graph: Graph,
+    metric: PositionalMetric,
+    *,
+    attention_mask: Tensor | None = None,
+) -> Float[Tensor, " edge"]:
+    """EAP scores ``[edge]`` (summed over the batch): the estimated change of the summed
+    metric when each edge alone carries the corrupted source."""
+    check_graph_fits(model, graph)
+    clean, corrupt = clean.to(model.device), corrupt.to(model.device)
+    mask = None if attention_mask is None else attention_mask.to(model.device)
+    delta = _output_difference(model, graph, clean, corrupt, mask)
+    grads = _destination_gradients(model, graph, clean, metric, mask, None)
+    return _scores_from_gradients(graph, grads, delta)
+
+
+def eap_ig_scores(
+    model,
+    clean: Tensor,
+    corrupt: Tensor,
+    graph: Graph,
+    metric: PositionalMetric,
+    *,
+    steps: int = 5,
+    attention_mask: Tensor | None = None,
+) -> Float[Tensor, " edge"]:
+    """EAP-IG scores ``[edge]`` (summed over the batch): EAP with the gradient averaged over
+    ``steps`` points between the corrupt and clean input embeddings."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    check_graph_fits(model, graph)
+    clean, corrupt = clean.to(model.device), corrupt.to(model.device)
+    mask = None if attention_mask is None else attention_mask.to(model.device)
+    with torch.no_grad():
+        clean_embed, corrupt_embed = model.embed(clean), model.embed(corrupt)
+    alphas = (torch.arange(steps, device=model.device, dtype=clean_embed.dtype) + 0.5) / steps
+    line = corrupt_embed + alphas[:, None, None, None] * (clean_embed - corrupt_embed)
+    delta = _output_difference(model, graph, clean, corrupt, mask)
+    grads = _destination_gradients(model, graph, clean, metric, mask, line)
+    return _scores_from_gradients(graph, grads, delta)
 
 
 def node_scores(graph: Graph, edge_scores: Tensor) -> dict[Node, float]:

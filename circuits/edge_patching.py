@@ -1,14 +1,25 @@
 """Batched edge patching: evaluate many circuits (edge masks) in one forward pass.
 
 A component's input is the sum of the outputs of the nodes before it. Patching edge
-``e = (source -> target channel)`` makes that channel read the source's *corrupted* output
+``e = (source -> target channel)`` makes that channel read the source's *ablated* output
 instead of its output in the current run. For every destination channel:
 
-    input = current_input + sum_e mask[row, e] * (corrupt_output[source_e] - current_output[source_e])
+    input = current_input + sum_e mask[row, e] * (ablated_output[source_e] - current_output[source_e])
 
-so all edges patched gives the corrupted run and none the clean run. Masks are per batch row,
-so many circuits (for instance every point of a faithfulness curve) run as one batched
-forward. ``reference_patch_edges`` is the slow literal version (one edge at a time).
+so all edges patched gives the ablated (e.g. corrupted) run and none the clean run. Masks are
+per batch row, so many circuits (for instance every point of a faithfulness curve) run as one
+batched forward.
+
+How it is fast: source outputs are written into one buffer ``[row, source, batch*pos*d_model]``
+as they are computed (as ``ablated - current``), and each destination hook (the query inputs of
+all heads of a layer, its key inputs, ...) adds one batched matrix product
+``mask[row, slot, source] @ buffer[row, source, :]``, so a forward costs a few matrix products
+per layer whatever the number of edges. ``reference_patch_edges`` is the slow literal version
+(one edge at a time), kept for tests.
+
+The ablated outputs are (``ablation=``): ``"resample"``, each source's output on the corrupt
+prompts (ACDC's and auto-circuit's default); ``"zero"``; ``"mean"``, its output on the clean
+prompts averaged over the batch (per position).
 
 Example:
     >>> graph = Graph.from_model(model)
@@ -18,107 +29,188 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-from circuits.graph import Graph, Node
+from circuits.graph import Channel, Graph, Node
 from mechinterp.metrics import PositionalMetric
 
-
-def _source_outputs(model, cache) -> dict[Node, Tensor]:
-    """Each source node's output ``[batch, pos, d_model]`` in a cached run."""
-    outputs = {
-        Node("input"): cache["hook_embed"] + (cache["hook_pos_embed"] if model.pos_embed is not None else 0)
-    }
-    for layer, block in enumerate(model.blocks):
-        z = cache[f"blocks.{layer}.attn.hook_z"]
-        per_head = torch.einsum("bphd,hdm->bphm", z, block.attn.W_O)
-        for head in range(model.architecture.n_heads):
-            outputs[Node("head", layer, head)] = per_head[:, :, head]
-        outputs[Node("mlp", layer)] = cache[f"blocks.{layer}.hook_mlp_out"]
-    return outputs
+Ablation = Literal["resample", "zero", "mean"]
+ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
 
 
-def _destination_hook(layer: int | None, channel: str, model) -> str:
+def destination_hook(layer: int | None, channel: Channel, n_layers: int) -> str:
+    """The hook whose value is the input of one destination channel."""
     if channel == "logits":
-        return f"blocks.{model.architecture.n_layers - 1}.hook_resid_post"
+        return f"blocks.{n_layers - 1}.hook_resid_post"
     return f"blocks.{layer}.hook_mlp_in" if channel == "mlp" else f"blocks.{layer}.hook_{channel}_input"
 
 
-class _EdgeRun:
-    """Hooks for one patched forward: record current source outputs, adjust destinations."""
+@dataclass(frozen=True)
+class DestinationGroup:
+    """All edges read at one hook: ``edge_ids[slot, source]`` is the edge from that source
+    into that slot (a head for q/k/v inputs, the only slot otherwise), or -1 for no edge."""
 
-    def __init__(self, model, graph: Graph, masks: Tensor, corrupt: dict[Node, Tensor], batch: int):
-        self.model, self.graph, self.corrupt = model, graph, corrupt
-        self.masks = masks  # [rows, edges]
-        self.batch = batch
-        self.current: dict[Node, Tensor] = {}
+    hook: str
+    per_head: bool
+    edge_ids: Tensor  # [slot, source] (long)
 
-    def _row_mask(self, edge_ids: list[int]) -> Tensor:
-        """``[rows * batch, n]``: each row's mask repeated for its examples."""
-        return self.masks[:, edge_ids].repeat_interleave(self.batch, dim=0)
+    @property
+    def n_sources(self) -> int:
+        return self.edge_ids.shape[1]
 
-    def hooks(self) -> list:
-        model = self.model
+
+def destination_groups(graph: Graph) -> list[DestinationGroup]:
+    """The graph's edges as dense ``[slot, source]`` tables, one per destination hook, in
+    forward order. Sources are the graph's nodes in order (``graph.source_nodes``)."""
+    source_index = {node: i for i, node in enumerate(graph.source_nodes)}
+    tables: dict[tuple[int | None, str], dict[tuple[int, int], int]] = {}
+    for index, edge in enumerate(graph.edges):
+        slot = edge.target.head if edge.channel in ("q", "k", "v") else 0
+        tables.setdefault((edge.target.layer, edge.channel), {})[(slot, source_index[edge.source])] = index
+    groups = []
+    for (layer, channel), table in tables.items():
+        n_slots = 1 + max(slot for slot, _ in table)
+        n_sources = 1 + max(source for _, source in table)
+        edge_ids = torch.full((n_slots, n_sources), -1, dtype=torch.long)
+        for (slot, source), index in table.items():
+            edge_ids[slot, source] = index
+        hook = destination_hook(layer, channel, graph.n_layers)
+        groups.append(DestinationGroup(hook, channel in ("q", "k", "v"), edge_ids))
+    return groups
+
+
+def source_outputs(model, cache, graph: Graph) -> Float[Tensor, "source batch pos d_model"]:
+    """Each source node's output in a cached run, stacked in ``graph.source_nodes`` order."""
+    outputs = []
+    for node in graph.source_nodes:
+        if node.kind == "input":
+            pos = cache["hook_pos_embed"] if model.pos_embed is not None else 0
+            outputs.append(cache["hook_embed"] + pos)
+        elif node.kind == "mlp":
+            outputs.append(cache[f"blocks.{node.layer}.hook_mlp_out"])
+        else:
+            z = cache[f"blocks.{node.layer}.attn.hook_z"][:, :, node.head]
+            outputs.append(z @ model.blocks[node.layer].attn.W_O[node.head])
+    return torch.stack(outputs)
+
+
+def run_source_outputs(
+    model, graph: Graph, tokens: Tensor, attention_mask: Tensor | None = None
+) -> Float[Tensor, "source batch pos d_model"]:
+    """Each source node's output on ``tokens``, from one forward pass caching only what it needs."""
+    names = {
+        "hook_embed",
+        "hook_pos_embed",
+        *(f"blocks.{layer}.attn.hook_z" for layer in range(graph.n_layers)),
+    }
+    names |= {f"blocks.{n.layer}.hook_mlp_out" for n in graph.source_nodes if n.kind == "mlp"}
+    with torch.no_grad():
+        _, cache = model.run_with_cache(
+            tokens, attention_mask=attention_mask, names_filter=lambda n: n in names
+        )
+        return source_outputs(model, cache, graph)
+
+
+def ablated_outputs(
+    model, graph: Graph, clean: Tensor, corrupt: Tensor, ablation: Ablation, attention_mask: Tensor | None
+) -> Float[Tensor, "source batch pos d_model"]:
+    """The values patched edges carry: corrupt-run outputs, zeros or clean batch means."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
+    if ablation == "zero":
+        shape = (len(graph.source_nodes), *clean.shape, model.architecture.d_model)
+        return torch.zeros(shape, device=model.device, dtype=model.dtype)
+    if ablation == "mean":
+        outputs = run_source_outputs(model, graph, clean, attention_mask)
+        return outputs.mean(dim=1, keepdim=True).expand_as(outputs)
+    return run_source_outputs(model, graph, corrupt, attention_mask)
+
+
+def check_graph_fits(model, graph: Graph) -> None:
+    arch = model.architecture
+    if (graph.n_layers, graph.n_heads) != (arch.n_layers, arch.n_heads):
+        raise ValueError(
+            f"graph of {graph.model_name!r} ({graph.n_layers} layers, {graph.n_heads} heads) does not fit "
+            f"{arch.model_name!r} ({arch.n_layers} layers, {arch.n_heads} heads)"
+        )
+
+
+class _MaskedRun:
+    """Hooks for one batched forward of ``rows`` circuits over a batch of ``batch`` examples."""
+
+    def __init__(self, graph: Graph, groups: list[DestinationGroup], masks: Tensor, ablated: Tensor):
+        self.rows, self.batch = masks.shape[0], ablated.shape[1]
+        self.ablated = ablated.flatten(1)  # [source, batch*pos*d]
+        self.buffer = ablated.new_empty(self.rows, ablated.shape[0], self.ablated.shape[1])
+        padded = torch.cat([masks, masks.new_zeros(self.rows, 1)], dim=1)  # column -1 = "no edge"
+        self.group_masks = {g.hook: padded[:, g.edge_ids] for g in groups}  # [row, slot, source]
+        self.source_index = {node: i for i, node in enumerate(graph.source_nodes)}
+        self.groups = groups
+
+    def hooks(self, model, graph: Graph) -> list:
         hooks = [("hook_embed", self._record_input)]
         if model.pos_embed is not None:
             hooks.append(("hook_pos_embed", self._record_input))
-        for layer in range(model.architecture.n_layers):
-            hooks.append((f"blocks.{layer}.attn.hook_result", self._record_heads(layer)))
-            hooks.append((f"blocks.{layer}.hook_mlp_out", self._record(Node("mlp", layer))))
-            for channel in "qkv":
-                hooks.append((_destination_hook(layer, channel, model), self._patch_heads(layer, channel)))
-            hooks.append(
-                (_destination_hook(layer, "mlp", model), self._patch_single(Node("mlp", layer), "mlp"))
-            )
-        hooks.append((_destination_hook(None, "logits", model), self._patch_single(Node("logits"), "logits")))
+        for layer in range(graph.n_layers):
+            first_head = self.source_index[Node("head", layer, 0)]
+            hooks.append((f"blocks.{layer}.attn.hook_result", self._record_heads(first_head)))
+            if Node("mlp", layer) in self.source_index:
+                hooks.append(
+                    (f"blocks.{layer}.hook_mlp_out", self._record(self.source_index[Node("mlp", layer)]))
+                )
+        hooks += [(g.hook, self._patch(g)) for g in self.groups]
         return hooks
 
+    def _store(self, first: int, value: Tensor) -> None:
+        """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*pos*d]``."""
+        n = value.shape[1]
+        torch.sub(self.ablated[first : first + n], value, out=self.buffer[:, first : first + n])
+
     def _record_input(self, value: Tensor, hook) -> Tensor:
-        node = Node("input")
-        self.current[node] = value if node not in self.current else self.current[node] + value
+        rows_view = value.reshape(self.rows, 1, -1)
+        if hook.name == "hook_embed":
+            self._store(0, rows_view)
+        else:  # learned positions: the input node's output is embed + pos_embed
+            self.buffer[:, 0] -= rows_view[:, 0].expand_as(self.buffer[:, 0])
         return value
 
-    def _record(self, node: Node):
+    def _record(self, index: int):
         def record(value: Tensor, hook) -> Tensor:
-            self.current[node] = value
+            self._store(index, value.reshape(self.rows, 1, -1))
             return value
 
         return record
 
-    def _record_heads(self, layer: int):
-        def record(value: Tensor, hook) -> Tensor:  # [rows*batch, pos, head, d_model]
-            for head in range(value.shape[2]):
-                self.current[Node("head", layer, head)] = value[:, :, head]
+    def _record_heads(self, first: int):
+        def record(value: Tensor, hook) -> Tensor:  # [row*batch, pos, head, d_model]
+            per_row = value.reshape(self.rows, self.batch, *value.shape[1:])
+            heads = per_row.permute(0, 3, 1, 2, 4).reshape(self.rows, value.shape[2], -1)
+            self._store(first, heads)
             return value
 
         return record
 
-    def _delta(self, edge_ids: list[int]) -> Tensor:
-        """``sum_e mask_e * (corrupt_e - current_e)`` for one destination, ``[rows*batch, pos, d]``."""
-        sources = [self.graph.edges[i].source for i in edge_ids]
-        weights = self._row_mask(edge_ids)  # [rows*batch, n]
-        rows = weights.shape[0] // self.batch
-        total = 0
-        for j, source in enumerate(sources):
-            corrupt = self.corrupt[source].repeat(rows, 1, 1)
-            total = total + weights[:, j, None, None] * (corrupt - self.current[source])
-        return total
-
-    def _patch_heads(self, layer: int, channel: str):
-        def patch(value: Tensor, hook) -> Tensor:  # [rows*batch, pos, heads, d_model]
-            for head in range(value.shape[2]):
-                edge_ids = self.graph.edges_into(Node("head", layer, head), channel)
-                value[:, :, head] = value[:, :, head] + self._delta(edge_ids)
-            return value
-
-        return patch
-
-    def _patch_single(self, node: Node, channel: str):
+    def _patch(self, group: DestinationGroup):
         def patch(value: Tensor, hook) -> Tensor:
-            return value + self._delta(self.graph.edges_into(node, channel))
+            masks = self.group_masks[group.hook]  # [row, slot, source]
+            delta = torch.bmm(masks, self.buffer[:, : group.n_sources])  # [row, slot, batch*pos*d]
+            if not group.per_head:
+                return value + delta.reshape(value.shape)
+            shape = (self.rows, delta.shape[1], self.batch, value.shape[1], value.shape[3])
+            delta = delta.reshape(shape).permute(0, 2, 3, 1, 4).reshape(value.shape)
+            return value + delta
 
         return patch
+
+
+def _row_chunk(rows: int, ablated: Tensor, budget_bytes: int) -> int:
+    per_row = ablated.numel() * ablated.element_size()
+    return max(1, min(rows, budget_bytes // max(per_row, 1)))
 
 
 @torch.no_grad()
@@ -129,120 +221,104 @@ def patch_edges(
     graph: Graph,
     masks: Tensor,
     metric: PositionalMetric,
-) -> Tensor:
+    *,
+    ablation: Ablation = "resample",
+    attention_mask: Tensor | None = None,
+    buffer_bytes: int = 2**31,
+) -> Float[Tensor, "row batch"]:
     """Metric values ``[row, batch]`` of the clean run with each row's masked edges patched.
 
-    ``masks``: ``[row, edge]`` weights in ``[0, 1]`` (1 = the edge carries the corrupted
-    source). Every row runs the whole clean batch, all rows in one forward pass.
+    ``masks``: ``[row, edge]`` weights in ``[0, 1]`` (1 = the edge carries the ablated
+    source). Every row runs the whole clean batch; rows run together in as few forwards as
+    fit ``buffer_bytes`` of source outputs.
     """
     if masks.ndim != 2 or masks.shape[1] != len(graph.edges):
         raise ValueError(f"masks must be [row, {len(graph.edges)}], got {tuple(masks.shape)}")
-    if graph.n_layers != model.architecture.n_layers or graph.n_heads != model.architecture.n_heads:
-        raise ValueError(
-            f"graph of {graph.model_name!r} ({graph.n_layers} layers, {graph.n_heads} heads) does not fit "
-            f"{model.architecture.model_name!r} ({model.architecture.n_layers} layers, {model.architecture.n_heads} heads)"
-        )
+    check_graph_fits(model, graph)
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
+    mask = None if attention_mask is None else attention_mask.to(model.device)
+    ablated = ablated_outputs(model, graph, clean, corrupt, ablation, mask)
+    groups = destination_groups(graph)
     batch = clean.shape[0]
-    _, corrupt_cache = model.run_with_cache(corrupt)
-    corrupt_outputs = _source_outputs(model, corrupt_cache)
-    run = _EdgeRun(model, graph, masks.to(model.device, model.dtype), corrupt_outputs, batch)
-    rows = masks.shape[0]
+    positions = metric.positions.to(model.device)
+    values = []
     previous = (model.blocks[0].attn.use_attn_result, model.blocks[0].use_split_qkv_input)
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
     try:
-        with model.hooks(fwd_hooks=run.hooks()):
-            logits = model(clean.repeat(rows, 1))
+        for chunk in masks.to(model.device, model.dtype).split(_row_chunk(len(masks), ablated, buffer_bytes)):
+            run = _MaskedRun(graph, groups, chunk, ablated)
+            rows = chunk.shape[0]
+            with model.hooks(fwd_hooks=run.hooks(model, graph)):
+                logits = model(
+                    clean.repeat(rows, 1),
+                    attention_mask=None if mask is None else mask.repeat(rows, 1),
+                    logit_positions=positions.repeat(rows)[:, None],
+                )
+            examples = torch.arange(batch, device=model.device).repeat(rows)
+            values.append(metric.score(logits[:, 0], examples).reshape(rows, batch))
     finally:
         model.set_use_attn_result(previous[0])
         model.set_use_split_qkv_input(previous[1])
-    examples = torch.arange(batch).repeat(rows)
-    positions = metric.positions.to(model.device)[examples.to(model.device)]
-    picked = logits[torch.arange(rows * batch, device=model.device), positions]
-    return metric.score(picked, examples).reshape(rows, batch)
+    return torch.cat(values)
 
 
 @torch.no_grad()
 def reference_patch_edges(
-    model, clean: Tensor, corrupt: Tensor, graph: Graph, mask: Tensor, metric: PositionalMetric
-) -> Tensor:
+    model,
+    clean: Tensor,
+    corrupt: Tensor,
+    graph: Graph,
+    mask: Tensor,
+    metric: PositionalMetric,
+    *,
+    ablation: Ablation = "resample",
+) -> Float[Tensor, " batch"]:
     """Slow literal reference for one mask ``[edge]``: hooks that apply each patched edge
     separately at its destination. Values ``[batch]``."""
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
-    _, corrupt_cache = model.run_with_cache(corrupt)
-    corrupt_outputs = _source_outputs(model, corrupt_cache)
+    ablated = dict(
+        zip(graph.source_nodes, ablated_outputs(model, graph, clean, corrupt, ablation, None), strict=True)
+    )
     current: dict[Node, Tensor] = {}
+
+    def record(value: Tensor, hook) -> Tensor:
+        if hook.name in ("hook_embed", "hook_pos_embed"):
+            current[Node("input")] = current.get(Node("input"), 0) + value
+        elif hook.name.endswith("hook_mlp_out"):
+            current[Node("mlp", int(hook.name.split(".")[1]))] = value
+        else:
+            layer = int(hook.name.split(".")[1])
+            for head in range(value.shape[2]):
+                current[Node("head", layer, head)] = value[:, :, head]
+        return value
+
+    def patch(value: Tensor, hook) -> Tensor:
+        for index, edge in enumerate(graph.edges):
+            target = destination_hook(edge.target.layer, edge.channel, graph.n_layers)
+            if mask[index] == 0 or target != hook.name:
+                continue
+            change = mask[index] * (ablated[edge.source] - current[edge.source])
+            if edge.channel in ("q", "k", "v"):
+                value[:, :, edge.target.head] = value[:, :, edge.target.head] + change
+            else:
+                value = value + change
+        return value
+
+    record_names = ["hook_embed", "hook_pos_embed"] if model.pos_embed is not None else ["hook_embed"]
+    for layer in range(graph.n_layers):
+        record_names.append(f"blocks.{layer}.attn.hook_result")
+        if Node("mlp", layer) in graph.source_nodes:
+            record_names.append(f"blocks.{layer}.hook_mlp_out")
+    patch_names = {destination_hook(e.target.layer, e.channel, graph.n_layers) for e in graph.edges}
+    previous = (model.blocks[0].attn.use_attn_result, model.blocks[0].use_split_qkv_input)
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
-
-    def record(node_fn):
-        def hook(value, hook):
-            for node, part in node_fn(value):
-                current[node] = current.get(node, 0) + part if node.kind == "input" else part
-            return value
-
-        return hook
-
-    def patch(target_of):
-        def hook(value, hook):
-            for index, edge in enumerate(graph.edges):
-                if mask[index] == 0:
-                    continue
-                slot = target_of(edge)
-                if slot is None:
-                    continue
-                change = mask[index] * (corrupt_outputs[edge.source] - current[edge.source])
-                if slot == "all":
-                    value = value + change
-                else:
-                    value[:, :, slot] = value[:, :, slot] + change
-            return value
-
-        return hook
-
-    hooks = [("hook_embed", record(lambda v: [(Node("input"), v)]))]
-    if model.pos_embed is not None:
-        hooks.append(("hook_pos_embed", record(lambda v: [(Node("input"), v)])))
-    n_layers = model.architecture.n_layers
-    for layer in range(n_layers):
-        hooks.append(
-            (
-                f"blocks.{layer}.attn.hook_result",
-                record(
-                    lambda v, layer=layer: [(Node("head", layer, h), v[:, :, h]) for h in range(v.shape[2])]
-                ),
-            )
-        )
-        hooks.append(
-            (f"blocks.{layer}.hook_mlp_out", record(lambda v, layer=layer: [(Node("mlp", layer), v)]))
-        )
-        for channel in "qkv":
-            hooks.append(
-                (
-                    _destination_hook(layer, channel, model),
-                    patch(
-                        lambda e, layer=layer, channel=channel: (
-                            e.target.head
-                            if e.target.kind == "head" and e.target.layer == layer and e.channel == channel
-                            else None
-                        )
-                    ),
-                )
-            )
-        hooks.append(
-            (
-                _destination_hook(layer, "mlp", model),
-                patch(lambda e, layer=layer: "all" if e.target == Node("mlp", layer) else None),
-            )
-        )
-    hooks.append(
-        (_destination_hook(None, "logits", model), patch(lambda e: "all" if e.channel == "logits" else None))
-    )
     try:
+        hooks = [(name, record) for name in record_names] + [(name, patch) for name in sorted(patch_names)]
         logits = model.run_with_hooks(clean, fwd_hooks=hooks)
     finally:
-        model.set_use_attn_result(False)
-        model.set_use_split_qkv_input(False)
+        model.set_use_attn_result(previous[0])
+        model.set_use_split_qkv_input(previous[1])
     rows = torch.arange(clean.shape[0], device=model.device)
     return metric.score(logits[rows, metric.positions.to(model.device)], rows)

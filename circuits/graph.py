@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 NodeKind = Literal["input", "head", "mlp", "logits"]
@@ -106,6 +107,16 @@ class Graph:
         return cls(
             nodes, edges, arch.model_name, arch.n_layers, arch.n_heads, {e: i for i, e in enumerate(edges)}
         )
+
+    @property
+    def source_nodes(self) -> tuple[Node, ...]:
+        """Every node that writes into the residual stream (all but the logits), in order."""
+        return self.nodes[:-1]
+
+    @cached_property
+    def n_kv_heads(self) -> int:
+        """Key/value heads per layer (``n_heads`` unless the model uses grouped-query attention)."""
+        return 1 + max(e.target.head for e in self.edges if e.channel == "k")
 
     def edges_into(self, target: Node, channel: Channel) -> list[int]:
         """Indices of the edges into one input channel."""

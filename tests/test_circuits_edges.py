@@ -94,8 +94,10 @@ def test_eap_is_exact_edge_patching_for_edges_into_the_logits(model):
     _, cache = model.run_with_cache(clean)
     scale = cache["ln_final.hook_scale"]
 
+    at_answers = scale[torch.arange(clean.shape[0]), metric.positions][:, None]  # logits are read there only
+
     def frozen(value, hook):  # patch_edges stacks rows of the batch: repeat the clean scale
-        return scale.repeat(value.shape[0] // scale.shape[0], 1, 1)
+        return at_answers.repeat(value.shape[0] // at_answers.shape[0], 1, 1)
 
     with model.hooks(fwd_hooks=[("ln_final.hook_scale", frozen)]):
         scores = eap_scores(model, clean, corrupt, graph, metric)
@@ -107,3 +109,61 @@ def test_eap_is_exact_edge_patching_for_edges_into_the_logits(model):
     exact = (values[1:] - values[0]).sum(1)
     torch.testing.assert_close(scores[into_logits], exact, atol=1e-4, rtol=1e-4)
     assert scores.shape == (len(graph.edges),) and bool(scores.isfinite().all())
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_zero_and_mean_ablation_equal_the_reference(model, ablation):
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    generator = torch.Generator().manual_seed(2)
+    masks = (torch.rand(2, len(graph.edges), generator=generator) > 0.7).float()
+    values = patch_edges(model, clean, corrupt, graph, masks, metric, ablation=ablation)
+    for row in range(2):
+        reference = reference_patch_edges(model, clean, corrupt, graph, masks[row], metric, ablation=ablation)
+        torch.testing.assert_close(values[row], reference, atol=1e-5, rtol=0)
+
+
+def test_rows_split_into_chunks_give_the_same_values(model):
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    masks = (torch.rand(5, len(graph.edges), generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    together = patch_edges(model, clean, corrupt, graph, masks, metric)
+    one_row_at_a_time = patch_edges(model, clean, corrupt, graph, masks, metric, buffer_bytes=1)
+    torch.testing.assert_close(together, one_row_at_a_time, atol=1e-5, rtol=0)
+
+
+def test_padded_rows_equal_their_unpadded_runs(model):
+    clean, corrupt, _ = inputs()
+    graph = Graph.from_model(model)
+    mask = torch.ones_like(clean)
+    mask[1, :2] = 0  # example 1 is left-padded by two tokens
+    metric = LogitDifference.last_position(mask, correct=[5, 6], incorrect=[7, 8], reduce="none")
+    masks = (torch.rand(2, len(graph.edges), generator=torch.Generator().manual_seed(4)) > 0.5).float()
+    padded = patch_edges(model, clean, corrupt, graph, masks, metric, attention_mask=mask)
+    short = LogitDifference.last_position(torch.ones(1, 4), correct=[6], incorrect=[8], reduce="none")
+    alone = patch_edges(model, clean[1:, 2:], corrupt[1:, 2:], graph, masks, short)
+    torch.testing.assert_close(padded[:, 1], alone[:, 0], atol=1e-5, rtol=0)
+
+
+def test_eap_ig_is_exact_for_edges_into_the_logits_and_differs_from_eap_elsewhere(model):
+    """With the final norm's scale frozen the logits are linear in their input, so the
+    gradient there is the same at every point between corrupt and clean."""
+    from circuits import eap_ig_scores, eap_scores
+
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    _, cache = model.run_with_cache(clean)
+    # freeze a scale that is the same on every interpolation row: the clean one, at the answers
+    at_answers = cache["ln_final.hook_scale"][torch.arange(clean.shape[0]), metric.positions][:, None]
+
+    def frozen(value, hook):
+        return at_answers.repeat(value.shape[0] // at_answers.shape[0], 1, 1)
+
+    into_logits = graph.edges_into(Node("logits"), "logits")
+    with model.hooks(fwd_hooks=[("ln_final.hook_scale", frozen)]):
+        plain = eap_scores(model, clean, corrupt, graph, metric)
+        integrated = eap_ig_scores(model, clean, corrupt, graph, metric, steps=3)
+    torch.testing.assert_close(integrated[into_logits], plain[into_logits], atol=1e-4, rtol=1e-4)
+    assert (integrated - plain).abs().max() > 1e-4  # earlier edges see the curvature
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        eap_ig_scores(model, clean, corrupt, graph, metric, steps=0)
