@@ -1,3 +1,5 @@
-from mechinterp.quickstart import run_from_command_line
+"""``python -m mechinterp ...`` is the ``mechinterp`` command (``mechinterp --help``)."""
 
-run_from_command_line()
+from mechinterp.cli.app import main
+
+main()

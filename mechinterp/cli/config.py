@@ -37,7 +37,7 @@ SiteKind = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v", "pattern"
 ]
 Algorithm = Literal["eap", "acdc"]
-ExportFormat = Literal["json", "eap_ig", "dot", "graphml", "neuronpedia", "html"]
+ExportFormat = Literal["json", "eap-ig", "neuronpedia", "graphml", "dot", "html"]
 ProbeData = Literal["number_agreement", "entity_category"]
 ProbeHook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
 

@@ -1,0 +1,156 @@
+"""The ``mechinterp`` command (typer).
+
+    mechinterp run CONFIG.yaml [--out DIR] [--set key.path=value ...]
+    mechinterp report RUN_DIR
+    mechinterp models list | mechinterp models pull NAME
+    mechinterp export GRAPH.json --to json|eap-ig|graphml|dot|neuronpedia|html [--out PATH]
+    mechinterp tour [PROMPT]
+
+Exit codes: 0 success, 1 a step or command failed at run time, 2 bad input (config, path,
+name). Configs are validated before torch is imported, so a bad config fails fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mechinterp.cli.config import ConfigError, ExportFormat, load_config
+
+app = typer.Typer(
+    help="Mechanistic-interpretability sweeps from YAML configs, run folders and reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(help="List the embedded models and put them in place.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+errors = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``error: message`` to stderr; the caller raises the returned ``Exit``."""
+    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/ioi_smollm2.yaml")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/CONFIG_NAME)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: key.path=value (YAML value), repeatable"),
+    ] = None,
+) -> None:
+    """Run (or resume) CONFIG into a run folder and write its report.html.
+
+    Steps that finished earlier with the same settings are skipped.
+    """
+    try:
+        resolved = load_config(config, overrides or [])
+    except ConfigError as error:
+        raise fail(f"invalid config {config}:\n  " + "\n  ".join(error.problems)) from None
+    from mechinterp.cli.runner import run_config  # imports torch: only after validation
+
+    run_dir = out or Path("runs") / config.stem
+    rows = run_config(resolved, run_dir, console)
+    table = Table(title=f"{resolved.name or config.stem}: {len(rows)} steps")
+    for column in ("#", "step", "kind", "status", "seconds", "key numbers"):
+        table.add_column(column, overflow="fold")
+    colours = {"ran": "green", "skipped": "cyan", "failed": "red", "not run": "yellow"}
+    for row in rows:
+        numbers = row.error or ", ".join(f"{k}={v}" for k, v in row.numbers.items())
+        status = f"[{colours[row.status]}]{row.status}[/]"
+        table.add_row(str(row.index + 1), row.label, row.kind, status, f"{row.seconds:.1f}", numbers)
+    console.print(table)
+    report = (run_dir / "report.html").resolve()
+    failed = [row for row in rows if row.status == "failed"]
+    if failed:
+        raise fail(f"step {failed[0].label!r} failed: {failed[0].error}; partial report: {report}", code=1)
+    console.print(f"report: {report}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run folder written by `mechinterp run`")]) -> None:
+    """Rebuild RUN_DIR/report.html from the run folder's files."""
+    from mechinterp.cli.report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except FileNotFoundError as error:
+        raise fail(str(error)) from None
+    console.print(f"report: {path.resolve()}", highlight=False, soft_wrap=True)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The models that load offline by name, and whether each is in place."""
+    from mechinterp.cli.models import model_status
+
+    table = Table(title="models loadable by name (also: a hub id, a local HF folder or a .gguf file)")
+    for column in ("name", "status", "description"):
+        table.add_column(column, overflow="fold")
+    for name, status, description in model_status():
+        table.add_row(name, status, description)
+    console.print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="An embedded model name, e.g. smollm2-135m")],
+) -> None:
+    """Put an embedded model in place (dequantise or train it into the cache) so later loads are fast."""
+    from mechinterp.cli.models import UnknownModelError, pull
+
+    try:
+        location = pull(name)
+    except UnknownModelError as error:
+        raise fail(str(error)) from None
+    except ModuleNotFoundError as error:
+        raise fail(str(error), code=1) from None
+    console.print(f"{name} is in place: {location}", highlight=False, soft_wrap=True)
+
+
+@app.command("export")
+def export_graph(
+    graph: Annotated[Path, typer.Argument(help="A circuit file in our JSON format (circuit.json)")],
+    to: Annotated[ExportFormat, typer.Option("--to", help="Output format")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output path (default: beside GRAPH)")
+    ] = None,
+) -> None:
+    """Convert a circuit file (ours, e.g. RUN_DIR/steps/NN_circuit/circuit.json) to another format."""
+    if not graph.is_file():
+        raise fail(f"circuit file {graph} does not exist")
+    import circuits
+    from mechinterp.cli.steps.export import SUFFIXES
+
+    try:
+        circuit = circuits.read_json(graph)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    path = circuits.write(
+        circuit, out or graph.with_name(f"{graph.name.split('.')[0]}.{SUFFIXES[to]}"), to=to
+    )
+    console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def tour(prompt: Annotated[str | None, typer.Argument(help="Prompt for the tour")] = None) -> None:
+    """A two-minute tour of smollm2-135m: top predictions and a cache summary."""
+    from mechinterp.quickstart import DEFAULT_PROMPT, main
+
+    main(prompt or DEFAULT_PROMPT)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

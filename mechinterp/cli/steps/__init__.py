@@ -1,0 +1,18 @@
+"""One module per step kind; ``STEPS`` maps a config's ``kind`` to its ``run(step, context,
+out_dir) -> StepOutput`` function. Steps use only the public API of mechinterp and circuits."""
+
+from collections.abc import Callable
+
+from mechinterp.cli.steps import attribution, circuit, export, logit_lens, patching, probe
+from mechinterp.cli.steps.output import StepOutput, table
+
+STEPS: dict[str, Callable[..., StepOutput]] = {
+    "patching": patching.run,
+    "attribution": attribution.run,
+    "circuit": circuit.run,
+    "logit_lens": logit_lens.run,
+    "probe": probe.run,
+    "export": export.run,
+}
+
+__all__ = ["STEPS", "StepOutput", "table"]

@@ -1,0 +1,122 @@
+"""Step ``circuit``: discover a circuit (``circuits.ALGORITHMS``) and measure its
+faithfulness curve.
+
+EAP (Syed et al. 2023) is one forward pair and one backward pass, so it suits a 30-layer
+model on a CPU; ACDC (Conmy et al. 2023) runs a batched forward per destination and is slow
+on large graphs. The circuit keeps ``top_n`` edges (EAP) or the edges ACDC did not remove,
+pruned to input-to-logits paths. Faithfulness (1 = the full model's metric, 0 = the
+corrupt run's) is measured for exactly the circuit's edges, and as a curve over the top-``n``
+edges by score at evenly spaced ``n`` (plus the selection size before pruning); edges
+outside are patched with the corrupt run's values.
+
+Writes ``circuit.json`` (``circuits.write_json``), ``faithfulness.json``, the circuit and
+faithfulness figures and a table of the strongest in-circuit edges.
+
+Example config::
+
+    - kind: circuit
+      algorithm: eap
+      top_n: 200
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import circuits
+from mechinterp.cli.config import CircuitStep
+from mechinterp.cli.steps.output import StepOutput, table
+from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure
+
+
+def algorithm_config(step: CircuitStep):
+    """The algorithm's own config object from the step's settings."""
+    if step.algorithm == "eap":
+        return circuits.EAPConfig(top_n=step.top_n)
+    return circuits.ACDCConfig(threshold=step.threshold)
+
+
+def edge_counts(step: CircuitStep, selected: int, n_edges: int) -> list[int]:
+    """Evenly spaced edge counts from 0 to the curve's end, plus the circuit's own size."""
+    end = min(step.faithfulness_max_edges or 4 * max(selected, 1), n_edges)
+    spaced = torch.linspace(0, end, step.faithfulness_points).round().long().tolist()
+    return sorted(set(spaced) | {min(selected, n_edges)})
+
+
+@torch.no_grad()
+def own_faithfulness(model, pairs, circuit, metric, curve) -> float:
+    """Faithfulness of exactly the circuit's (pruned) edges, normalised like the curve."""
+    masks = (~circuit.in_graph).float()[None]  # 1 = patched (outside the circuit)
+    value = float(
+        circuits.patch_edges(model, pairs.clean, pairs.corrupt, circuit.graph, masks, metric).float().mean()
+    )
+    return (value - curve.all_patched) / (curve.full_model - curve.all_patched)
+
+
+def run(step: CircuitStep, context, out: Path) -> StepOutput:
+    pairs, model = context.pairs, context.model
+    if pairs.attention_mask is not None:
+        raise ValueError(
+            "circuit discovery needs prompt pairs of one length (no padding); this dataset's prompts "
+            "differ in length: use prompts of equal token length or a built-in generator"
+        )
+    graph = circuits.Graph.from_model(model)
+    data = circuits.PairedData(pairs.clean, pairs.corrupt)
+    circuit = circuits.ALGORITHMS[step.algorithm](
+        model, data, context.metric, graph, config=algorithm_config(step)
+    )
+    selected = step.top_n if step.algorithm == "eap" else circuit.n_edges
+    curve = circuits.faithfulness_curve(
+        model,
+        pairs.clean,
+        pairs.corrupt,
+        circuit,
+        context.metric,
+        edge_counts(step, selected, len(graph.edges)),
+    )
+    own = own_faithfulness(model, pairs, circuit, context.metric, curve)
+    circuits.write_json(circuit, out / "circuit.json")
+    at_selection = float(curve.faithfulness[curve.counts.index(min(selected, len(graph.edges)))])
+    curve_data = {
+        "counts": curve.counts,
+        "values": curve.values.tolist(),
+        "faithfulness": curve.faithfulness.tolist(),
+        "full_model": curve.full_model,
+        "all_patched": curve.all_patched,
+        "n_edges_total": curve.n_edges_total,
+        "area": curve.area,
+        "circuit_edges": circuit.n_edges,
+        "circuit_faithfulness": own,
+    }
+    (out / "faithfulness.json").write_text(json.dumps(curve_data, indent=1))
+    edges = circuit.edges_in_graph()
+    scores = [float(circuit.scores[graph.edge_index[edge]]) for edge in edges]
+    strongest = pd.DataFrame({"edge": [e.name for e in edges], "score": scores})
+    strongest = strongest.reindex(strongest["score"].abs().sort_values(ascending=False).index).head(20)
+    curve_table = pd.DataFrame({"edges kept": curve.counts, "faithfulness": curve.faithfulness.numpy()})
+    return StepOutput(
+        summary={
+            "algorithm": step.algorithm,
+            "edges": circuit.n_edges,
+            "nodes": len(circuit.nodes_in_graph()),
+            "faithfulness": round(own, 4),
+            f"top-{selected} faithfulness": round(at_selection, 4),
+        },
+        figures={
+            "circuit": circuit_figure(
+                circuit, title=f"{step.label}: {step.algorithm} circuit ({circuit.n_edges} edges)"
+            ),
+            "faithfulness": faithfulness_figure(curve),
+        },
+        tables=[
+            table(
+                f"strongest {len(strongest)} of the circuit's {circuit.n_edges} edges",
+                strongest.reset_index(drop=True),
+            ),
+            table("faithfulness of the top-n edges by score", curve_table),
+        ],
+    )

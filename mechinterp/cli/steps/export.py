@@ -1,0 +1,45 @@
+"""Step ``export``: write an earlier circuit step's circuit in several graph formats
+(``circuits.WRITERS``: our JSON, EAP-IG JSON, Neuronpedia JSON, GraphML, DOT, HTML).
+
+Example config::
+
+    - kind: export
+      circuit: circuit
+      formats: [json, graphml, dot, neuronpedia, html]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+import circuits
+from mechinterp.cli.config import ExportStep
+from mechinterp.cli.steps.output import StepOutput, table
+
+SUFFIXES = {
+    "json": "json",
+    "eap-ig": "eap_ig.json",
+    "neuronpedia": "neuronpedia.json",
+    "graphml": "graphml",
+    "dot": "dot",
+    "html": "html",
+}
+
+
+def export_circuit(circuit, folder: Path, formats: list[str], stem: str = "circuit") -> list[Path]:
+    """Write ``circuit`` as ``folder/stem.SUFFIX`` for each format."""
+    return [circuits.write(circuit, folder / f"{stem}.{SUFFIXES[fmt]}", to=fmt) for fmt in formats]
+
+
+def run(step: ExportStep, context, out: Path) -> StepOutput:
+    circuit = circuits.read_json(context.step_dir(step.circuit) / "circuit.json", context.model)
+    paths = export_circuit(circuit, out, step.formats)
+    frame = pd.DataFrame(
+        {"format": step.formats, "file": [p.name for p in paths], "bytes": [p.stat().st_size for p in paths]}
+    )
+    return StepOutput(
+        summary={"formats": ", ".join(step.formats), "edges": circuit.n_edges},
+        tables=[table(f"circuit of step {step.circuit!r} in {len(paths)} formats", frame)],
+    )
