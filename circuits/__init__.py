@@ -13,12 +13,24 @@ from circuits.algorithms import ALGORITHMS, ACDCConfig, EAPConfig, PairedData, a
 from circuits.circuit import Circuit
 from circuits.eap import eap_ig_scores, eap_scores, node_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
-from circuits.evaluate import FaithfulnessCurve, faithfulness_curve
-from circuits.export import read_json, to_dot, write_dot, write_eap_ig_json, write_json
+from circuits.evaluate import FaithfulnessCurve, RocCurve, faithfulness_curve, roc_against, roc_curve
+from circuits.export import (
+    WRITERS,
+    read_json,
+    to_dot,
+    write,
+    write_dot,
+    write_eap_ig_json,
+    write_graphml,
+    write_html,
+    write_json,
+    write_neuronpedia_json,
+)
 from circuits.graph import Edge, Graph, Node
 
 __all__ = [
     "ALGORITHMS",
+    "WRITERS",
     "ACDCConfig",
     "Circuit",
     "EAPConfig",
@@ -27,6 +39,7 @@ __all__ = [
     "Graph",
     "Node",
     "PairedData",
+    "RocCurve",
     "acdc",
     "eap",
     "eap_ig_scores",
@@ -36,8 +49,14 @@ __all__ = [
     "patch_edges",
     "read_json",
     "reference_patch_edges",
+    "roc_against",
+    "roc_curve",
     "to_dot",
+    "write",
     "write_dot",
     "write_eap_ig_json",
+    "write_graphml",
+    "write_html",
     "write_json",
+    "write_neuronpedia_json",
 ]

@@ -14,8 +14,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -61,3 +63,106 @@ def faithfulness_curve(
     full_model, all_patched = float(values[-2]), float(values[-1])
     faithfulness = (values[:-2] - all_patched) / (full_model - all_patched)
     return FaithfulnessCurve(counts, values[:-2], faithfulness, full_model, all_patched, n_edges)
+
+
+@dataclass(frozen=True, eq=False)
+class RocCurve:
+    """ROC of a circuit's ranking against a reference circuit (all tensors float64).
+
+    ``fpr``, ``tpr`` and ``thresholds`` are ``[point]``, from the strictest threshold (``inf``:
+    nothing selected, the point (0, 0)) to the loosest (everything selected, (1, 1)); one point
+    per distinct score, so tied items enter together. ``auc`` is the trapezoid area under the
+    curve: the probability that a random reference item outranks a random other item, ties
+    counting one half.
+    """
+
+    fpr: Tensor
+    tpr: Tensor
+    thresholds: Tensor
+    auc: float
+    n_positive: int
+    n_negative: int
+
+
+def roc_curve(scores: Tensor, labels: Tensor) -> RocCurve:
+    """ROC of ranking ``scores`` ``[item]`` (higher = more likely in the reference) against
+    boolean ``labels`` ``[item]``.
+
+    Example:
+        >>> roc = roc_curve(torch.tensor([3.0, 2.0, 2.0, 1.0]), torch.tensor([True, True, False, False]))
+        >>> roc.tpr.tolist(), roc.fpr.tolist(), roc.auc
+        ([0.0, 0.5, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0], 0.875)
+    """
+    n_positive, n_negative = int(labels.sum()), int((~labels).sum())
+    if n_positive == 0 or n_negative == 0:
+        raise ValueError(
+            f"a ROC curve needs items in and out of the reference; got {n_positive} in and {n_negative} out"
+        )
+    scores = scores.double()
+    order = scores.argsort(descending=True)
+    ranked, hits = scores[order], labels[order].double()
+    last_of_tie = torch.ones(len(ranked), dtype=torch.bool)  # where the next item has a lower score
+    last_of_tie[:-1] = ranked[1:] < ranked[:-1]
+    true_positives = hits.cumsum(0)[last_of_tie]
+    false_positives = (1 - hits).cumsum(0)[last_of_tie]
+    start = torch.zeros(1, dtype=torch.float64)
+    tpr = torch.cat([start, true_positives / n_positive])
+    fpr = torch.cat([start, false_positives / n_negative])
+    thresholds = torch.cat([torch.tensor([torch.inf], dtype=torch.float64), ranked[last_of_tie]])
+    return RocCurve(fpr, tpr, thresholds, float(torch.trapezoid(tpr, fpr)), n_positive, n_negative)
+
+
+def _check_names(reference: set[str], valid: list[str], level: str) -> None:
+    """Raise listing a few unknown names and, for each, the closest valid ones."""
+    unknown = sorted(reference - set(valid))
+    if not unknown:
+        return
+    hints = "; ".join(
+        f"{name!r} (closest: {', '.join(difflib.get_close_matches(name, valid, n=3, cutoff=0.5)) or 'none'})"
+        for name in unknown[:3]
+    )
+    raise ValueError(
+        f"{len(unknown)} {level} name(s) in the reference are not in the graph: {hints}"
+        + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    )
+
+
+def roc_against(
+    circuit: Circuit, reference: Iterable[str], *, level: Literal["edge", "node"] = "edge"
+) -> RocCurve:
+    """ROC / AUC of ``circuit``'s ranking against a reference circuit (ACDC, EAP and
+    auto-circuit compare discovery methods this way).
+
+    ``level="edge"``: ``reference`` names edges (EAP-IG names, ``a3.h1->m5``,
+    ``input->a0.h0<q>``) and edges are ranked by ``|score|``. ``level="node"``: ``reference``
+    names heads and MLPs (``a1.h3``, ``m2``) and each is ranked by its largest incident
+    ``|score|``, the order in which nodes join ``circuit.top_n(n)`` as ``n`` grows. ``input``
+    and ``logits`` belong to every circuit and are not ranked; naming them is allowed.
+
+    Example:
+        >>> roc = roc_against(circuit, ["a0.h1", "a1.h2", "m0"], level="node")
+        >>> roc.auc
+    """
+    if isinstance(reference, str):
+        raise TypeError(f"reference must be a collection of names, not the single string {reference!r}")
+    reference = set(reference)
+    graph = circuit.graph
+    magnitude = circuit.scores.detach().double().abs().cpu()
+    if level == "edge":
+        names = [edge.name for edge in graph.edges]
+        _check_names(reference, names, level)
+        scores = magnitude
+    elif level == "node":
+        _check_names(reference, [node.name for node in graph.nodes], level)
+        components = [node for node in graph.nodes if node.kind in ("head", "mlp")]
+        strongest = dict.fromkeys(components, 0.0)
+        for edge, value in zip(graph.edges, magnitude.tolist(), strict=True):
+            for node in (edge.source, edge.target):
+                if node in strongest:
+                    strongest[node] = max(strongest[node], value)
+        names = [node.name for node in components]
+        scores = torch.tensor([strongest[node] for node in components], dtype=torch.float64)
+    else:
+        raise ValueError(f"level must be 'edge' or 'node', got {level!r}")
+    labels = torch.tensor([name in reference for name in names], dtype=torch.bool)
+    return roc_curve(scores, labels)

@@ -1,17 +1,49 @@
-"""Circuit files: our JSON (lossless, versioned), EAP-IG edge JSON, Graphviz DOT text.
+"""Circuit files: our JSON (lossless, versioned), EAP-IG edge JSON, Neuronpedia-style graph JSON,
+GraphML, Graphviz DOT text and a self-contained interactive HTML page.
+
+``write(circuit, path, to=...)`` picks a writer from ``WRITERS`` by name; every writer is
+also public on its own. Every write goes to a temporary file in the destination folder that
+is then renamed over the destination: an interrupted export never leaves a partial file (an
+existing file keeps its old content).
 
 Our schema (``format: "mechinterp-circuit"``, ``version: 1``)::
 
-    {"format": "mechinterp-circuit", "version": 1, "model": {name, n_layers, n_heads},
-     "metadata": {...}, "nodes": ["input", "a0.h0", ..., "logits"],
+    {"format": "mechinterp-circuit", "version": 1,
+     "model": {"name", "n_layers", "n_heads"},
+     "metadata": {...},                       # algorithm, config, prompts, metric, ...
+     "nodes": ["input", "a0.h0", ..., "logits"],
      "edges": [{"name": "input->a0.h0<q>", "score": 0.12, "in_graph": true}, ...]}
 
-Edges follow the graph's order, so reading a file back rebuilds the same graph. Every write
-goes to a temporary file in the same folder that is then renamed: an interrupted export
-never leaves a partial file behind.
+Nodes and edges follow the graph's order and use EAP-IG names (``a3.h1->m5``,
+``input->a0.h0<q>``). The names carry the whole graph (grouped key/value heads, parallel
+blocks, attention-only models), so ``read_json`` rebuilds the exact ``Graph`` from the file
+alone; given a model, it checks the file describes that model's graph. Scores are written
+with ``repr`` precision, so float64 scores round-trip exactly.
+
+Neuronpedia-style JSON follows the layout circuit-tracer writes for the Neuronpedia graph
+frontend (``metadata``, ``qParams``, ``nodes``, ``links``). Our graph has no positions and no
+transcoder features, so the mapping is:
+
+=================  ====================================================================
+Neuronpedia field  mechinterp value
+=================  ====================================================================
+``node_id``        our node name (``input``, ``a2.h5``, ``m3``, ``logits``); also ``jsNodeId``
+``layer``          ``"E"`` for the input, ``"3"`` for layer 3, ``"{n_layers + 1}"`` for logits
+``feature``        head index; ``n_heads`` for an MLP (the column after the heads); 0 otherwise
+``feature_type``   ``"embedding"``, ``"attention head"``, ``"mlp"``, ``"logit"``
+``ctx_idx``        0 (every node covers all positions)
+``links``          one per in-graph ``(source, target)`` pair: ``weight`` is the sum of its
+                   channels' scores (q, k and v edges into one head share a pair); the
+                   per-channel scores are kept in ``channel_weights``
+=================  ====================================================================
+
+Only in-graph nodes and edges are written (as circuit-tracer writes pruned graphs); the
+circuit's metadata goes to ``metadata.mechinterp.metadata``.
 
 Example:
-    >>> write_json(circuit, "runs/ioi/circuit.json"); circuit = read_json("runs/ioi/circuit.json", model)
+    >>> write(circuit, "runs/ioi/circuit.json")                 # our JSON
+    >>> write(circuit, "runs/ioi/circuit.html", to="html")      # open it in a browser
+    >>> circuit = read_json("runs/ioi/circuit.json")            # no model needed
 """
 
 from __future__ import annotations
@@ -19,23 +51,32 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import networkx as nx
 import torch
 
 from circuits.circuit import Circuit
-from circuits.graph import Graph
+from circuits.graph import Edge, Graph, Node
 
 FORMAT, VERSION = "mechinterp-circuit", 1
 
 
-def _atomic_write(path: str | Path, text: str) -> Path:
+def _atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Run ``write(temporary_path)`` and rename the result to ``path``; on any failure the
+    temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        write(Path(temporary))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it owner-only; give it a plain file's mode
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -43,7 +84,12 @@ def _atomic_write(path: str | Path, text: str) -> Path:
     return path
 
 
+def _atomic_write(path: str | Path, text: str) -> Path:
+    return _atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
 def to_json_dict(circuit: Circuit) -> dict:
+    """The circuit as our JSON schema (see the module docstring)."""
     graph = circuit.graph
     return {
         "format": FORMAT,
@@ -59,38 +105,143 @@ def to_json_dict(circuit: Circuit) -> dict:
 
 
 def write_json(circuit: Circuit, path: str | Path) -> Path:
-    """Our lossless JSON (scores are written as Python floats: float64 round trip)."""
+    """Our lossless JSON (scores are written as Python floats: float64 round trip).
+
+    Example:
+        >>> write_json(circuit, "runs/ioi/circuit.json")
+    """
     return _atomic_write(path, json.dumps(to_json_dict(circuit), indent=1))
 
 
-def read_json(path: str | Path, model) -> Circuit:
-    """Read our JSON for ``model``; the file must describe that model's graph exactly."""
-    path = Path(path)
+def _require(container: dict, key: str, kind: type | tuple[type, ...], where: str, path: Path) -> Any:
+    """``container[key]``, which must exist and be a ``kind``; ``where`` prefixes the field name."""
+    if key not in container:
+        raise ValueError(f"{path}: missing field {where}{key!r}")
+    value, kinds = container[key], kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # bool is an int
+        names = " or ".join(k.__name__ for k in kinds)
+        raise ValueError(f"{path}: field {where}{key!r} must be {names}, got {type(value).__name__}")
+    return value
+
+
+def _load_circuit_json(path: Path) -> dict:
+    """Parse and check the top-level layout of our JSON; every problem is a ``ValueError``."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(
-            f"{path} is not a mechinterp circuit file (format {data.get('format') if isinstance(data, dict) else None!r})"
-        )
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path} is not a mechinterp circuit file (format {found!r}, expected {FORMAT!r})")
     if data.get("version") != VERSION:
         raise ValueError(
             f"{path}: unsupported circuit file version {data.get('version')!r} (this reads {VERSION})"
         )
-    graph = Graph.from_model(model)
-    names = [edge["name"] for edge in data["edges"]]
-    expected = [edge.name for edge in graph.edges]
-    if names != expected:
-        unknown = sorted(set(names) - set(expected))[:5]
+    info = _require(data, "model", dict, "", path)
+    _require(info, "name", str, "model.", path)
+    _require(info, "n_layers", int, "model.", path)
+    _require(info, "n_heads", int, "model.", path)
+    _require(data, "metadata", dict, "", path)
+    nodes = _require(data, "nodes", list, "", path)
+    edges = _require(data, "edges", list, "", path)
+    for index, node in enumerate(nodes):
+        if not isinstance(node, str):
+            raise ValueError(f"{path}: nodes[{index}] must be a node name, got {node!r}")
+    for index, edge in enumerate(edges):
+        if not isinstance(edge, dict):
+            raise ValueError(f"{path}: edges[{index}] must be an object, got {type(edge).__name__}")
+        _require(edge, "name", str, f"edges[{index}].", path)
+        _require(edge, "score", (int, float), f"edges[{index}].", path)
+        _require(edge, "in_graph", bool, f"edges[{index}].", path)
+    return data
+
+
+def _parse_edge(name: str, nodes: dict[str, Node]) -> Edge | None:
+    """The edge an EAP-IG edge name (``a3.h1->m5``, ``input->a0.h0<q>``) denotes among ``nodes``,
+    or ``None`` if it names no valid edge."""
+    source, _, target = name.partition("->")
+    channel = None
+    if target.endswith(">") and "<" in target:
+        target, _, channel = target[:-1].partition("<")
+    if source not in nodes or target not in nodes:
+        return None
+    kind = nodes[target].kind
+    valid = ("q", "k", "v") if kind == "head" else (None,) if kind in ("mlp", "logits") else ()
+    if channel not in valid:
+        return None
+    edge = Edge(nodes[source], nodes[target], channel or kind)
+    return edge if edge.name == name else None
+
+
+def _graph_from_file(data: dict, path: Path) -> Graph:
+    """The graph a file describes, rebuilt from its node and edge names alone."""
+    info = data["model"]
+    n_layers, n_heads = info["n_layers"], info["n_heads"]
+    possible = [Node("input"), Node("logits")]
+    for layer in range(n_layers):
+        possible += [Node("head", layer, head) for head in range(n_heads)] + [Node("mlp", layer)]
+    by_name = {node.name: node for node in possible}
+    unknown = [name for name in data["nodes"] if name not in by_name]
+    if unknown:
         raise ValueError(
-            f"{path} describes a different graph ({data['model']['name']!r}, {len(names)} edges) than "
-            f"{model.architecture.model_name!r} ({len(expected)} edges)"
-            + (f"; unknown edges: {unknown}" if unknown else "")
+            f"{path}: node names {unknown[:5]} do not exist in a {n_layers}-layer, {n_heads}-head model"
         )
-    scores = torch.tensor([edge["score"] for edge in data["edges"]], dtype=torch.float64)
+    for kind, names in (("node", data["nodes"]), ("edge", [edge["name"] for edge in data["edges"]])):
+        if len(set(names)) != len(names):
+            repeated = sorted(name for name, count in Counter(names).items() if count > 1)[:5]
+            raise ValueError(f"{path}: {kind} names appear more than once: {repeated}")
+    nodes = {name: by_name[name] for name in data["nodes"]}
+    order = {name: index for index, name in enumerate(nodes)}
+    edges = [_parse_edge(edge["name"], nodes) for edge in data["edges"]]
+    bad = [
+        raw["name"]
+        for raw, edge in zip(data["edges"], edges, strict=True)
+        if edge is None or order[edge.source.name] >= order[edge.target.name]
+    ]
+    if bad:
+        raise ValueError(
+            f"{path}: edges {bad[:5]} are not edges between the file's nodes (EAP-IG names like "
+            "'a0.h1->m1', 'input->a1.h0<q>', from an earlier node to a later one)"
+        )
+    return Graph(
+        tuple(nodes.values()),
+        tuple(edges),
+        info["name"],
+        n_layers,
+        n_heads,
+        {edge: index for index, edge in enumerate(edges)},
+    )
+
+
+def read_json(path: str | Path, model=None) -> Circuit:
+    """Read our JSON. With ``model``, the file must describe that model's graph exactly; without
+    it, the graph is rebuilt from the file alone (equal to ``Graph.from_model`` of its model).
+
+    Raises ``ValueError`` naming the problem: invalid JSON, another format or version, a
+    missing or mistyped field, or edges that do not match the graph.
+
+    Example:
+        >>> circuit = read_json("runs/ioi/circuit.json")
+        >>> circuit = read_json("runs/ioi/circuit.json", model)   # also checks it fits model
+    """
+    path = Path(path)
+    data = _load_circuit_json(path)
+    if model is None:
+        graph = _graph_from_file(data, path)
+    else:
+        graph = Graph.from_model(model)
+        names = [edge["name"] for edge in data["edges"]]
+        expected = [edge.name for edge in graph.edges]
+        if names != expected or data["nodes"] != [node.name for node in graph.nodes]:
+            unknown = sorted(set(names) - set(expected))[:5]
+            raise ValueError(
+                f"{path} describes a different graph ({data['model']['name']!r}, {len(names)} edges) than "
+                f"{model.architecture.model_name!r} ({len(expected)} edges)"
+                + (f"; unknown edges: {unknown}" if unknown else "")
+            )
+    scores = torch.tensor([float(edge["score"]) for edge in data["edges"]], dtype=torch.float64)
     in_graph = torch.tensor([edge["in_graph"] for edge in data["edges"]], dtype=torch.bool)
-    return Circuit(graph, scores, in_graph, data.get("metadata", {}))
+    return Circuit(graph, scores, in_graph, data["metadata"])
 
 
 def write_eap_ig_json(circuit: Circuit, path: str | Path) -> Path:
@@ -107,6 +258,122 @@ def write_eap_ig_json(circuit: Circuit, path: str | Path) -> Path:
         },
     }
     return _atomic_write(path, json.dumps(data, indent=1))
+
+
+def _node_attributes(node: Node) -> dict[str, Any]:
+    """A node's kind, layer and head, leaving out the ones it does not have (GraphML values
+    must be scalars)."""
+    attributes: dict[str, Any] = {"kind": node.kind}
+    if node.layer is not None:
+        attributes["layer"] = node.layer
+    if node.head is not None:
+        attributes["head"] = node.head
+    return attributes
+
+
+def to_networkx(circuit: Circuit) -> nx.MultiDiGraph:
+    """The whole graph as a ``networkx.MultiDiGraph``: nodes keyed by name with ``kind``,
+    ``layer``, ``head`` (where defined) and ``in_graph``; edges keyed by their EAP-IG name with
+    ``channel``, ``score`` and ``in_graph``. Graph attributes: model name, sizes and the
+    metadata as JSON text. Every attribute is a scalar, so Gephi and yEd read it."""
+    graph = circuit.graph
+    result = nx.MultiDiGraph(
+        model=graph.model_name,
+        n_layers=graph.n_layers,
+        n_heads=graph.n_heads,
+        metadata=json.dumps(circuit.metadata),
+    )
+    kept = circuit.nodes_in_graph()
+    for node in graph.nodes:
+        result.add_node(node.name, **_node_attributes(node), in_graph=node in kept)
+    for edge, score, keep in zip(
+        graph.edges, circuit.scores.tolist(), circuit.in_graph.tolist(), strict=True
+    ):
+        result.add_edge(
+            edge.source.name,
+            edge.target.name,
+            key=edge.name,
+            channel=edge.channel,
+            score=float(score),
+            in_graph=bool(keep),
+        )
+    return result
+
+
+def write_graphml(circuit: Circuit, path: str | Path) -> Path:
+    """GraphML of the whole graph (see ``to_networkx`` for the attributes).
+
+    Example:
+        >>> write_graphml(circuit, "circuit.graphml"); networkx.read_graphml("circuit.graphml")
+    """
+    result = to_networkx(circuit)
+    return _atomic(path, lambda temporary: nx.write_graphml(result, temporary))
+
+
+_NEURONPEDIA_TYPES = {"input": "embedding", "head": "attention head", "mlp": "mlp", "logits": "logit"}
+
+
+def _neuronpedia_node(node: Node, graph: Graph) -> dict[str, Any]:
+    layer = {"input": "E", "logits": str(graph.n_layers + 1)}.get(node.kind, str(node.layer))
+    feature = {"head": node.head, "mlp": graph.n_heads}.get(node.kind, 0)
+    return {
+        "node_id": node.name,
+        "jsNodeId": node.name,
+        "feature": feature,
+        "layer": layer,
+        "ctx_idx": 0,
+        "feature_type": _NEURONPEDIA_TYPES[node.kind],
+        "clerp": node.name,
+        "is_target_logit": node.kind == "logits",
+    }
+
+
+def to_neuronpedia_dict(circuit: Circuit) -> dict:
+    """The in-graph part of the circuit in Neuronpedia's graph layout (mapping in the module
+    docstring)."""
+    graph = circuit.graph
+    links: dict[tuple[str, str], dict[str, Any]] = {}
+    for edge in circuit.edges_in_graph():
+        score = float(circuit.scores[graph.edge_index[edge]])
+        link = links.setdefault(
+            (edge.source.name, edge.target.name),
+            {"source": edge.source.name, "target": edge.target.name, "weight": 0.0, "channel_weights": {}},
+        )
+        link["weight"] += score
+        link["channel_weights"][edge.channel] = score
+    metadata = circuit.metadata
+    prompt = metadata.get("prompt", "")
+    return {
+        "metadata": {
+            "slug": str(metadata.get("slug", f"{graph.model_name}-{metadata.get('algorithm', 'circuit')}")),
+            "scan": graph.model_name,
+            "transcoder_list": [],
+            "prompt_tokens": list(metadata.get("prompt_tokens", [])),
+            "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt),
+            "node_threshold": None,
+            "schema_version": 1,
+            "mechinterp": {
+                "model": {"name": graph.model_name, "n_layers": graph.n_layers, "n_heads": graph.n_heads},
+                "metadata": metadata,
+            },
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": [
+            _neuronpedia_node(node, graph) for node in sorted(circuit.nodes_in_graph(), key=graph.nodes.index)
+        ],
+        "links": list(links.values()),
+    }
+
+
+def write_neuronpedia_json(circuit: Circuit, path: str | Path) -> Path:
+    """Neuronpedia-style graph JSON of the in-graph nodes and edges.
+
+    Example:
+        >>> data = json.loads(write_neuronpedia_json(circuit, "graph.json").read_text())
+        >>> data["links"][0]
+        {'source': 'a0.h1', 'target': 'logits', 'weight': 0.42, 'channel_weights': {'logits': 0.42}}
+    """
+    return _atomic_write(path, json.dumps(to_neuronpedia_dict(circuit), indent=1))
 
 
 def to_dot(circuit: Circuit) -> str:
@@ -129,4 +396,41 @@ def to_dot(circuit: Circuit) -> str:
 
 
 def write_dot(circuit: Circuit, path: str | Path) -> Path:
+    """Graphviz DOT file (render with ``dot -Tsvg circuit.dot -o circuit.svg``)."""
     return _atomic_write(path, to_dot(circuit))
+
+
+def write_html(circuit: Circuit, path: str | Path) -> Path:
+    """A self-contained interactive page of the in-graph edges (``circuit_figure``): plotly.js
+    is inlined, so it opens offline.
+
+    Example:
+        >>> write_html(circuit, "runs/ioi/circuit.html")
+    """
+    from mechinterp.plotting.circuits import circuit_figure  # circuits never imports plotting eagerly
+
+    html = circuit_figure(circuit).to_html(include_plotlyjs=True, full_html=True)
+    return _atomic_write(path, html)
+
+
+Writer = Callable[[Circuit, str | Path], Path]
+WRITERS: dict[str, Writer] = {
+    "json": write_json,
+    "eap-ig": write_eap_ig_json,
+    "neuronpedia": write_neuronpedia_json,
+    "graphml": write_graphml,
+    "dot": write_dot,
+    "html": write_html,
+}
+
+
+def write(circuit: Circuit, path: str | Path, to: str = "json") -> Path:
+    """Write ``circuit`` to ``path`` in format ``to`` (a key of ``WRITERS``).
+
+    Example:
+        >>> for fmt, suffix in [("json", "json"), ("graphml", "graphml"), ("html", "html")]:
+        ...     write(circuit, f"runs/ioi/circuit.{suffix}", to=fmt)
+    """
+    if to not in WRITERS:
+        raise ValueError(f"unknown circuit format {to!r}; choose from {', '.join(WRITERS)}")
+    return WRITERS[to](circuit, path)

@@ -5,6 +5,7 @@ Example:
     >>> patch_heatmap(result).show()
 """
 
+from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure
 from mechinterp.plotting.lens import (
     attention_heatmap,
     dla_bar,
@@ -17,11 +18,14 @@ from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
 
 __all__ = [
     "attention_heatmap",
+    "circuit_figure",
     "comparison_scatter",
     "dla_bar",
     "dla_heatmap",
+    "faithfulness_figure",
     "lens_heatmap",
     "lens_trajectory",
     "patch_heatmap",
     "probe_accuracy",
+    "roc_figure",
 ]
