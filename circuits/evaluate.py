@@ -7,9 +7,14 @@ model, 0 = no better than the corrupted run. A faithfulness curve evaluates the 
 many edge counts as rows of one batched forward; its area is the mean over the curve's
 points of the normalised value (x = fraction of edges kept, trapezoid rule).
 
+Against a known circuit (IOI, greater-than, induction heads), ``roc_against`` ranks edges or
+nodes by score and gives the ROC curve and its AUC, the comparison ACDC (Conmy et al. 2023)
+and EAP (Syed et al. 2023) report.
+
 Example:
     >>> curve = faithfulness_curve(model, clean, corrupt, circuit, metric, counts=range(0, 400, 20))
     >>> curve.area
+    >>> roc_against(circuit, ["a0.h1", "a1.h2"], level="node").auc
 """
 
 from __future__ import annotations
