@@ -52,22 +52,31 @@ class Circuit:
 
     def pruned(self) -> Circuit:
         """Drop edges that do not lie on an in-graph path from the input to the logits."""
-        edges = self.edges_in_graph()
-        reached = {Node("input")}
-        for node in self.graph.nodes:  # nodes are in topological order
-            if any(e.target == node and e.source in reached for e in edges):
-                reached.add(node)
-        useful = {Node("logits")}
-        for node in reversed(self.graph.nodes):
-            if any(e.source == node and e.target in useful for e in edges):
-                useful.add(node)
-        keep = torch.tensor(
-            [
-                bool(k) and e.source in reached and e.target in useful
-                for e, k in zip(self.graph.edges, self.in_graph.tolist(), strict=True)
-            ]
-        )
-        return replace(self, in_graph=keep)
+        source, pair_edge, pair_target = self.graph.edge_arrays
+        kept_pairs = self.in_graph[pair_edge]
+        n_nodes = len(self.graph.nodes)
+        reached = _closure(_one_hot(0, n_nodes), source[pair_edge], pair_target, kept_pairs)
+        useful = _closure(_one_hot(n_nodes - 1, n_nodes), pair_target, source[pair_edge], kept_pairs)
+        feeds_useful = torch.zeros_like(self.in_graph)
+        feeds_useful[pair_edge[useful[pair_target]]] = True
+        return replace(self, in_graph=self.in_graph & reached[source] & feeds_useful)
 
     def nodes_in_graph(self) -> set[Node]:
         return {n for e in self.edges_in_graph() for n in (e.source, e.target)}
+
+
+def _one_hot(index: int, size: int) -> Tensor:
+    start = torch.zeros(size, dtype=torch.bool)
+    start[index] = True
+    return start
+
+
+def _closure(start: Tensor, frm: Tensor, to: Tensor, kept: Tensor) -> Tensor:
+    """Nodes reachable from ``start`` along the kept ``frm -> to`` pairs."""
+    reached = start.clone()
+    while True:
+        grown = reached.clone()
+        grown[to[kept & reached[frm]]] = True
+        if torch.equal(grown, reached):
+            return reached
+        reached = grown

@@ -56,6 +56,7 @@ class DestinationGroup:
     into that slot (a head for q/k/v inputs, the only slot otherwise), or -1 for no edge."""
 
     hook: str
+    layer: int  # the block the hook is in
     per_head: bool
     edge_ids: Tensor  # [slot, source] (long)
 
@@ -80,7 +81,8 @@ def destination_groups(graph: Graph) -> list[DestinationGroup]:
         for (slot, source), index in table.items():
             edge_ids[slot, source] = index
         hook = destination_hook(layer, channel, graph.n_layers)
-        groups.append(DestinationGroup(hook, channel in ("q", "k", "v"), edge_ids))
+        block = graph.n_layers - 1 if layer is None else layer
+        groups.append(DestinationGroup(hook, block, channel in ("q", "k", "v"), edge_ids))
     return groups
 
 
@@ -213,6 +215,20 @@ def _row_chunk(rows: int, ablated: Tensor, budget_bytes: int) -> int:
     return max(1, min(rows, budget_bytes // max(per_row, 1)))
 
 
+def _shared_prefix(
+    graph, groups, masks, clean, mask, ablated, start_layer: int, model
+) -> tuple[Tensor, Tensor]:
+    """Run blocks before ``start_layer`` once for all rows (their masks there must agree):
+    the residual stream entering ``start_layer`` and the buffer of the sources before it."""
+    before = torch.cat([g.edge_ids[g.edge_ids >= 0] for g in groups if g.layer < start_layer])
+    if not bool((masks[:, before] == masks[:1, before]).all()):
+        raise ValueError(f"start_layer={start_layer}: rows differ on edges into blocks before it")
+    run = _MaskedRun(graph, groups, masks[:1], ablated)
+    with model.hooks(fwd_hooks=run.hooks(model, graph)):
+        resid = model(clean, attention_mask=mask, stop_at_layer=start_layer)
+    return resid, run.buffer[0, : graph.source_nodes.index(Node("head", start_layer, 0))]
+
+
 @torch.no_grad()
 def patch_edges(
     model,
@@ -224,19 +240,24 @@ def patch_edges(
     *,
     ablation: Ablation = "resample",
     attention_mask: Tensor | None = None,
+    start_layer: int = 0,
     buffer_bytes: int = 2**31,
 ) -> Float[Tensor, "row batch"]:
     """Metric values ``[row, batch]`` of the clean run with each row's masked edges patched.
 
     ``masks``: ``[row, edge]`` weights in ``[0, 1]`` (1 = the edge carries the ablated
     source). Every row runs the whole clean batch; rows run together in as few forwards as
-    fit ``buffer_bytes`` of source outputs.
+    fit ``buffer_bytes`` of source outputs. When all rows agree on the edges into blocks
+    before ``start_layer``, those blocks run once for all rows (ACDC's case).
     """
     if masks.ndim != 2 or masks.shape[1] != len(graph.edges):
         raise ValueError(f"masks must be [row, {len(graph.edges)}], got {tuple(masks.shape)}")
     check_graph_fits(model, graph)
+    if not 0 <= start_layer < graph.n_layers:
+        raise ValueError(f"start_layer must be in 0..{graph.n_layers - 1}, got {start_layer}")
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     mask = None if attention_mask is None else attention_mask.to(model.device)
+    masks = masks.to(model.device, model.dtype)
     ablated = ablated_outputs(model, graph, clean, corrupt, ablation, mask)
     groups = destination_groups(graph)
     batch = clean.shape[0]
@@ -246,12 +267,18 @@ def patch_edges(
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
     try:
-        for chunk in masks.to(model.device, model.dtype).split(_row_chunk(len(masks), ablated, buffer_bytes)):
+        inputs, prefix = clean, None
+        if start_layer > 0:
+            inputs, prefix = _shared_prefix(graph, groups, masks, clean, mask, ablated, start_layer, model)
+        for chunk in masks.split(_row_chunk(len(masks), ablated, buffer_bytes)):
             run = _MaskedRun(graph, groups, chunk, ablated)
             rows = chunk.shape[0]
+            if prefix is not None:
+                run.buffer[:, : prefix.shape[0]] = prefix
             with model.hooks(fwd_hooks=run.hooks(model, graph)):
                 logits = model(
-                    clean.repeat(rows, 1),
+                    inputs.repeat(rows, *([1] * (inputs.ndim - 1))),
+                    start_at_layer=start_layer,
                     attention_mask=None if mask is None else mask.repeat(rows, 1),
                     logit_positions=positions.repeat(rows)[:, None],
                 )

@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
+import torch
+from torch import Tensor
+
 NodeKind = Literal["input", "head", "mlp", "logits"]
 Channel = Literal["q", "k", "v", "mlp", "logits"]
 
@@ -89,13 +92,15 @@ class Graph:
         sources = [Node("input")]
         for layer in range(arch.n_layers):
             sources += [Node("head", layer, head) for head in range(arch.n_heads)]
-            sources.append(Node("mlp", layer))
+            if not arch.attn_only:
+                sources.append(Node("mlp", layer))
         targets: list[tuple[Node, Channel]] = []
         for layer in range(arch.n_layers):
             targets += [(Node("head", layer, head), "q") for head in range(arch.n_heads)]
             for channel in "kv":  # keys and values belong to key/value heads (GQA stays grouped)
                 targets += [(Node("head", layer, head), channel) for head in range(arch.kv_heads)]
-            targets.append((Node("mlp", layer), "mlp"))
+            if not arch.attn_only:
+                targets.append((Node("mlp", layer), "mlp"))
         targets.append((Node("logits"), "logits"))
         edges = tuple(
             Edge(source, target, channel)
@@ -117,6 +122,27 @@ class Graph:
     def n_kv_heads(self) -> int:
         """Key/value heads per layer (``n_heads`` unless the model uses grouped-query attention)."""
         return 1 + max(e.target.head for e in self.edges if e.channel == "k")
+
+    @cached_property
+    def edge_arrays(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(source, pair_edge, pair_target)`` node indices for vectorised graph walks:
+        ``source[e]`` is edge ``e``'s source node; each ``(pair_edge[i], pair_target[i])``
+        says edge ``pair_edge[i]`` feeds node ``pair_target[i]``. A key or value edge feeds
+        every query head of its key/value head's group, any other edge its target alone."""
+        index = {node: i for i, node in enumerate(self.nodes)}
+        group = self.n_heads // self.n_kv_heads
+        pair_edge, pair_target = [], []
+        for e, edge in enumerate(self.edges):
+            heads = (
+                range(edge.target.head * group, (edge.target.head + 1) * group)
+                if edge.channel in "kv"
+                else None
+            )
+            for node in [Node("head", edge.target.layer, h) for h in heads] if heads else [edge.target]:
+                pair_edge.append(e)
+                pair_target.append(index[node])
+        source = torch.tensor([index[edge.source] for edge in self.edges])
+        return source, torch.tensor(pair_edge), torch.tensor(pair_target)
 
     def edges_into(self, target: Node, channel: Channel) -> list[int]:
         """Indices of the edges into one input channel."""

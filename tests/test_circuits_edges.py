@@ -167,3 +167,58 @@ def test_eap_ig_is_exact_for_edges_into_the_logits_and_differs_from_eap_elsewher
     assert (integrated - plain).abs().max() > 1e-4  # earlier edges see the curvature
     with pytest.raises(ValueError, match="steps must be at least 1"):
         eap_ig_scores(model, clean, corrupt, graph, metric, steps=0)
+
+
+def literal_pruning(graph: Graph, kept: list[Edge]) -> set[Edge]:
+    """Walk node by node: a query head is fed by its q edges and its key/value head's k/v edges."""
+    group = graph.n_heads // graph.n_kv_heads
+
+    def feeds(edge: Edge, node: Node) -> bool:
+        if edge.channel in ("k", "v"):
+            return (
+                node.kind == "head"
+                and node.layer == edge.target.layer
+                and node.head // group == edge.target.head
+            )
+        return edge.target == node
+
+    reached = {Node("input")}
+    for node in graph.nodes:
+        if any(feeds(e, node) and e.source in reached for e in kept):
+            reached.add(node)
+    useful = {Node("logits")}
+    for node in reversed(graph.nodes):
+        if any(e.source == node and any(feeds(e, u) for u in useful) for e in kept):
+            useful.add(node)
+    return {e for e in kept if e.source in reached and any(feeds(e, u) for u in useful)}
+
+
+def test_pruning_equals_a_literal_node_walk(model):
+    from circuits import Circuit
+
+    graph = Graph.from_model(model)
+    sizes = []
+    for seed in range(6):
+        keep = torch.rand(len(graph.edges), generator=torch.Generator().manual_seed(seed)) > 0.8
+        circuit = Circuit(graph, torch.zeros(len(graph.edges)), keep)
+        pruned = circuit.pruned()
+        assert set(pruned.edges_in_graph()) == literal_pruning(graph, circuit.edges_in_graph())
+        sizes.append((pruned.n_edges, circuit.n_edges))
+    assert any(0 < kept < total for kept, total in sizes)  # pruning did something
+
+
+def test_a_shared_prefix_runs_once_and_changes_nothing(model):
+    clean, corrupt, metric = inputs()
+    graph = Graph.from_model(model)
+    base = (torch.rand(len(graph.edges), generator=torch.Generator().manual_seed(5)) > 0.5).float()
+    masks = base.repeat(3, 1)
+    into_layer_1 = [i for i, e in enumerate(graph.edges) if e.target.layer == 1 or e.channel == "logits"]
+    masks[1, into_layer_1[:4]] = 1 - masks[1, into_layer_1[:4]]
+    masks[2, into_layer_1[-3:]] = 1 - masks[2, into_layer_1[-3:]]
+    shared = patch_edges(model, clean, corrupt, graph, masks, metric, start_layer=1)
+    torch.testing.assert_close(
+        shared, patch_edges(model, clean, corrupt, graph, masks, metric), atol=1e-5, rtol=0
+    )
+    masks[2, graph.edges_into(Node("head", 0, 0), "q")[0]] += 1
+    with pytest.raises(ValueError, match="rows differ on edges into blocks before it"):
+        patch_edges(model, clean, corrupt, graph, masks, metric, start_layer=1)
