@@ -1,4 +1,5 @@
-"""One transformer block: pre-norm attention then MLP, sequential or parallel (NeoX)."""
+"""Transformer blocks: pre-norm attention then MLP (sequential or parallel, NeoX), or
+attention alone (attention-only models, ``ArchitectureConfig.attn_only``)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.layers import MLP, Norm
 
 
-class TransformerBlock(nn.Module):
-    """``resid_mid = resid_pre + attn(ln1(resid_pre))``;
-    ``resid_post = resid_mid + mlp(ln2(resid_mid))``, or ``mlp(ln2(resid_pre))`` when
-    attention and MLP run in parallel (then ``resid_mid`` is only a checkpoint of the
-    sum; the MLP does not read it).
+class AttentionOnlyBlock(nn.Module):
+    """``resid_post = resid_pre + attn(ln1(resid_pre))``: a block without an MLP.
+
+    Like TransformerLens' attention-only blocks it has no ``ln2``, no ``hook_resid_mid``
+    and no MLP hooks.
 
     With ``use_split_qkv_input`` on, the block feeds each head its own copy of the
     residual stream through ``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``
@@ -29,19 +30,50 @@ class TransformerBlock(nn.Module):
         self.use_split_qkv_input = False
         self.ln1 = Norm(cfg)
         self.attn = Attention(cfg)
+        for name in ("resid_pre", "resid_post", "attn_out", "q_input", "k_input", "v_input"):
+            setattr(self, f"hook_{name}", HookPoint())
+
+    def attention(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        allowed: Bool[Tensor, "batch 1 q_pos k_pos"],
+        rotary: tuple[Tensor, Tensor] | None,
+        past: tuple[Tensor, Tensor] | None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The attention sublayer's output (``hook_attn_out``) for an already hooked ``resid_pre``."""
+        if self.use_split_qkv_input:
+            heads, kv_heads = self.cfg.n_heads, self.cfg.kv_heads
+            per_head = resid_pre[:, :, None]  # copies below: a hook may edit one head in place
+            q_in = self.ln1(self.hook_q_input(per_head.repeat(1, 1, heads, 1)))
+            k_in = self.ln1(self.hook_k_input(per_head.repeat(1, 1, kv_heads, 1)))
+            v_in = self.ln1(self.hook_v_input(per_head.repeat(1, 1, kv_heads, 1)))
+        else:
+            q_in = k_in = v_in = self.ln1(resid_pre)
+        return self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary, past))
+
+    def forward(
+        self,
+        resid_pre: Float[Tensor, "batch pos d_model"],
+        allowed: Bool[Tensor, "batch 1 q_pos k_pos"],
+        rotary: tuple[Tensor, Tensor] | None,
+        past: tuple[Tensor, Tensor] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        return self.hook_resid_post(resid_pre + self.attention(resid_pre, allowed, rotary, past))
+
+
+class TransformerBlock(AttentionOnlyBlock):
+    """``resid_mid = resid_pre + attn(ln1(resid_pre))``;
+    ``resid_post = resid_mid + mlp(ln2(resid_mid))``, or ``mlp(ln2(resid_pre))`` when
+    attention and MLP run in parallel (then ``resid_mid`` is only a checkpoint of the
+    sum; the MLP does not read it). Per-head inputs work as in ``AttentionOnlyBlock``.
+    """
+
+    def __init__(self, cfg: ArchitectureConfig):
+        super().__init__(cfg)
         self.ln2 = Norm(cfg)
         self.mlp = MLP(cfg)
-        for name in (
-            "resid_pre",
-            "resid_mid",
-            "resid_post",
-            "attn_out",
-            "mlp_out",
-            "mlp_in",
-            "q_input",
-            "k_input",
-            "v_input",
-        ):
+        for name in ("resid_mid", "mlp_out", "mlp_in"):
             setattr(self, f"hook_{name}", HookPoint())
 
     def forward(
@@ -52,16 +84,7 @@ class TransformerBlock(nn.Module):
         past: tuple[Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
-        if self.use_split_qkv_input:
-            heads, kv_heads = self.cfg.n_heads, self.cfg.kv_heads
-            per_head = resid_pre[:, :, None]  # copies below: a hook may edit one head in place
-            q_in = self.ln1(self.hook_q_input(per_head.repeat(1, 1, heads, 1)))
-            k_in = self.ln1(self.hook_k_input(per_head.repeat(1, 1, kv_heads, 1)))
-            v_in = self.ln1(self.hook_v_input(per_head.repeat(1, 1, kv_heads, 1)))
-        else:
-            q_in = k_in = v_in = self.ln1(resid_pre)
-        attn_out = self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary, past))
-        resid_mid = self.hook_resid_mid(resid_pre + attn_out)
+        resid_mid = self.hook_resid_mid(resid_pre + self.attention(resid_pre, allowed, rotary, past))
         mlp_input = self.hook_mlp_in(resid_pre if self.cfg.parallel_attn_mlp else resid_mid)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_input)))
         return self.hook_resid_post(resid_mid + mlp_out)

@@ -35,6 +35,9 @@ class ArchitectureConfig:
         mlp: ``"standard"`` (act(x W_in) W_out) or ``"gated"`` (act(x W_gate) * (x W_in) W_out).
         act_fn: activation name as Hugging Face spells it (``"gelu_new"``, ``"silu"``, ...).
         parallel_attn_mlp: attention and MLP both read the block input (GPT-NeoX, GPT-J).
+        attn_only: blocks have no MLP (``resid_post = resid_pre + attn_out``; no ``ln2``, no
+            ``hook_resid_mid`` and no MLP hooks, as in TransformerLens' attention-only models).
+            Needs ``d_mlp=0``; ``act_fn`` and ``mlp`` are then unused.
         sliding_window: attend to at most this many previous positions (Mistral); ``None`` = off.
         attn_scale: multiplier on q.k; ``None`` means ``d_head ** -0.5``.
         model_name: a label for reprs and result metadata.
@@ -56,6 +59,7 @@ class ArchitectureConfig:
     rotary_base: float = 10000.0
     mlp: Literal["standard", "gated"] = "standard"
     parallel_attn_mlp: bool = False
+    attn_only: bool = False
     sliding_window: int | None = None
     attn_scale: float | None = None
     model_name: str = "custom"
@@ -65,6 +69,11 @@ class ArchitectureConfig:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
         if self.rotary_dim is not None and (self.rotary_dim > self.d_head or self.rotary_dim % 2):
             raise ValueError(f"rotary_dim ({self.rotary_dim}) must be even and <= d_head ({self.d_head})")
+        if self.attn_only and (self.d_mlp or self.parallel_attn_mlp):
+            raise ValueError(
+                f"an attention-only model has no MLP: use d_mlp=0 and parallel_attn_mlp=False "
+                f"(got d_mlp={self.d_mlp}, parallel_attn_mlp={self.parallel_attn_mlp})"
+            )
 
     @property
     def kv_heads(self) -> int:

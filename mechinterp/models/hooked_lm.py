@@ -30,7 +30,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechinterp.models.attention import Rotary
-from mechinterp.models.block import TransformerBlock
+from mechinterp.models.block import AttentionOnlyBlock, TransformerBlock
 from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.layers import Embed, Norm, PosEmbed, Unembed
 from mechinterp.models.prefix import KeyValuePrefix
@@ -58,7 +58,8 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         self.pos_embed = PosEmbed(architecture) if learned else None
         self.hook_pos_embed = HookPoint() if learned else None
         self.rotary = None if learned else Rotary(architecture)
-        self.blocks = nn.ModuleList(TransformerBlock(architecture) for _ in range(architecture.n_layers))
+        block = AttentionOnlyBlock if architecture.attn_only else TransformerBlock
+        self.blocks = nn.ModuleList(block(architecture) for _ in range(architecture.n_layers))
         self.ln_final = Norm(architecture)
         self.unembed = Unembed(architecture)
         self.setup()
@@ -92,6 +93,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             positional_embedding_type="rotary" if self.rotary is not None else "standard",
             n_key_value_heads=arch.n_kv_heads if arch.heads_per_kv_head > 1 else None,
             gated_mlp=arch.mlp == "gated",
+            attn_only=arch.attn_only,
             uses_rms_norm=rms,
             eps=arch.norm_eps,
             act_fn=arch.act_fn,

@@ -11,6 +11,7 @@ from mechinterp.models import hf_sources
 from mechinterp.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from mechinterp.models.families import family_for
 from mechinterp.models.hooked_lm import HookedLM
+from mechinterp.models.toy import TOY_MODELS
 
 ModelSource = str | Path | Any  # a name, a path, or a transformers PreTrainedModel
 
@@ -25,7 +26,8 @@ def load_model(
     """Load a causal LM as a native hooked model.
 
     Args:
-        source: ``"smollm2-135m"`` (embedded, offline), a Hugging Face hub id, a local HF
+        source: ``"smollm2-135m"`` (embedded, offline), ``"toy-induction-2l"`` (trained on
+            first use, see ``mechinterp.models.toy``), a Hugging Face hub id, a local HF
             model directory, a ``.gguf`` file, or an already loaded HF ``PreTrainedModel``
             (pass its ``tokenizer`` too).
         dtype: parameter dtype (``torch.float32`` default; ``"bfloat16"`` etc. accepted).
@@ -41,6 +43,8 @@ def load_model(
     device = _check_device(device)
     if not _is_location(source):
         return from_hf_model(source, tokenizer, dtype=dtype, device=device)
+    if str(source) in TOY_MODELS:
+        return TOY_MODELS[str(source)]().to(device=device, dtype=dtype)
     hf_model, hf_tokenizer = load_hf(source, dtype=dtype)
     return from_hf_model(hf_model, hf_tokenizer, dtype=dtype, device=device, model_name=str(source))
 
@@ -48,6 +52,8 @@ def load_model(
 def load_hf(source: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """The Hugging Face ``(model, tokenizer)`` behind a source, in eager attention: the
     reference that parity checks compare a ``HookedLM`` against."""
+    if str(source) in TOY_MODELS:
+        raise ValueError(f"{source!r} is a native toy model with no Hugging Face counterpart; use load_model")
     if str(source) in EMBEDDED_MODELS:
         return hf_sources.from_pretrained(embedded_model_dir(str(source)), dtype)
     path = Path(source)

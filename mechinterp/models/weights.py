@@ -27,17 +27,23 @@ class WeightsMixin:
     b_K = property(lambda self: self._stack("attn.b_K"), doc="``[layer, kv_head, d_head]``")
     b_V = property(lambda self: self._stack("attn.b_V"), doc="``[layer, kv_head, d_head]``")
     b_O = property(lambda self: self._stack("attn.b_O"), doc="``[layer, d_model]``")
-    W_in = property(lambda self: self._stack("mlp.W_in"), doc="``[layer, d_model, d_mlp]``")
-    b_in = property(lambda self: self._stack("mlp.b_in"), doc="``[layer, d_mlp]``")
-    W_out = property(lambda self: self._stack("mlp.W_out"), doc="``[layer, d_mlp, d_model]``")
-    b_out = property(lambda self: self._stack("mlp.b_out"), doc="``[layer, d_model]``")
+
+    def _stack_mlp(self, name: str) -> Tensor:
+        if self.architecture.attn_only:
+            raise AttributeError(name)  # attention-only: hasattr(model, "W_in") is False
+        return self._stack(f"mlp.{name}")
+
+    W_in = property(lambda self: self._stack_mlp("W_in"), doc="``[layer, d_model, d_mlp]``")
+    b_in = property(lambda self: self._stack_mlp("b_in"), doc="``[layer, d_mlp]``")
+    W_out = property(lambda self: self._stack_mlp("W_out"), doc="``[layer, d_mlp, d_model]``")
+    b_out = property(lambda self: self._stack_mlp("b_out"), doc="``[layer, d_model]``")
 
     @property
     def W_gate(self) -> Float[Tensor, "layer d_model d_mlp"]:
         """Gate weights of gated (SwiGLU) MLPs."""
         if self.architecture.mlp != "gated":
             raise AttributeError("W_gate")  # so hasattr(model, "W_gate") is False
-        return self._stack("mlp.W_gate")
+        return self._stack_mlp("W_gate")
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
@@ -75,11 +81,13 @@ class WeightsMixin:
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
     ) -> Float[Tensor, " d_model"]:
         """Sum of the attention-output (and MLP-output) biases written before ``layer``'s
-        input (its MLP input when ``mlp_input``)."""
+        input (its MLP input when ``mlp_input``; attention-only models have none)."""
+        if mlp_input and self.architecture.attn_only:
+            raise ValueError("mlp_input=True but this model is attention-only (no MLP inputs)")
         total = torch.zeros(self.architecture.d_model, device=self.device, dtype=self.dtype)
         for block in self.blocks[:layer]:
             total = total + block.attn.b_O
-            if include_mlp_biases:
+            if include_mlp_biases and not self.architecture.attn_only:
                 total = total + block.mlp.b_out
         if mlp_input:
             total = total + self.blocks[layer].attn.b_O
