@@ -50,3 +50,11 @@ def random_tokens():
 
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="session")
+def induction_model(tmp_path_factory):
+    """``toy-induction-2l``, trained once per session into a temporary ``$MECHINTERP_CACHE``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MECHINTERP_CACHE", str(tmp_path_factory.mktemp("mechinterp-cache")))
+        return mechinterp.load_model("toy-induction-2l", device="cpu")
