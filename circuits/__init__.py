@@ -1,19 +1,41 @@
-"""Circuit discovery on mechinterp models: the computational graph, batched edge patching and
-EAP edge scores.
-
-ACDC, EAP-IG, faithfulness evaluation and export are not implemented yet; see the README's
-"not done yet" section.
+"""Circuit discovery on mechinterp models: the computational graph, batched edge patching,
+discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC),
+faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia-style JSON,
+GraphML, DOT, interactive HTML).
 
 Example:
-    >>> from circuits import Graph, patch_edges
+    >>> from circuits import ALGORITHMS, Graph, faithfulness_curve, write
     >>> graph = Graph.from_model(model)
+    >>> circuit = ALGORITHMS["eap"](model, pairs, pairs.metric(), graph)
+    >>> faithfulness_curve(model, pairs.clean, pairs.corrupt, circuit, pairs.metric(), counts=range(0, 2000, 100)).area
+    >>> write(circuit, "ioi.graphml", to="graphml")
 """
 
-from circuits.algorithms import ALGORITHMS, ACDCConfig, EAPConfig, PairedData, acdc, eap
+from circuits.algorithms import (
+    ALGORITHMS,
+    CONFIGS,
+    ACDCConfig,
+    EAPConfig,
+    EAPIGConfig,
+    EdgePatchingConfig,
+    PairedData,
+    acdc,
+    eap,
+    eap_ig,
+    edge_patching,
+)
 from circuits.circuit import Circuit
 from circuits.eap import eap_ig_scores, eap_scores, node_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
-from circuits.evaluate import FaithfulnessCurve, RocCurve, faithfulness_curve, roc_against, roc_curve
+from circuits.evaluate import (
+    CircuitScore,
+    FaithfulnessCurve,
+    RocCurve,
+    evaluate_circuit,
+    faithfulness_curve,
+    roc_against,
+    roc_curve,
+)
 from circuits.export import (
     WRITERS,
     read_json,
@@ -30,11 +52,15 @@ from circuits.graph import Edge, Graph, Node
 
 __all__ = [
     "ALGORITHMS",
+    "CONFIGS",
     "WRITERS",
     "ACDCConfig",
     "Circuit",
+    "CircuitScore",
     "EAPConfig",
+    "EAPIGConfig",
     "Edge",
+    "EdgePatchingConfig",
     "FaithfulnessCurve",
     "Graph",
     "Node",
@@ -42,8 +68,11 @@ __all__ = [
     "RocCurve",
     "acdc",
     "eap",
+    "eap_ig",
     "eap_ig_scores",
     "eap_scores",
+    "edge_patching",
+    "evaluate_circuit",
     "faithfulness_curve",
     "node_scores",
     "patch_edges",

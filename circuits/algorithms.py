@@ -1,42 +1,58 @@
 """Circuit-discovery algorithms behind one signature, in one registry.
 
 Every algorithm is ``(model, data, metric, graph, *, config) -> Circuit``: ``data`` holds
-paired clean/corrupt tokens, ``metric`` is a positional metric (``mechinterp.metrics``), and
-the result carries a score per edge, the chosen edges and the settings used.
+paired clean/corrupt tokens (``PairedData`` or ``mechinterp.data.PromptPairs``, with an
+optional ``attention_mask``), ``metric`` is a positional metric (``mechinterp.metrics``), and
+the result carries a score per edge (the estimated change of the mean metric when that edge
+alone carries the corrupted source), the chosen edges and the settings used.
 
-- ``"eap"``: edge attribution patching scores (Syed et al. 2023); the circuit is the top
-  ``config.top_n`` edges by magnitude, pruned to input-to-logits paths.
+- ``"edge-patching"``: exact scores, one patched forward per edge, batched as rows
+  (the reference the approximations are judged by; affordable on small models).
+- ``"eap"``: edge attribution patching (Syed et al. 2023), one forward and backward pass.
+- ``"eap-ig"``: EAP with integrated gradients over the input embeddings (Hanna et al. 2024).
 - ``"acdc"``: ACDC (Conmy et al. 2023) with batched candidates: destinations are visited from
   the logits backwards; all incoming edges of one destination are tried as rows of one
-  batched forward against the current circuit, and every edge whose removal changes the
-  mean metric by less than ``config.threshold`` is removed. (The original tries them one at
-  a time; evaluating a destination's candidates together is what makes it one forward.)
+  batched forward that starts at the destination's block (earlier blocks run once), and
+  every edge whose removal changes the mean metric by less than ``config.threshold`` is
+  removed. (The original tries them one at a time; trying one destination's candidates
+  against the same circuit is what makes it one forward.)
+
+Scoring algorithms keep ``config.top_n`` edges (``level="edge"``) or the edges between the
+``top_n`` highest-scoring nodes (``level="node"``, a node's score being the sum of its outgoing
+edge scores: the estimated effect of patching the whole node), pruned to input-to-logits paths.
 
 Example:
-    >>> circuit = ALGORITHMS["acdc"](model, PairedData(clean, corrupt), metric, graph, config=ACDCConfig(0.05))
+    >>> graph = Graph.from_model(model)
+    >>> circuit = ALGORITHMS["eap-ig"](model, pairs, pairs.metric(), graph, config=EAPIGConfig(top_n=200))
+    >>> circuit = ALGORITHMS["acdc"](model, PairedData(clean, corrupt), metric, graph, config=ACDCConfig(threshold=0.05))
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
-from circuits.eap import eap_scores
-from circuits.edge_patching import patch_edges
+from circuits.eap import eap_ig_scores, eap_scores
+from circuits.edge_patching import Ablation, patch_edges
 from circuits.graph import Graph
 from mechinterp.metrics import PositionalMetric
+
+Level = Literal["edge", "node"]
 
 
 @dataclass(frozen=True)
 class PairedData:
-    """Clean and corrupt token batches ``[batch, pos]`` of equal shape."""
+    """Clean and corrupt token batches ``[batch, pos]`` of equal shape (and their padding mask)."""
 
     clean: Tensor
     corrupt: Tensor
+    attention_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.clean.shape != self.corrupt.shape:
@@ -48,39 +64,99 @@ class PairedData:
 @dataclass(frozen=True, kw_only=True)
 class EAPConfig:
     top_n: int = 100
+    level: Level = "edge"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EAPIGConfig:
+    top_n: int = 100
+    level: Level = "edge"
+    steps: int = 5
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgePatchingConfig:
+    top_n: int = 100
+    level: Level = "edge"
+    ablation: Ablation = "resample"
+    rows_per_forward: int = 64
 
 
 @dataclass(frozen=True, kw_only=True)
 class ACDCConfig:
     threshold: float = 0.05
+    ablation: Ablation = "resample"
 
 
-def eap(
-    model, data: PairedData, metric: PositionalMetric, graph: Graph, *, config: EAPConfig = EAPConfig()
-) -> Circuit:
-    scores = eap_scores(model, data.clean, data.corrupt, graph, metric) / data.clean.shape[0]
-    circuit = Circuit(graph, scores, metadata={"algorithm": "eap", "config": asdict(config)})
+def _select(graph: Graph, scores: Tensor, name: str, config: Any) -> Circuit:
+    circuit = Circuit(graph, scores, metadata={"algorithm": name, "config": asdict(config)})
+    if config.level == "node":
+        return circuit.top_nodes(min(config.top_n, len(graph.source_nodes) - 1)).pruned()
     return circuit.top_n(min(config.top_n, len(graph.edges))).pruned()
+
+
+def _mask(data) -> Tensor | None:
+    return getattr(data, "attention_mask", None)
+
+
+def eap(model, data, metric: PositionalMetric, graph: Graph, *, config: EAPConfig = EAPConfig()) -> Circuit:
+    scores = eap_scores(model, data.clean, data.corrupt, graph, metric, attention_mask=_mask(data))
+    return _select(graph, scores / data.clean.shape[0], "eap", config)
+
+
+def eap_ig(
+    model, data, metric: PositionalMetric, graph: Graph, *, config: EAPIGConfig = EAPIGConfig()
+) -> Circuit:
+    scores = eap_ig_scores(
+        model, data.clean, data.corrupt, graph, metric, steps=config.steps, attention_mask=_mask(data)
+    )
+    return _select(graph, scores / data.clean.shape[0], "eap-ig", config)
+
+
+@torch.no_grad()
+def edge_patching(
+    model, data, metric: PositionalMetric, graph: Graph, *, config: EdgePatchingConfig = EdgePatchingConfig()
+) -> Circuit:
+    n_edges = len(graph.edges)
+    run = dict(ablation=config.ablation, attention_mask=_mask(data))
+    base = patch_edges(model, data.clean, data.corrupt, graph, torch.zeros(1, n_edges), metric, **run)
+    scores = torch.empty(n_edges)
+    for first in tqdm(range(0, n_edges, config.rows_per_forward), desc="edge patching", leave=False):
+        edges = torch.arange(first, min(first + config.rows_per_forward, n_edges))
+        masks = torch.zeros(len(edges), n_edges)
+        masks[torch.arange(len(edges)), edges] = 1
+        values = patch_edges(model, data.clean, data.corrupt, graph, masks, metric, **run)
+        scores[edges] = (values.float().mean(-1) - base.float().mean()).cpu()
+    return _select(graph, scores, "edge-patching", config)
 
 
 @torch.no_grad()
 def acdc(
-    model, data: PairedData, metric: PositionalMetric, graph: Graph, *, config: ACDCConfig = ACDCConfig()
+    model, data, metric: PositionalMetric, graph: Graph, *, config: ACDCConfig = ACDCConfig()
 ) -> Circuit:
-    patched = torch.zeros(len(graph.edges))  # 1 = removed from the circuit (carries the corrupted source)
+    patched = torch.zeros(len(graph.edges))  # 1 = removed from the circuit (carries the ablated source)
     effects = torch.zeros(len(graph.edges))
-    destinations = []
-    for edge in graph.edges:  # edges are grouped by destination in topological order
-        key = (edge.target, edge.channel)
-        if key not in destinations:
-            destinations.append(key)
-    for target, channel in reversed(destinations):
-        candidates = graph.edges_into(target, channel)
+    destinations: dict[tuple, list[int]] = {}
+    for index, edge in enumerate(graph.edges):  # edges are grouped by destination in forward order
+        destinations.setdefault((edge.target, edge.channel), []).append(index)
+    for (target, _), candidates in tqdm(
+        reversed(list(destinations.items())), total=len(destinations), desc="ACDC", leave=False
+    ):
         masks = patched.repeat(len(candidates) + 1, 1)
-        for row, index in enumerate(candidates):
-            masks[row + 1, index] = 1
-        values = patch_edges(model, data.clean, data.corrupt, graph, masks, metric).float().mean(-1)
-        change = (values[1:] - values[0]).abs()
+        masks[torch.arange(1, len(candidates) + 1), candidates] = 1
+        start = graph.n_layers - 1 if target.layer is None else target.layer
+        values = patch_edges(
+            model,
+            data.clean,
+            data.corrupt,
+            graph,
+            masks,
+            metric,
+            ablation=config.ablation,
+            attention_mask=_mask(data),
+            start_layer=start,
+        )
+        change = (values[1:].float().mean(-1) - values[0].float().mean()).abs().cpu()
         effects[candidates] = change
         patched[torch.tensor(candidates)[change < config.threshold]] = 1
     circuit = Circuit(graph, effects, patched == 0, metadata={"algorithm": "acdc", "config": asdict(config)})
@@ -88,4 +164,15 @@ def acdc(
 
 
 Algorithm = Callable[..., Circuit]
-ALGORITHMS: dict[str, Algorithm] = {"eap": eap, "acdc": acdc}
+ALGORITHMS: dict[str, Algorithm] = {
+    "edge-patching": edge_patching,
+    "eap": eap,
+    "eap-ig": eap_ig,
+    "acdc": acdc,
+}
+CONFIGS: dict[str, type] = {
+    "edge-patching": EdgePatchingConfig,
+    "eap": EAPConfig,
+    "eap-ig": EAPIGConfig,
+    "acdc": ACDCConfig,
+}

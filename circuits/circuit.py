@@ -46,6 +46,22 @@ class Circuit:
         keep[self.scores.abs().topk(n).indices] = True
         return replace(self, in_graph=keep)
 
+    def top_nodes(self, n: int) -> Circuit:
+        """Keep the edges among the input, the logits and the ``n`` source nodes whose summed
+        outgoing edge scores are largest in magnitude (a node-level circuit)."""
+        source, pair_edge, pair_target = self.graph.edge_arrays
+        n_nodes = len(self.graph.nodes)
+        totals = torch.zeros(n_nodes, dtype=torch.float64).index_add_(0, source, self.scores.double())
+        totals[0] = totals[-1] = 0  # the input and the logits are always in
+        if not 0 <= n <= n_nodes - 2:
+            raise ValueError(f"n must be in 0..{n_nodes - 2}, got {n}")
+        kept = torch.zeros(n_nodes, dtype=torch.bool)
+        kept[totals.abs()[1:-1].topk(n).indices + 1] = True
+        kept[0] = kept[-1] = True
+        feeds_kept = torch.zeros(len(self.graph.edges), dtype=torch.bool)
+        feeds_kept[pair_edge[kept[pair_target]]] = True
+        return replace(self, in_graph=kept[source] & feeds_kept)
+
     def threshold(self, value: float) -> Circuit:
         """Keep the edges whose absolute score is at least ``value``."""
         return replace(self, in_graph=self.scores.abs() >= value)

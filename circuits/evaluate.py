@@ -1,7 +1,8 @@
 """Faithfulness: how much of the model's behaviour a circuit keeps.
 
-Every edge outside the circuit is patched (resample ablation: it carries the corrupted
-source), so the circuit alone has to produce the metric. Faithfulness is normalised:
+Every edge outside the circuit is ablated (``"resample"``: it carries the corrupted source;
+``"zero"``; ``"mean"``: the source's clean output averaged over the batch), so the circuit
+alone has to produce the metric. Faithfulness is normalised:
 ``(circuit - all edges patched) / (full model - all edges patched)``: 1 = as good as the
 model, 0 = no better than the corrupted run. A faithfulness curve evaluates the circuits of
 many edge counts as rows of one batched forward; its area is the mean over the curve's
@@ -28,8 +29,24 @@ import torch
 from torch import Tensor
 
 from circuits.circuit import Circuit
-from circuits.edge_patching import patch_edges
+from circuits.edge_patching import Ablation, patch_edges
 from mechinterp.metrics import PositionalMetric
+
+
+@dataclass(frozen=True, eq=False)
+class CircuitScore:
+    """One circuit's mean metric next to the full model's and the fully ablated model's."""
+
+    value: float
+    full_model: float
+    all_ablated: float
+    n_edges: int
+    ablation: str
+
+    @property
+    def faithfulness(self) -> float:
+        """``(circuit - all ablated) / (full model - all ablated)``."""
+        return (self.value - self.all_ablated) / (self.full_model - self.all_ablated)
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +59,7 @@ class FaithfulnessCurve:
     full_model: float
     all_patched: float
     n_edges_total: int
+    ablation: str = "resample"
 
     @property
     def area(self) -> float:
@@ -50,24 +68,76 @@ class FaithfulnessCurve:
         return float(torch.trapezoid(self.faithfulness.double(), x))
 
 
+def _reference_rows(masks: Tensor) -> Tensor:
+    """Append the full model (nothing patched) and the fully ablated model (everything)."""
+    n_edges = masks.shape[1]
+    return torch.cat([masks, torch.zeros(1, n_edges), torch.ones(1, n_edges)])
+
+
+@torch.no_grad()
+def evaluate_circuit(
+    model,
+    clean: Tensor,
+    corrupt: Tensor,
+    circuit: Circuit,
+    metric: PositionalMetric,
+    *,
+    ablation: Ablation = "resample",
+    attention_mask: Tensor | None = None,
+) -> CircuitScore:
+    """The circuit's metric with every edge outside it ablated, in one batched forward with
+    the full model and the fully ablated model.
+
+    Example:
+        >>> evaluate_circuit(model, clean, corrupt, circuit, metric, ablation="mean").faithfulness
+    """
+    masks = _reference_rows((~circuit.in_graph).float()[None])
+    values = patch_edges(
+        model, clean, corrupt, circuit.graph, masks, metric, ablation=ablation, attention_mask=attention_mask
+    )
+    value, full, ablated = values.float().mean(-1).tolist()
+    return CircuitScore(value, full, ablated, circuit.n_edges, ablation)
+
+
 @torch.no_grad()
 def faithfulness_curve(
-    model, clean: Tensor, corrupt: Tensor, circuit: Circuit, metric: PositionalMetric, counts: Sequence[int]
+    model,
+    clean: Tensor,
+    corrupt: Tensor,
+    circuit: Circuit,
+    metric: PositionalMetric,
+    counts: Sequence[int],
+    *,
+    ablation: Ablation = "resample",
+    attention_mask: Tensor | None = None,
 ) -> FaithfulnessCurve:
     """Faithfulness of the top-``n`` edges (by ``circuit.scores``) for every ``n`` in
     ``counts``, all in one batched forward (plus the two reference rows)."""
     graph = circuit.graph
-    counts = sorted(int(c) for c in counts)
     n_edges = len(graph.edges)
+    counts = sorted(int(c) for c in counts)
+    if not counts or counts[0] < 0 or counts[-1] > n_edges:
+        raise ValueError(
+            f"counts must be a non-empty list of edge counts in 0..{n_edges}, got {counts[:5]}..."
+        )
     order = circuit.scores.abs().argsort(descending=True)
-    masks = torch.ones(len(counts) + 2, n_edges)  # 1 = patched (outside the circuit)
+    masks = torch.ones(len(counts), n_edges)  # 1 = patched (outside the circuit)
     for row, count in enumerate(counts):
         masks[row, order[:count]] = 0
-    masks[-2] = 0  # full model
-    values = patch_edges(model, clean, corrupt, graph, masks, metric).float().mean(-1)
+    values = patch_edges(
+        model,
+        clean,
+        corrupt,
+        graph,
+        _reference_rows(masks),
+        metric,
+        ablation=ablation,
+        attention_mask=attention_mask,
+    )
+    values = values.float().mean(-1)
     full_model, all_patched = float(values[-2]), float(values[-1])
     faithfulness = (values[:-2] - all_patched) / (full_model - all_patched)
-    return FaithfulnessCurve(counts, values[:-2], faithfulness, full_model, all_patched, n_edges)
+    return FaithfulnessCurve(counts, values[:-2], faithfulness, full_model, all_patched, n_edges, ablation)
 
 
 @dataclass(frozen=True, eq=False)

@@ -76,7 +76,9 @@ def test_faithfulness_curve_is_one_batched_forward_with_exact_ends(setup):
     mask[0, circuit.scores.abs().argsort(descending=True)[:5]] = 0
     single = patch_edges(model, clean, corrupt, circuit.graph, mask, metric).mean()
     assert float(curve.values[1]) == pytest.approx(float(single), abs=1e-5)
-    assert 0 <= curve.area <= 1.5
+    x, y = [c / n for c in curve.counts], curve.faithfulness.tolist()
+    literal_area = sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
+    assert curve.area == pytest.approx(literal_area, abs=1e-6)
 
 
 def test_json_round_trip_and_other_formats(setup, tmp_path):
@@ -132,3 +134,88 @@ def test_algorithms_share_one_signature(setup):
     assert sparse.edges_in_graph() == sparse.pruned().edges_in_graph()
     with pytest.raises(ValueError, match="tokens differ in shape"):
         PairedData(clean, corrupt[:, :3])
+
+
+def test_exact_edge_patching_scores_each_edge_alone(setup):
+    from circuits import ALGORITHMS, EdgePatchingConfig, PairedData, reference_patch_edges
+
+    model, clean, corrupt, metric, circuit = setup
+    graph = circuit.graph
+    exact = ALGORITHMS["edge-patching"](
+        model,
+        PairedData(clean, corrupt),
+        metric,
+        graph,
+        config=EdgePatchingConfig(top_n=10, rows_per_forward=7),
+    )
+    base = reference_patch_edges(model, clean, corrupt, graph, torch.zeros(len(graph.edges)), metric).mean()
+    for index in (0, 17, len(graph.edges) - 1):
+        alone = torch.zeros(len(graph.edges))
+        alone[index] = 1
+        expected = reference_patch_edges(model, clean, corrupt, graph, alone, metric).mean() - base
+        assert abs(float(exact.scores[index]) - float(expected)) < 1e-5
+    assert 0 < exact.n_edges <= 10 and exact.metadata["config"]["rows_per_forward"] == 7
+
+
+def test_eap_ranks_like_exact_patching(setup):
+    from circuits import ALGORITHMS, PairedData
+    from mechinterp.patching.compare import spearman
+
+    model, clean, corrupt, metric, circuit = setup
+    data = PairedData(clean, corrupt)
+    exact = ALGORITHMS["edge-patching"](model, data, metric, circuit.graph).scores
+    assert spearman(ALGORITHMS["eap"](model, data, metric, circuit.graph).scores, exact) > 0.5
+
+
+def test_eap_ig_is_complete_on_the_input_node(setup):
+    """Integrated gradients are complete: the input node's edges carry the whole embedding
+    change, so their scores sum to metric(corrupt) - metric(clean) (up to the quadrature).
+    This also checks that each destination's gradient is its own path's alone."""
+    from circuits import eap_ig_scores
+
+    model, clean, corrupt, metric, circuit = setup
+    graph = circuit.graph
+    scores = eap_ig_scores(model, clean, corrupt, graph, metric, steps=64)
+    from_input = [i for i, e in enumerate(graph.edges) if e.source == Node("input")]
+    with torch.no_grad():
+        total_change = metric(model(corrupt)).sum() - metric(model(clean)).sum()
+    assert abs(float(scores[from_input].sum()) - float(total_change)) < 2e-3 * max(
+        1.0, abs(float(total_change))
+    )
+
+
+def test_node_level_circuits_keep_the_edges_among_the_top_nodes(setup):
+    from circuits import ALGORITHMS, EAPConfig, PairedData
+
+    model, clean, corrupt, metric, circuit = setup
+    graph = circuit.graph
+    nodes = ALGORITHMS["eap"](
+        model, PairedData(clean, corrupt), metric, graph, config=EAPConfig(top_n=3, level="node")
+    )
+    kept_sources = {e.source for e in nodes.edges_in_graph()} - {Node("input")}
+    assert 0 < len(kept_sources) <= 3
+    totals = {}
+    for edge, score in zip(graph.edges, nodes.scores.tolist(), strict=True):
+        totals[edge.source] = totals.get(edge.source, 0.0) + score
+    best = sorted((n for n in totals if n.kind != "input"), key=lambda n: -abs(totals[n]))[:3]
+    assert kept_sources <= set(best)
+    with pytest.raises(ValueError, match="n must be in 0.."):
+        circuit.top_nodes(10_000)
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero", "mean"])
+def test_evaluate_circuit_matches_the_curve_and_its_ends(setup, ablation):
+    from circuits import evaluate_circuit
+
+    model, clean, corrupt, metric, circuit = setup
+    top = circuit.top_n(12)
+    score = evaluate_circuit(model, clean, corrupt, top, metric, ablation=ablation)
+    curve = faithfulness_curve(
+        model, clean, corrupt, circuit, metric, [0, 12, len(circuit.graph.edges)], ablation=ablation
+    )
+    assert abs(score.faithfulness - float(curve.faithfulness[1])) < 1e-5
+    assert abs(float(curve.faithfulness[0])) < 1e-5 and abs(float(curve.faithfulness[-1]) - 1) < 1e-5
+    with torch.no_grad():
+        assert abs(score.full_model - float(metric(model(clean)).mean())) < 1e-5
+    with pytest.raises(ValueError, match="counts must be a non-empty list"):
+        faithfulness_curve(model, clean, corrupt, circuit, metric, [len(circuit.graph.edges) + 1])

@@ -85,6 +85,9 @@ class TransformerBlock(AttentionOnlyBlock):
     ) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         resid_mid = self.hook_resid_mid(resid_pre + self.attention(resid_pre, allowed, rotary, past))
-        mlp_input = self.hook_mlp_in(resid_pre if self.cfg.parallel_attn_mlp else resid_mid)
+        mlp_input = resid_pre if self.cfg.parallel_attn_mlp else resid_mid
+        if self.use_split_qkv_input:  # the MLP's own copy: its gradient is then the MLP path's alone
+            mlp_input = mlp_input.clone()
+        mlp_input = self.hook_mlp_in(mlp_input)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(mlp_input)))
         return self.hook_resid_post(resid_mid + mlp_out)
