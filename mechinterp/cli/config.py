@@ -36,7 +36,7 @@ from pydantic import (
 SiteKind = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v", "pattern"
 ]
-Algorithm = Literal["eap", "acdc"]
+Algorithm = Literal["edge-patching", "eap", "eap-ig", "acdc"]
 ExportFormat = Literal["json", "eap-ig", "neuronpedia", "graphml", "dot", "html"]
 ProbeData = Literal["number_agreement", "entity_category"]
 ProbeHook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
@@ -72,11 +72,14 @@ class IOIDataset(_Section):
 
 
 class InductionDataset(_Section):
-    """Repeated-random-token pairs (``mechinterp.data.induction_pairs``)."""
+    """Repeated-random-token pairs (``mechinterp.data.induction_pairs``): ``n_pos`` tokens per
+    prompt, a repeated block of ``block_len`` tokens."""
 
     kind: Literal["induction"]
     n: PositiveInt = 8
     seed: int = 0
+    n_pos: int = Field(default=40, ge=8)
+    block_len: PositiveInt = 10
 
 
 class RecordsDataset(_Section):
@@ -129,14 +132,18 @@ class AttributionStep(_SweepFields):
 class CircuitStep(_StepBase):
     """Circuit discovery (``circuits.ALGORITHMS``) and its faithfulness curve.
 
-    ``top_n`` (EAP) keeps that many edges before pruning; ``threshold`` (ACDC) removes edges
-    whose effect is smaller. The curve has ``faithfulness_points`` edge counts from 0 to
+    Scoring algorithms (``edge-patching``, ``eap``, ``eap-ig``) keep the ``top_n`` edges
+    (``level: edge``) or the edges between the ``top_n`` best nodes (``level: node``) before
+    pruning; ``ig_steps`` is EAP-IG's number of integration steps; ``threshold`` (ACDC)
+    removes edges whose effect is smaller. The curve has ``faithfulness_points`` edge counts from 0 to
     ``faithfulness_max_edges`` (default: 4 x ``top_n``)."""
 
     kind: Literal["circuit"]
     algorithm: Algorithm = "eap"
     top_n: PositiveInt = 200
+    level: Literal["edge", "node"] = "edge"
     threshold: float = Field(default=0.05, gt=0)
+    ig_steps: PositiveInt = 5
     faithfulness_points: int = Field(default=9, ge=2)
     faithfulness_max_edges: PositiveInt | None = None
 
@@ -250,7 +257,7 @@ def apply_override(data: dict, assignment: str) -> None:
             index: int | str = int(part)
         elif isinstance(node, dict):
             index = part
-            if not last and not isinstance(node.get(part), (dict, list)):
+            if not last and part not in node:
                 node[part] = {}
         else:
             raise ConfigError([f"--set {assignment!r}: {where} is a value ({node!r}), not a section or list"])

@@ -2,7 +2,8 @@
 interactive figures, rebuilt from the run folder alone (``mechinterp report RUN_DIR``).
 
 plotly.js is embedded once in the page's head; each figure is read from the step folder's
-``*.plotly.json`` and inserted as a ``<div>``. Steps without ``done.json`` are listed as not
+``*.plotly.json`` and inserted as a ``<div>`` with a fixed id, so the same run folder always
+gives the same page. Steps without ``done.json`` are listed as not
 finished.
 
 Example:
@@ -63,7 +64,9 @@ def step_section(folder: Path, index: int, label: str, kind: str) -> tuple[str, 
         parts.append(f"<h3>{html.escape(spec['title'])}</h3>" + html_table(spec["columns"], spec["rows"]))
     for name in done["figures"]:
         figure = pio.from_json((folder / f"{name}.plotly.json").read_text())
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=False))
+        parts.append(
+            figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"step{index + 1}-{name}")
+        )
     return f"<section>{''.join(parts)}</section>", [
         label,
         kind,

@@ -44,7 +44,7 @@ from rich.console import Console
 import mechinterp
 from mechinterp.cli.config import InductionDataset, IOIDataset, RunConfig
 from mechinterp.cli.steps import STEPS, StepOutput
-from mechinterp.data import PromptPairs, ioi_pairs, load_pairs
+from mechinterp.data import PromptPairs, induction_pairs, ioi_pairs, load_pairs
 from mechinterp.metrics import LogitDifference, ProbabilityDifference
 
 
@@ -125,9 +125,9 @@ class RunContext:
         if isinstance(dataset, IOIDataset):
             pairs = ioi_pairs(self.model, dataset.n, seed=dataset.seed)
         elif isinstance(dataset, InductionDataset):
-            from mechinterp.data import induction_pairs
-
-            pairs = induction_pairs(self.model, dataset.n, seed=dataset.seed)
+            pairs = induction_pairs(
+                self.model, dataset.n, seed=dataset.seed, n_pos=dataset.n_pos, block_len=dataset.block_len
+            )
         else:
             pairs = load_pairs(dataset.path, self.model)
             pairs = pairs.select(dataset.n) if dataset.n else pairs

@@ -2,9 +2,10 @@
 faithfulness curve.
 
 EAP (Syed et al. 2023) is one forward pair and one backward pass, so it suits a 30-layer
-model on a CPU; ACDC (Conmy et al. 2023) runs a batched forward per destination and is slow
-on large graphs. The circuit keeps ``top_n`` edges (EAP) or the edges ACDC did not remove,
-pruned to input-to-logits paths. Faithfulness (1 = the full model's metric, 0 = the
+model on a CPU; EAP-IG (Hanna et al. 2024) repeats the backward pass ``ig_steps`` times; exact
+edge patching and ACDC (Conmy et al. 2023) run batched forwards per edge or destination and
+are slow on large graphs. The circuit keeps the ``top_n`` edges (or the edges between the
+``top_n`` best nodes), or the edges ACDC did not remove, pruned to input-to-logits paths. Faithfulness (1 = the full model's metric, 0 = the
 corrupt run's) is measured for exactly the circuit's edges, and as a curve over the top-``n``
 edges by score at evenly spaced ``n`` (plus the selection size before pruning); edges
 outside are patched with the corrupt run's values.
@@ -21,6 +22,7 @@ Example config::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -34,10 +36,11 @@ from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure
 
 
 def algorithm_config(step: CircuitStep):
-    """The algorithm's own config object from the step's settings."""
-    if step.algorithm == "eap":
-        return circuits.EAPConfig(top_n=step.top_n)
-    return circuits.ACDCConfig(threshold=step.threshold)
+    """The algorithm's own config (``circuits.CONFIGS``) from the step's settings it has."""
+    config_class = circuits.CONFIGS[step.algorithm]
+    settings = {"top_n": step.top_n, "level": step.level, "threshold": step.threshold, "steps": step.ig_steps}
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{key: value for key, value in settings.items() if key in names})
 
 
 def edge_counts(step: CircuitStep, selected: int, n_edges: int) -> list[int]:
@@ -47,38 +50,27 @@ def edge_counts(step: CircuitStep, selected: int, n_edges: int) -> list[int]:
     return sorted(set(spaced) | {min(selected, n_edges)})
 
 
-@torch.no_grad()
-def own_faithfulness(model, pairs, circuit, metric, curve) -> float:
-    """Faithfulness of exactly the circuit's (pruned) edges, normalised like the curve."""
-    masks = (~circuit.in_graph).float()[None]  # 1 = patched (outside the circuit)
-    value = float(
-        circuits.patch_edges(model, pairs.clean, pairs.corrupt, circuit.graph, masks, metric).float().mean()
-    )
-    return (value - curve.all_patched) / (curve.full_model - curve.all_patched)
-
-
 def run(step: CircuitStep, context, out: Path) -> StepOutput:
     pairs, model = context.pairs, context.model
-    if pairs.attention_mask is not None:
-        raise ValueError(
-            "circuit discovery needs prompt pairs of one length (no padding); this dataset's prompts "
-            "differ in length: use prompts of equal token length or a built-in generator"
-        )
     graph = circuits.Graph.from_model(model)
-    data = circuits.PairedData(pairs.clean, pairs.corrupt)
+    data = circuits.PairedData(pairs.clean, pairs.corrupt, pairs.attention_mask)
     circuit = circuits.ALGORITHMS[step.algorithm](
         model, data, context.metric, graph, config=algorithm_config(step)
     )
-    selected = step.top_n if step.algorithm == "eap" else circuit.n_edges
+    selected = step.top_n if step.algorithm != "acdc" and step.level == "edge" else circuit.n_edges
+    counts = edge_counts(step, selected, len(graph.edges))
     curve = circuits.faithfulness_curve(
         model,
         pairs.clean,
         pairs.corrupt,
         circuit,
         context.metric,
-        edge_counts(step, selected, len(graph.edges)),
+        counts,
+        attention_mask=pairs.attention_mask,
     )
-    own = own_faithfulness(model, pairs, circuit, context.metric, curve)
+    own = circuits.evaluate_circuit(
+        model, pairs.clean, pairs.corrupt, circuit, context.metric, attention_mask=pairs.attention_mask
+    ).faithfulness
     circuits.write_json(circuit, out / "circuit.json")
     at_selection = float(curve.faithfulness[curve.counts.index(min(selected, len(graph.edges)))])
     curve_data = {
