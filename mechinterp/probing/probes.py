@@ -90,41 +90,52 @@ def _fit(
     params = [best_weight.clone(), best_bias.clone()]
     moments = [torch.zeros_like(p) for p in params] + [torch.zeros_like(p) for p in params]
     data = {name: (x[:, split[name]], y[split[name]]) for name in ("train", "val")}  # gathered once
+    transposed = data["train"][0].transpose(1, 2).contiguous()  # [layer, d, n] for the weight gradient
     beta1, beta2, eps = 0.9, 0.999, 1e-8
 
-    def losses(name: str, weight: Tensor, bias: Tensor) -> Tensor:  # [active layer]
-        features, target = data[name]
-        out = torch.bmm(features, weight) + bias[:, None]
+    def outputs(name: str, weight: Tensor, bias: Tensor) -> Tensor:  # [active layer, n, out]
+        return torch.baddbmm(bias[:, None], data[name][0], weight)
+
+    def loss_gradient(out: Tensor, target: Tensor) -> Tensor:
+        """d(mean loss)/d(out): softmax minus one-hot (logistic) or 2 (out - y) (squared error)."""
         if kind == "logistic":
-            return torch.nn.functional.cross_entropy(
-                out.transpose(1, 2), target.expand(len(weight), -1), reduction="none"
-            ).mean(1)
+            gradient = out.softmax(-1)
+            gradient[:, torch.arange(len(target)), target] -= 1
+        else:
+            gradient = 2 * (out - target[:, None])
+        return gradient / len(target)
+
+    def losses(name: str, weight: Tensor, bias: Tensor) -> Tensor:  # [active layer]
+        out, target = outputs(name, weight, bias), data[name][1]
+        if kind == "logistic":
+            return -out.log_softmax(-1)[:, torch.arange(len(target)), target].mean(1)
         return ((out[..., 0] - target) ** 2).mean(1)
 
     for step in range(1, max_epochs + 1):
-        weight, bias = (p.requires_grad_() for p in params)
-        grads = torch.autograd.grad(losses("train", weight, bias).sum(), [weight, bias])  # layers separate
-        with torch.no_grad():
-            for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
-                grad = grad + weight_decay * param
-                moments[i].mul_(beta1).add_(grad, alpha=1 - beta1)
-                moments[i + 2].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denominator = (moments[i + 2] / (1 - beta2**step)).sqrt_().add_(eps)
-                params[i] = param.detach() - lr / (1 - beta1**step) * moments[i] / denominator
-            val = losses("val", *params)
-            improved = val < best_loss[active] - 1e-6
-            rows = active[improved]
-            best_loss[rows] = val[improved]
-            best_weight[rows], best_bias[rows] = params[0][improved], params[1][improved]
-            waited[active] = torch.where(improved, 0, waited[active] + 1)
-            keep = waited[active] <= patience
-            if not bool(keep.all()):  # finished layers leave the batch
-                active = active[keep]
-                if len(active) == 0:
-                    break
-                params = [p[keep] for p in params]
-                moments = [m[keep] for m in moments]
-                data = {name: (features[keep], target) for name, (features, target) in data.items()}
+        # full-batch gradients in closed form (the same numbers autograd gives, without its overhead)
+        gradient = loss_gradient(outputs("train", *params), data["train"][1])
+        grads = (torch.bmm(transposed, gradient), gradient.sum(1))
+        for i, (param, grad) in enumerate(zip(params, grads, strict=True)):
+            grad = grad + weight_decay * param
+            moments[i].mul_(beta1).add_(grad, alpha=1 - beta1)
+            moments[i + 2].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denominator = (moments[i + 2] / (1 - beta2**step)).sqrt_().add_(eps)
+            params[i] = param - lr / (1 - beta1**step) * moments[i] / denominator
+        val = losses("val", *params)
+        improved = val < best_loss[active] - 1e-6
+        rows = active[improved]
+        best_loss[rows] = val[improved]
+        best_weight[rows], best_bias[rows] = params[0][improved], params[1][improved]
+        waited[active] = torch.where(improved, 0, waited[active] + 1)
+        keep = waited[active] <= patience
+        if not bool(keep.all()):  # finished layers leave the batch
+            active = active[keep]
+            if len(active) == 0:
+                break
+            params = [p[keep] for p in params]
+            moments = [m[keep] for m in moments]
+            data = {name: (features[keep], target) for name, (features, target) in data.items()}
+            transposed = transposed[keep]
     return best_weight, best_bias
 
 
@@ -316,21 +327,16 @@ def train_probes(
         "weight_decay": weight_decay,
         "seed": seed,
     }
-    with torch.enable_grad():
-        weight, bias, scores = _train_and_score(x, y, split, kind, n_out, layer_ids, options)
-        shuffled = control = None
-        if controls:
-            permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)
-            _, _, shuffled_scores = _train_and_score(
-                x, y[permutation], split, kind, n_out, layer_ids, options
-            )
-            shuffled = shuffled_scores["test"][0 if kind == "logistic" else 2]
-            if kind == "logistic":
-                control_labels = _control_task(activations.type_ids, labels, seed).to(device)
-                _, _, control_scores = _train_and_score(
-                    x, control_labels, split, kind, n_out, layer_ids, options
-                )
-                control = control_scores["test"][0]
+    weight, bias, scores = _train_and_score(x, y, split, kind, n_out, layer_ids, options)
+    shuffled = control = None
+    if controls:
+        permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)
+        _, _, shuffled_scores = _train_and_score(x, y[permutation], split, kind, n_out, layer_ids, options)
+        shuffled = shuffled_scores["test"][0 if kind == "logistic" else 2]
+        if kind == "logistic":
+            control_labels = _control_task(activations.type_ids, labels, seed).to(device)
+            _, _, control_scores = _train_and_score(x, control_labels, split, kind, n_out, layer_ids, options)
+            control = control_scores["test"][0]
     chance = float(torch.bincount(labels).max()) / len(labels) if kind == "logistic" else 0.0
     return ProbeResult(
         kind=kind,
