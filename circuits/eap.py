@@ -28,7 +28,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.edge_patching import check_graph_fits, destination_groups, run_source_outputs
+from circuits.edge_patching import (
+    check_graph_fits,
+    destination_groups,
+    run_source_outputs,
+    source_hook_names,
+    source_outputs,
+)
 from circuits.graph import Graph, Node
 from mechinterp.metrics import PositionalMetric
 
@@ -40,17 +46,23 @@ def _destination_gradients(
     metric: PositionalMetric,
     mask: Tensor | None,
     embed_line: Tensor | None,
+    record: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Gradients of the summed metric with respect to every destination hook's input.
 
     With ``embed_line`` (``[steps, batch, pos, d_model]`` token embeddings) the rows are the
-    points of that line and gradients are averaged over them."""
+    points of that line and gradients are averaged over them. ``record`` receives the
+    (detached) activations ``source_outputs`` needs, so the run doubles as the clean run."""
     steps = 1 if embed_line is None else embed_line.shape[0]
     groups = destination_groups(graph)
     inputs: dict[str, Tensor] = {}
 
     def keep(value: Tensor, hook) -> Tensor:
         inputs[hook.name] = value
+        return value
+
+    def save(value: Tensor, hook) -> Tensor:
+        record[hook.name] = value.detach()
         return value
 
     def embeddings(value: Tensor, hook) -> Tensor:
@@ -61,6 +73,8 @@ def _destination_gradients(
     model.set_use_split_qkv_input(True)
     try:
         hooks = [("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
+        if record is not None:
+            hooks += [(name, save) for name in sorted(source_hook_names(graph)) if name in model.hook_dict]
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             batch = clean.shape[0]
             positions = metric.positions.to(model.device).repeat(steps)
@@ -116,9 +130,11 @@ def eap_scores(
     check_graph_fits(model, graph)
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     mask = None if attention_mask is None else attention_mask.to(model.device)
-    delta = _output_difference(model, graph, clean, corrupt, mask)
-    grads = _destination_gradients(model, graph, clean, metric, mask, None)
-    return _scores_from_gradients(graph, grads, delta)
+    clean_run: dict[str, Tensor] = {}
+    grads = _destination_gradients(model, graph, clean, metric, mask, None, clean_run)
+    with torch.no_grad():
+        delta = run_source_outputs(model, graph, corrupt, mask) - source_outputs(model, clean_run, graph)
+    return _scores_from_gradients(graph, grads, delta.flatten(1))
 
 
 def eap_ig_scores(

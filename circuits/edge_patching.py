@@ -101,6 +101,16 @@ def source_outputs(model, cache, graph: Graph) -> Float[Tensor, "source batch po
     return torch.stack(outputs)
 
 
+def source_hook_names(graph: Graph) -> set[str]:
+    """The hooks ``source_outputs`` reads."""
+    names = {
+        "hook_embed",
+        "hook_pos_embed",
+        *(f"blocks.{layer}.attn.hook_z" for layer in range(graph.n_layers)),
+    }
+    return names | {f"blocks.{n.layer}.hook_mlp_out" for n in graph.source_nodes if n.kind == "mlp"}
+
+
 def run_source_outputs(
     model, graph: Graph, tokens: Tensor, attention_mask: Tensor | None = None
 ) -> Float[Tensor, "source batch pos d_model"]:
