@@ -68,6 +68,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(handle, "w") as stream:
             stream.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp creates owner-only files; results are for sharing
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -203,6 +204,7 @@ def execute_step(context: RunContext, index: int, final: Path) -> SummaryRow:
     """Run step ``index`` into a staging folder and rename it to ``final``."""
     step = context.config.steps[index]
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    staging.chmod(0o755)  # mkdtemp creates an owner-only folder
     started = time.perf_counter()
     try:
         output = STEPS[step.kind](step, context, staging)
