@@ -102,3 +102,16 @@ def test_induction_pairs_invariants(induction_model):
         assert clean[1:].unique().numel() == 29 - k and corrupt[1:].unique().numel() == 29  # distinct tokens
     with pytest.raises(ValueError, match="distinct token ids"):
         induction_pairs(induction_model, 2, n_pos=120, block_len=20)
+
+
+def test_attribution_and_attention_patterns_work_without_mlps_or_tokenizer(induction_model):
+    from mechinterp.lens.heads import attention_patterns
+    from mechinterp.patching import SweepSpec, attribution_patch
+
+    pairs = induction_pairs(induction_model, 4)
+    result = attribution_patch(
+        induction_model, pairs.clean, pairs.corrupt, pairs.metric(), SweepSpec(kind="z", per_position=False)
+    )
+    assert result.values.shape == (2, 4, 4) and bool(result.values.isfinite().all())
+    patterns = attention_patterns(induction_model, pairs.clean[0], [(1, 0)])
+    assert patterns.str_tokens == [str(t) for t in pairs.clean[0].tolist()]  # token ids label the axes

@@ -84,7 +84,8 @@ class _GradientRun:
         hooks = [("hook_embed", leaf), *((name, keep) for name in sorted(hook_names))]
         for layer in range(model.architecture.n_layers):
             for name in ("hook_attn_out", "hook_mlp_out"):
-                hooks.append((f"blocks.{layer}.{name}", drop_point(layer)))
+                if f"blocks.{layer}.{name}" in model.hook_dict:  # attention-only models have no MLP
+                    hooks.append((f"blocks.{layer}.{name}", drop_point(layer)))
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             logits = model(tokens, attention_mask=mask)
             values = scorer.run_values(logits)
