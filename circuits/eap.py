@@ -31,6 +31,7 @@ from torch import Tensor
 from circuits.edge_patching import (
     check_graph_fits,
     destination_groups,
+    first_difference,
     run_source_outputs,
     source_hook_names,
     source_outputs,
@@ -95,25 +96,32 @@ def _destination_gradients(
     }
 
 
-def _scores_from_gradients(graph: Graph, grads: dict[str, Tensor], delta: Tensor) -> Float[Tensor, " edge"]:
-    """``delta``: ``[source, batch*pos*d]`` output differences. One matrix product per hook."""
+def _scores_from_gradients(
+    graph: Graph, grads: dict[str, Tensor], delta: Tensor, start: int
+) -> Float[Tensor, " edge"]:
+    """``delta``: ``[source, batch, pos, d]`` output differences, zero before position
+    ``start`` (causality), so only later positions enter the product. Every destination
+    slot's gradient is stacked into one matrix, so all scores come from one large matrix
+    product (dense and compute-bound; the pairs that are not edges are computed and dropped)."""
+    groups = destination_groups(graph)
+    rows = []
+    for group in groups:
+        grad = grads[group.hook][:, start:]  # per head: [batch, pos, slot, d] -> [slot, batch*pos*d]
+        rows.append(grad.permute(2, 0, 1, 3).flatten(1) if group.per_head else grad.flatten()[None])
+    table = (torch.cat(rows) @ delta[:, :, start:].flatten(1).T).float().cpu()  # [all slots, source]
     scores = torch.zeros(len(graph.edges), dtype=torch.float32)
-    for group in destination_groups(graph):
-        grad = grads[group.hook]
-        # per head: [batch, pos, slot, d] -> [slot, batch*pos*d]
-        grad = grad.permute(2, 0, 1, 3).flatten(1) if group.per_head else grad.reshape(1, -1)
-        table = (grad @ delta[: group.n_sources].T).float().cpu()  # [slot, source]
+    first = 0
+    for group in groups:
+        slots = group.edge_ids.shape[0]
         present = group.edge_ids >= 0
-        scores[group.edge_ids[present]] = table[present]
+        scores[group.edge_ids[present]] = table[first : first + slots, : group.n_sources][present]
+        first += slots
     return scores
 
 
 def _output_difference(model, graph: Graph, clean: Tensor, corrupt: Tensor, mask: Tensor | None) -> Tensor:
-    """``corrupt - clean`` source outputs, ``[source, batch*pos*d_model]``."""
-    difference = run_source_outputs(model, graph, corrupt, mask) - run_source_outputs(
-        model, graph, clean, mask
-    )
-    return difference.flatten(1)
+    """``corrupt - clean`` source outputs, ``[source, batch, pos, d_model]``."""
+    return run_source_outputs(model, graph, corrupt, mask) - run_source_outputs(model, graph, clean, mask)
 
 
 def eap_scores(
@@ -134,7 +142,7 @@ def eap_scores(
     grads = _destination_gradients(model, graph, clean, metric, mask, None, clean_run)
     with torch.no_grad():
         delta = run_source_outputs(model, graph, corrupt, mask) - source_outputs(model, clean_run, graph)
-    return _scores_from_gradients(graph, grads, delta.flatten(1))
+    return _scores_from_gradients(graph, grads, delta, first_difference(clean, corrupt, "resample"))
 
 
 def eap_ig_scores(
@@ -160,7 +168,7 @@ def eap_ig_scores(
     line = corrupt_embed + alphas[:, None, None, None] * (clean_embed - corrupt_embed)
     delta = _output_difference(model, graph, clean, corrupt, mask)
     grads = _destination_gradients(model, graph, clean, metric, mask, line)
-    return _scores_from_gradients(graph, grads, delta)
+    return _scores_from_gradients(graph, grads, delta, first_difference(clean, corrupt, "resample"))
 
 
 def node_scores(graph: Graph, edge_scores: Tensor) -> dict[Node, float]:

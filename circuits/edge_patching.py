@@ -153,16 +153,37 @@ def check_graph_fits(model, graph: Graph) -> None:
 
 
 class _MaskedRun:
-    """Hooks for one batched forward of ``rows`` circuits over a batch of ``batch`` examples."""
+    """Hooks for one batched forward of ``rows`` circuits over a batch of ``batch`` examples.
 
-    def __init__(self, graph: Graph, groups: list[DestinationGroup], masks: Tensor, ablated: Tensor):
-        self.rows, self.batch = masks.shape[0], ablated.shape[1]
-        self.ablated = ablated.flatten(1)  # [source, batch*pos*d]
+    Only positions from ``start`` on are buffered and patched: before the first position
+    where the clean and ablated runs differ, every source's ablated and current outputs are
+    equal (causality), so the patch there is exactly zero. The query, key and value inputs
+    of one layer read the same sources, so their three patches come from one matrix product
+    (at the query hook, which runs first)."""
+
+    def __init__(
+        self, graph: Graph, groups: list[DestinationGroup], masks: Tensor, ablated: Tensor, start: int
+    ):
+        self.rows, self.batch, self.start = masks.shape[0], ablated.shape[1], start
+        self.ablated = ablated[:, :, start:].flatten(1)  # [source, batch*kept_pos*d]
         self.buffer = ablated.new_empty(self.rows, ablated.shape[0], self.ablated.shape[1])
         padded = torch.cat([masks, masks.new_zeros(self.rows, 1)], dim=1)  # column -1 = "no edge"
-        self.group_masks = {g.hook: padded[:, g.edge_ids] for g in groups}  # [row, slot, source]
         self.source_index = {node: i for i, node in enumerate(graph.source_nodes)}
         self.groups = groups
+        self.masks: dict[str, Tensor] = {}  # first hook of a fused set -> [row, slot, source]
+        self.fused: dict[str, list[tuple[str, int, int]]] = {}  # first hook -> (hook, first slot, slots)
+        for group in groups:
+            lead = group.hook.replace("hook_k_input", "hook_q_input").replace("hook_v_input", "hook_q_input")
+            lead = lead if group.per_head and lead in {g.hook for g in groups} else group.hook
+            previous = self.fused.setdefault(lead, [])
+            offset = sum(slots for _, _, slots in previous)
+            previous.append((group.hook, offset, group.edge_ids.shape[0]))
+            group_masks = padded[:, group.edge_ids]
+            self.masks[lead] = (
+                group_masks if lead not in self.masks else torch.cat([self.masks[lead], group_masks], 1)
+            )
+        self.n_sources = {g.hook: g.n_sources for g in groups}
+        self.pending: dict[str, Tensor] = {}
 
     def hooks(self, model, graph: Graph) -> list:
         hooks = [("hook_embed", self._record_input)]
@@ -175,49 +196,55 @@ class _MaskedRun:
                 hooks.append(
                     (f"blocks.{layer}.hook_mlp_out", self._record(self.source_index[Node("mlp", layer)]))
                 )
-        hooks += [(g.hook, self._patch(g)) for g in self.groups]
+        hooks += [(g.hook, self._patch) for g in self.groups]
         return hooks
 
+    def _kept(self, value: Tensor) -> Tensor:
+        """``[row*batch, pos, ...]`` -> ``[row, batch, kept_pos, ...]`` (a view)."""
+        return value.view(self.rows, self.batch, *value.shape[1:])[:, :, self.start :]
+
     def _store(self, first: int, value: Tensor) -> None:
-        """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*pos*d]``."""
+        """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*kept_pos*d]``."""
         n = value.shape[1]
         torch.sub(self.ablated[first : first + n], value, out=self.buffer[:, first : first + n])
 
     def _record_input(self, value: Tensor, hook) -> Tensor:
-        rows_view = value.reshape(self.rows, 1, -1)
+        rows_view = self._kept(value).reshape(self.rows, 1, -1)
         if hook.name == "hook_embed":
             self._store(0, rows_view)
         else:  # learned positions: the input node's output is embed + pos_embed
-            self.buffer[:, 0] -= rows_view[:, 0].expand_as(self.buffer[:, 0])
+            self.buffer[:, 0] -= rows_view[:, 0]
         return value
 
     def _record(self, index: int):
         def record(value: Tensor, hook) -> Tensor:
-            self._store(index, value.reshape(self.rows, 1, -1))
+            self._store(index, self._kept(value).reshape(self.rows, 1, -1))
             return value
 
         return record
 
     def _record_heads(self, first: int):
         def record(value: Tensor, hook) -> Tensor:  # [row*batch, pos, head, d_model]
-            per_row = value.reshape(self.rows, self.batch, *value.shape[1:])
-            heads = per_row.permute(0, 3, 1, 2, 4).reshape(self.rows, value.shape[2], -1)
+            heads = self._kept(value).permute(0, 3, 1, 2, 4).reshape(self.rows, value.shape[2], -1)
             self._store(first, heads)
             return value
 
         return record
 
-    def _patch(self, group: DestinationGroup):
-        def patch(value: Tensor, hook) -> Tensor:
-            masks = self.group_masks[group.hook]  # [row, slot, source]
-            delta = torch.bmm(masks, self.buffer[:, : group.n_sources])  # [row, slot, batch*pos*d]
-            if not group.per_head:
-                return value + delta.reshape(value.shape)
-            shape = (self.rows, delta.shape[1], self.batch, value.shape[1], value.shape[3])
-            delta = delta.reshape(shape).permute(0, 2, 3, 1, 4).reshape(value.shape)
-            return value + delta
-
-        return patch
+    def _patch(self, value: Tensor, hook) -> Tensor:
+        """Add the patch in place (under ``no_grad``; the hooked tensors are fresh copies)."""
+        if hook.name in self.masks:  # compute this hook's patch and its fused siblings'
+            delta = torch.bmm(self.masks[hook.name], self.buffer[:, : self.n_sources[hook.name]])
+            for name, first, slots in self.fused[hook.name]:
+                self.pending[name] = delta[:, first : first + slots]  # [row, slot, batch*kept_pos*d]
+        delta = self.pending.pop(hook.name)
+        kept = self._kept(value)
+        if value.ndim == 3:
+            kept += delta.view(kept.shape)
+        else:
+            shape = (self.rows, delta.shape[1], self.batch, kept.shape[2], value.shape[3])
+            kept += delta.view(shape).permute(0, 2, 3, 1, 4)
+        return value
 
 
 def _row_chunk(rows: int, ablated: Tensor, budget_bytes: int) -> int:
@@ -225,15 +252,24 @@ def _row_chunk(rows: int, ablated: Tensor, budget_bytes: int) -> int:
     return max(1, min(rows, budget_bytes // max(per_row, 1)))
 
 
+def first_difference(clean: Tensor, corrupt: Tensor, ablation: Ablation) -> int:
+    """The first position where the clean and ablated runs can differ: where any example's
+    clean and corrupt tokens first differ (resample ablation), else 0."""
+    if ablation != "resample":
+        return 0
+    differs = (clean != corrupt).any(0)
+    return int(differs.int().argmax()) if bool(differs.any()) else clean.shape[1]
+
+
 def _shared_prefix(
-    graph, groups, masks, clean, mask, ablated, start_layer: int, model
+    graph, groups, masks, clean, mask, ablated, start_layer: int, start: int, model
 ) -> tuple[Tensor, Tensor]:
     """Run blocks before ``start_layer`` once for all rows (their masks there must agree):
     the residual stream entering ``start_layer`` and the buffer of the sources before it."""
     before = torch.cat([g.edge_ids[g.edge_ids >= 0] for g in groups if g.layer < start_layer])
     if not bool((masks[:, before] == masks[:1, before]).all()):
         raise ValueError(f"start_layer={start_layer}: rows differ on edges into blocks before it")
-    run = _MaskedRun(graph, groups, masks[:1], ablated)
+    run = _MaskedRun(graph, groups, masks[:1], ablated, start)
     with model.hooks(fwd_hooks=run.hooks(model, graph)):
         resid = model(clean, attention_mask=mask, stop_at_layer=start_layer)
     return resid, run.buffer[0, : graph.source_nodes.index(Node("head", start_layer, 0))]
@@ -257,7 +293,8 @@ def patch_edges(
 
     ``masks``: ``[row, edge]`` weights in ``[0, 1]`` (1 = the edge carries the ablated
     source). Every row runs the whole clean batch; rows run together in as few forwards as
-    fit ``buffer_bytes`` of source outputs. When all rows agree on the edges into blocks
+    fit ``buffer_bytes`` of source outputs (from the first position where clean and corrupt
+    tokens differ, before which every patch is zero). When all rows agree on the edges into blocks
     before ``start_layer``, those blocks run once for all rows (ACDC's case).
     """
     if masks.ndim != 2 or masks.shape[1] != len(graph.edges):
@@ -270,7 +307,7 @@ def patch_edges(
     masks = masks.to(model.device, model.dtype)
     ablated = ablated_outputs(model, graph, clean, corrupt, ablation, mask)
     groups = destination_groups(graph)
-    batch = clean.shape[0]
+    batch, start = clean.shape[0], first_difference(clean, corrupt, ablation)
     positions = metric.positions.to(model.device)
     values = []
     previous = (model.blocks[0].attn.use_attn_result, model.blocks[0].use_split_qkv_input)
@@ -279,9 +316,11 @@ def patch_edges(
     try:
         inputs, prefix = clean, None
         if start_layer > 0:
-            inputs, prefix = _shared_prefix(graph, groups, masks, clean, mask, ablated, start_layer, model)
+            inputs, prefix = _shared_prefix(
+                graph, groups, masks, clean, mask, ablated, start_layer, start, model
+            )
         for chunk in masks.split(_row_chunk(len(masks), ablated, buffer_bytes)):
-            run = _MaskedRun(graph, groups, chunk, ablated)
+            run = _MaskedRun(graph, groups, chunk, ablated, start)
             rows = chunk.shape[0]
             if prefix is not None:
                 run.buffer[:, : prefix.shape[0]] = prefix

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -222,3 +224,26 @@ def test_a_shared_prefix_runs_once_and_changes_nothing(model):
     masks[2, graph.edges_into(Node("head", 0, 0), "q")[0]] += 1
     with pytest.raises(ValueError, match="rows differ on edges into blocks before it"):
         patch_edges(model, clean, corrupt, graph, masks, metric, start_layer=1)
+
+
+def test_prompts_sharing_a_prefix_patch_only_after_it(model, monkeypatch):
+    """Before the first differing token every patch is zero, so only later positions are
+    buffered; the values still equal the reference, and EAP still sees every edge."""
+    from circuits import eap_scores
+
+    clean, corrupt, metric = inputs()
+    corrupt = torch.cat([clean[:, :3], corrupt[:, 3:]], dim=1)  # the first 3 tokens agree
+    graph = Graph.from_model(model)
+    masks = (torch.rand(3, len(graph.edges), generator=torch.Generator().manual_seed(6)) > 0.5).float()
+    values = patch_edges(model, clean, corrupt, graph, masks, metric)
+    for row in range(3):
+        reference = reference_patch_edges(model, clean, corrupt, graph, masks[row], metric)
+        torch.testing.assert_close(values[row], reference, atol=1e-5, rtol=0)
+    same = patch_edges(model, clean, clean, graph, masks, metric)  # nothing differs: nothing changes
+    with torch.no_grad():
+        torch.testing.assert_close(same, metric(model(clean))[None].expand(3, -1), atol=1e-5, rtol=0)
+    skipping_the_prefix = eap_scores(model, clean, corrupt, graph, metric)
+    monkeypatch.setattr(sys.modules["circuits.eap"], "first_difference", lambda *args: 0)
+    every_position = eap_scores(model, clean, corrupt, graph, metric)
+    torch.testing.assert_close(skipping_the_prefix, every_position, atol=1e-5, rtol=1e-5)
+    assert bool(every_position.ne(0).any())
