@@ -38,6 +38,7 @@ from torch import Tensor
 
 from circuits.graph import Channel, Graph, Node
 from mechinterp.metrics import PositionalMetric
+from mechinterp.models.prefix import KeyValuePrefix
 
 Ablation = Literal["resample", "zero", "mean"]
 ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
@@ -155,17 +156,12 @@ def check_graph_fits(model, graph: Graph) -> None:
 class _MaskedRun:
     """Hooks for one batched forward of ``rows`` circuits over a batch of ``batch`` examples.
 
-    Only positions from ``start`` on are buffered and patched: before the first position
-    where the clean and ablated runs differ, every source's ablated and current outputs are
-    equal (causality), so the patch there is exactly zero. The query, key and value inputs
-    of one layer read the same sources, so their three patches come from one matrix product
-    (at the query hook, which runs first)."""
+    The query, key and value inputs of one layer read the same sources, so their three
+    patches come from one matrix product (at the query hook, which runs first)."""
 
-    def __init__(
-        self, graph: Graph, groups: list[DestinationGroup], masks: Tensor, ablated: Tensor, start: int
-    ):
-        self.rows, self.batch, self.start = masks.shape[0], ablated.shape[1], start
-        self.ablated = ablated[:, :, start:].flatten(1)  # [source, batch*kept_pos*d]
+    def __init__(self, graph: Graph, groups: list[DestinationGroup], masks: Tensor, ablated: Tensor):
+        self.rows, self.batch = masks.shape[0], ablated.shape[1]
+        self.ablated = ablated.flatten(1)  # [source, batch*pos*d]
         self.buffer = ablated.new_empty(self.rows, ablated.shape[0], self.ablated.shape[1])
         padded = torch.cat([masks, masks.new_zeros(self.rows, 1)], dim=1)  # column -1 = "no edge"
         self.source_index = {node: i for i, node in enumerate(graph.source_nodes)}
@@ -200,11 +196,11 @@ class _MaskedRun:
         return hooks
 
     def _kept(self, value: Tensor) -> Tensor:
-        """``[row*batch, pos, ...]`` -> ``[row, batch, kept_pos, ...]`` (a view)."""
-        return value.view(self.rows, self.batch, *value.shape[1:])[:, :, self.start :]
+        """``[row*batch, pos, ...]`` -> ``[row, batch, pos, ...]`` (a view)."""
+        return value.view(self.rows, self.batch, *value.shape[1:])
 
     def _store(self, first: int, value: Tensor) -> None:
-        """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*kept_pos*d]``."""
+        """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*pos*d]``."""
         n = value.shape[1]
         torch.sub(self.ablated[first : first + n], value, out=self.buffer[:, first : first + n])
 
@@ -236,7 +232,7 @@ class _MaskedRun:
         if hook.name in self.masks:  # compute this hook's patch and its fused siblings'
             delta = torch.bmm(self.masks[hook.name], self.buffer[:, : self.n_sources[hook.name]])
             for name, first, slots in self.fused[hook.name]:
-                self.pending[name] = delta[:, first : first + slots]  # [row, slot, batch*kept_pos*d]
+                self.pending[name] = delta[:, first : first + slots]  # [row, slot, batch*pos*d]
         delta = self.pending.pop(hook.name)
         kept = self._kept(value)
         if value.ndim == 3:
@@ -262,17 +258,30 @@ def first_difference(clean: Tensor, corrupt: Tensor, ablation: Ablation) -> int:
 
 
 def _shared_prefix(
-    graph, groups, masks, clean, mask, ablated, start_layer: int, start: int, model
+    graph, groups, masks, inputs, past, mask, ablated, start_layer: int, model
 ) -> tuple[Tensor, Tensor]:
     """Run blocks before ``start_layer`` once for all rows (their masks there must agree):
     the residual stream entering ``start_layer`` and the buffer of the sources before it."""
     before = torch.cat([g.edge_ids[g.edge_ids >= 0] for g in groups if g.layer < start_layer])
     if not bool((masks[:, before] == masks[:1, before]).all()):
         raise ValueError(f"start_layer={start_layer}: rows differ on edges into blocks before it")
-    run = _MaskedRun(graph, groups, masks[:1], ablated, start)
+    run = _MaskedRun(graph, groups, masks[:1], ablated)
     with model.hooks(fwd_hooks=run.hooks(model, graph)):
-        resid = model(clean, attention_mask=mask, stop_at_layer=start_layer)
+        resid = model(inputs, past=past, attention_mask=mask, stop_at_layer=start_layer)
     return resid, run.buffer[0, : graph.source_nodes.index(Node("head", start_layer, 0))]
+
+
+def _clean_prefix(model, clean: Tensor, mask: Tensor | None, length: int) -> KeyValuePrefix | None:
+    """Keys and values of the first ``length`` clean positions, which no patch changes."""
+    if length == 0:
+        return None
+    _, cache = model.run_with_cache(
+        clean[:, :length],
+        attention_mask=None if mask is None else mask[:, :length],
+        names_filter=KeyValuePrefix.hook_filter(model),
+        return_type=None,
+    )
+    return KeyValuePrefix.from_cache(cache, model, length)
 
 
 @torch.no_grad()
@@ -307,31 +316,35 @@ def patch_edges(
     masks = masks.to(model.device, model.dtype)
     ablated = ablated_outputs(model, graph, clean, corrupt, ablation, mask)
     groups = destination_groups(graph)
-    batch, start = clean.shape[0], first_difference(clean, corrupt, ablation)
-    positions = metric.positions.to(model.device)
+    batch, positions = clean.shape[0], metric.positions.to(model.device)
+    # positions before the first differing token are the same in every row: their keys and
+    # values are computed once, and only later positions run (and are patched) per row
+    start = min(first_difference(clean, corrupt, ablation), int(positions.min()))
+    past, inputs, ablated = _clean_prefix(model, clean, mask, start), clean[:, start:], ablated[:, :, start:]
     values = []
     previous = (model.blocks[0].attn.use_attn_result, model.blocks[0].use_split_qkv_input)
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
     try:
-        inputs, prefix = clean, None
+        prefix = None
         if start_layer > 0:
             inputs, prefix = _shared_prefix(
-                graph, groups, masks, clean, mask, ablated, start_layer, start, model
+                graph, groups, masks, inputs, past, mask, ablated, start_layer, model
             )
         for chunk in masks.split(_row_chunk(len(masks), ablated, buffer_bytes)):
-            run = _MaskedRun(graph, groups, chunk, ablated, start)
+            run = _MaskedRun(graph, groups, chunk, ablated)
             rows = chunk.shape[0]
+            examples = torch.arange(batch, device=model.device).repeat(rows)
             if prefix is not None:
                 run.buffer[:, : prefix.shape[0]] = prefix
             with model.hooks(fwd_hooks=run.hooks(model, graph)):
                 logits = model(
                     inputs.repeat(rows, *([1] * (inputs.ndim - 1))),
                     start_at_layer=start_layer,
+                    past=None if past is None else past.select(examples),
                     attention_mask=None if mask is None else mask.repeat(rows, 1),
-                    logit_positions=positions.repeat(rows)[:, None],
+                    logit_positions=(positions - start).repeat(rows)[:, None],
                 )
-            examples = torch.arange(batch, device=model.device).repeat(rows)
             values.append(metric.score(logits[:, 0], examples).reshape(rows, batch))
     finally:
         model.set_use_attn_result(previous[0])
