@@ -17,7 +17,8 @@ alone carries the corrupted source), the chosen edges and the settings used.
   removed. (The original tries them one at a time; trying one destination's candidates
   against the same circuit is what makes it one forward.)
 
-Scoring algorithms keep ``config.top_n`` edges (``level="edge"``) or the edges between the
+Scoring algorithms keep ``config.top_n`` edges (``level="edge"``: the largest scores, or with
+``selection="greedy"`` grown from the logits edge by edge) or the edges between the
 ``top_n`` highest-scoring nodes (``level="node"``, a node's score being the sum of its outgoing
 edge scores: the estimated effect of patching the whole node), pruned to input-to-logits paths.
 
@@ -44,6 +45,7 @@ from circuits.graph import Graph
 from mechinterp.metrics import PositionalMetric
 
 Level = Literal["edge", "node"]
+Selection = Literal["top_n", "greedy"]
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,14 @@ class PairedData:
 class EAPConfig:
     top_n: int = 100
     level: Level = "edge"
+    selection: Selection = "top_n"
 
 
 @dataclass(frozen=True, kw_only=True)
 class EAPIGConfig:
     top_n: int = 100
     level: Level = "edge"
+    selection: Selection = "top_n"
     steps: int = 5
 
 
@@ -78,6 +82,7 @@ class EAPIGConfig:
 class EdgePatchingConfig:
     top_n: int = 100
     level: Level = "edge"
+    selection: Selection = "top_n"
     ablation: Ablation = "resample"
     rows_per_forward: int = 64
 
@@ -92,7 +97,8 @@ def _select(graph: Graph, scores: Tensor, name: str, config: Any) -> Circuit:
     circuit = Circuit(graph, scores, metadata={"algorithm": name, "config": asdict(config)})
     if config.level == "node":
         return circuit.top_nodes(min(config.top_n, len(graph.source_nodes) - 1)).pruned()
-    return circuit.top_n(min(config.top_n, len(graph.edges))).pruned()
+    n = min(config.top_n, len(graph.edges))
+    return (circuit.greedy(n) if config.selection == "greedy" else circuit.top_n(n)).pruned()
 
 
 def _mask(data) -> Tensor | None:

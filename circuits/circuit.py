@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,6 +62,37 @@ class Circuit:
         feeds_kept = torch.zeros(len(self.graph.edges), dtype=torch.bool)
         feeds_kept[pair_edge[kept[pair_target]]] = True
         return replace(self, in_graph=kept[source] & feeds_kept)
+
+    def greedy(self, n: int) -> Circuit:
+        """Grow a circuit from the logits: repeatedly add the highest-|score| edge into a node
+        already in the circuit (Hanna et al. 2024's greedy selection), ``n`` edges in all.
+        Every chosen edge leads to the logits; ``pruned()`` then also asks for the input."""
+        if not 0 <= n <= len(self.graph.edges):
+            raise ValueError(f"n must be in 0..{len(self.graph.edges)}, got {n}")
+        source, pair_edge, pair_target = self.graph.edge_arrays
+        feeding: dict[int, list[int]] = {}
+        for edge, node in zip(pair_edge.tolist(), pair_target.tolist(), strict=True):
+            feeding.setdefault(node, []).append(edge)
+        magnitude = self.scores.abs().tolist()
+        keep = torch.zeros(len(self.graph.edges), dtype=torch.bool)
+        frontier: list[tuple[float, int]] = []
+        reached: set[int] = set()
+
+        def reach(node: int) -> None:
+            if node not in reached:
+                reached.add(node)
+                for edge in feeding.get(node, []):
+                    heapq.heappush(frontier, (-magnitude[edge], edge))
+
+        reach(len(self.graph.nodes) - 1)  # the logits
+        chosen = 0
+        while chosen < n and frontier:
+            _, edge = heapq.heappop(frontier)
+            if not keep[edge]:
+                keep[edge] = True
+                chosen += 1
+                reach(int(source[edge]))
+        return replace(self, in_graph=keep)
 
     def threshold(self, value: float) -> Circuit:
         """Keep the edges whose absolute score is at least ``value``."""

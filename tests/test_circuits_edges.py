@@ -247,3 +247,42 @@ def test_prompts_sharing_a_prefix_patch_only_after_it(model, monkeypatch):
     every_position = eap_scores(model, clean, corrupt, graph, metric)
     torch.testing.assert_close(skipping_the_prefix, every_position, atol=1e-5, rtol=1e-5)
     assert bool(every_position.ne(0).any())
+
+
+def literal_greedy(graph: Graph, scores: torch.Tensor, n: int) -> list[Edge]:
+    """Each step: among edges into nodes already reached from the logits, take the largest |score|."""
+    group = graph.n_heads // graph.n_kv_heads
+
+    def fed_nodes(edge: Edge) -> list[Node]:
+        if edge.channel in ("k", "v"):
+            return [
+                Node("head", edge.target.layer, h)
+                for h in range(edge.target.head * group, (edge.target.head + 1) * group)
+            ]
+        return [edge.target]
+
+    reached, chosen = {Node("logits")}, []
+    while len(chosen) < n:
+        frontier = [
+            e for e in graph.edges if e not in chosen and any(node in reached for node in fed_nodes(e))
+        ]
+        if not frontier:
+            break
+        best = max(frontier, key=lambda e: (abs(float(scores[graph.edge_index[e]])), -graph.edge_index[e]))
+        chosen.append(best)
+        reached.add(best.source)
+    return chosen
+
+
+def test_greedy_selection_equals_a_literal_frontier_search(model):
+    from circuits import Circuit
+
+    graph = Graph.from_model(model)
+    scores = torch.randn(len(graph.edges), generator=torch.Generator().manual_seed(7))
+    circuit = Circuit(graph, scores)
+    for n in (1, 10, 40):
+        greedy = circuit.greedy(n)
+        assert set(greedy.edges_in_graph()) == set(literal_greedy(graph, scores, n))
+        assert greedy.n_edges == n
+    with pytest.raises(ValueError, match="n must be in 0.."):
+        circuit.greedy(len(graph.edges) + 1)

@@ -133,7 +133,8 @@ class CircuitStep(_StepBase):
     """Circuit discovery (``circuits.ALGORITHMS``) and its faithfulness curve.
 
     Scoring algorithms (``edge-patching``, ``eap``, ``eap-ig``) keep the ``top_n`` edges
-    (``level: edge``) or the edges between the ``top_n`` best nodes (``level: node``) before
+    (``level: edge``; ``selection: greedy`` grows them from the logits instead of taking the
+    largest scores) or the edges between the ``top_n`` best nodes (``level: node``) before
     pruning; ``ig_steps`` is EAP-IG's number of integration steps; ``threshold`` (ACDC)
     removes edges whose effect is smaller. The curve has ``faithfulness_points`` edge counts from 0 to
     ``faithfulness_max_edges`` (default: 4 x ``top_n``)."""
@@ -142,6 +143,7 @@ class CircuitStep(_StepBase):
     algorithm: Algorithm = "eap"
     top_n: PositiveInt = 200
     level: Literal["edge", "node"] = "edge"
+    selection: Literal["top_n", "greedy"] = "top_n"
     threshold: float = Field(default=0.05, gt=0)
     ig_steps: PositiveInt = 5
     faithfulness_points: int = Field(default=9, ge=2)

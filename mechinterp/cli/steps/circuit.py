@@ -38,7 +38,13 @@ from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure
 def algorithm_config(step: CircuitStep):
     """The algorithm's own config (``circuits.CONFIGS``) from the step's settings it has."""
     config_class = circuits.CONFIGS[step.algorithm]
-    settings = {"top_n": step.top_n, "level": step.level, "threshold": step.threshold, "steps": step.ig_steps}
+    settings = {
+        "top_n": step.top_n,
+        "level": step.level,
+        "selection": step.selection,
+        "threshold": step.threshold,
+        "steps": step.ig_steps,
+    }
     names = {f.name for f in dataclasses.fields(config_class)}
     return config_class(**{key: value for key, value in settings.items() if key in names})
 
