@@ -256,6 +256,7 @@ def test_shipped_config_runs(tmp_path, request, name):
 def check_run_folder(run_dir: Path) -> None:
     environment = json.loads((run_dir / "environment.json").read_text())
     assert {"python", "torch", "transformer_lens", "mechinterp", "device", "dtype"} <= set(environment)
+    assert environment["transformer_lens"].startswith("4.")  # a real version, not a placeholder
     config = load_config(run_dir / "resolved_config.yaml")
     report = (run_dir / "report.html").read_text()
     assert report.count("plotly.js v") == 1  # embedded once, inline

@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -148,13 +149,11 @@ class RunContext:
 
 
 def write_environment(run_dir: Path, model) -> None:
-    import transformer_lens
-
     info = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "transformer_lens": getattr(transformer_lens, "__version__", "unknown"),
+        "transformer_lens": importlib.metadata.version("transformer-lens"),  # the module has no __version__
         "mechinterp": mechinterp.__version__,
         "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."),
