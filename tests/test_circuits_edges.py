@@ -286,3 +286,19 @@ def test_greedy_selection_equals_a_literal_frontier_search(model):
         assert greedy.n_edges == n
     with pytest.raises(ValueError, match="n must be in 0.."):
         circuit.greedy(len(graph.edges) + 1)
+
+
+def test_padded_rows_with_a_shared_prefix_equal_their_unpadded_runs(model):
+    clean, corrupt, _ = inputs()
+    corrupt = torch.cat([clean[:, :4], corrupt[:, 4:]], dim=1)  # the prefix key/value path is used
+    graph = Graph.from_model(model)
+    mask = torch.ones_like(clean)
+    mask[1, :2] = 0  # example 1 is left-padded by two tokens
+    metric = LogitDifference.last_position(mask, correct=[5, 6], incorrect=[7, 8], reduce="none")
+    masks = (torch.rand(2, len(graph.edges), generator=torch.Generator().manual_seed(8)) > 0.5).float()
+    padded = patch_edges(model, clean, corrupt, graph, masks, metric, attention_mask=mask)
+    short = LogitDifference.last_position(torch.ones(1, 4), correct=[6], incorrect=[8], reduce="none")
+    alone = patch_edges(model, clean[1:, 2:], corrupt[1:, 2:], graph, masks, short)
+    torch.testing.assert_close(padded[:, 1], alone[:, 0], atol=1e-5, rtol=0)
+    reference = reference_patch_edges(model, clean[1:, 2:], corrupt[1:, 2:], graph, masks[0], short)
+    torch.testing.assert_close(alone[0], reference, atol=1e-5, rtol=0)
