@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -64,25 +64,26 @@ class PairedData:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EAPConfig:
+class SelectionConfig:
+    """How many edges (or nodes, ``level="node"``) a scoring algorithm keeps, and how."""
+
     top_n: int = 100
     level: Level = "edge"
     selection: Selection = "top_n"
 
 
 @dataclass(frozen=True, kw_only=True)
-class EAPIGConfig:
-    top_n: int = 100
-    level: Level = "edge"
-    selection: Selection = "top_n"
+class EAPConfig(SelectionConfig):
+    """EAP has no settings beyond the selection."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EAPIGConfig(SelectionConfig):
     steps: int = 5
 
 
 @dataclass(frozen=True, kw_only=True)
-class EdgePatchingConfig:
-    top_n: int = 100
-    level: Level = "edge"
-    selection: Selection = "top_n"
+class EdgePatchingConfig(SelectionConfig):
     ablation: Ablation = "resample"
     rows_per_forward: int = 64
 
@@ -93,7 +94,7 @@ class ACDCConfig:
     ablation: Ablation = "resample"
 
 
-def _select(graph: Graph, scores: Tensor, name: str, config: Any) -> Circuit:
+def _select(graph: Graph, scores: Tensor, name: str, config: SelectionConfig) -> Circuit:
     circuit = Circuit(graph, scores, metadata={"algorithm": name, "config": asdict(config)})
     if config.level == "node":
         return circuit.top_nodes(min(config.top_n, len(graph.source_nodes) - 1)).pruned()

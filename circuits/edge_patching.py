@@ -67,24 +67,17 @@ class DestinationGroup:
 
 
 def destination_groups(graph: Graph) -> list[DestinationGroup]:
-    """The graph's edges as dense ``[slot, source]`` tables, one per destination hook, in
-    forward order. Sources are the graph's nodes in order (``graph.source_nodes``)."""
-    source_index = {node: i for i, node in enumerate(graph.source_nodes)}
-    tables: dict[tuple[int | None, str], dict[tuple[int, int], int]] = {}
-    for index, edge in enumerate(graph.edges):
-        slot = edge.target.head if edge.channel in ("q", "k", "v") else 0
-        tables.setdefault((edge.target.layer, edge.channel), {})[(slot, source_index[edge.source])] = index
-    groups = []
-    for (layer, channel), table in tables.items():
-        n_slots = 1 + max(slot for slot, _ in table)
-        n_sources = 1 + max(source for _, source in table)
-        edge_ids = torch.full((n_slots, n_sources), -1, dtype=torch.long)
-        for (slot, source), index in table.items():
-            edge_ids[slot, source] = index
-        hook = destination_hook(layer, channel, graph.n_layers)
-        block = graph.n_layers - 1 if layer is None else layer
-        groups.append(DestinationGroup(hook, block, channel in ("q", "k", "v"), edge_ids))
-    return groups
+    """The graph's edges as dense ``[slot, source]`` tables (``graph.channel_tables``), one
+    per destination hook, in forward order."""
+    return [
+        DestinationGroup(
+            destination_hook(layer, channel, graph.n_layers),
+            graph.n_layers - 1 if layer is None else layer,
+            channel in ("q", "k", "v"),
+            edge_ids,
+        )
+        for layer, channel, edge_ids in graph.channel_tables
+    ]
 
 
 def source_outputs(model, cache, graph: Graph) -> Float[Tensor, "source batch pos d_model"]:
@@ -166,18 +159,18 @@ class _MaskedRun:
         padded = torch.cat([masks, masks.new_zeros(self.rows, 1)], dim=1)  # column -1 = "no edge"
         self.source_index = {node: i for i, node in enumerate(graph.source_nodes)}
         self.groups = groups
-        self.masks: dict[str, Tensor] = {}  # first hook of a fused set -> [row, slot, source]
-        self.fused: dict[str, list[tuple[str, int, int]]] = {}  # first hook -> (hook, first slot, slots)
+        # the per-head groups of a layer (q, k, v: same sources) share one product at the
+        # first of them, which fires first; every other group has its own
+        parts: dict[str, list[Tensor]] = {}  # lead hook -> masks [row, slot, source] per group
+        self.fused: dict[str, list[tuple[str, int, int]]] = {}  # lead hook -> (hook, first slot, slots)
+        leads: dict[object, str] = {}
         for group in groups:
-            lead = group.hook.replace("hook_k_input", "hook_q_input").replace("hook_v_input", "hook_q_input")
-            lead = lead if group.per_head and lead in {g.hook for g in groups} else group.hook
-            previous = self.fused.setdefault(lead, [])
-            offset = sum(slots for _, _, slots in previous)
-            previous.append((group.hook, offset, group.edge_ids.shape[0]))
-            group_masks = padded[:, group.edge_ids]
-            self.masks[lead] = (
-                group_masks if lead not in self.masks else torch.cat([self.masks[lead], group_masks], 1)
-            )
+            lead = leads.setdefault((group.layer, "heads") if group.per_head else group.hook, group.hook)
+            members = self.fused.setdefault(lead, [])
+            offset = sum(slots for _, _, slots in members)
+            members.append((group.hook, offset, group.edge_ids.shape[0]))
+            parts.setdefault(lead, []).append(padded[:, group.edge_ids])
+        self.masks = {lead: torch.cat(masks, 1) for lead, masks in parts.items()}
         self.n_sources = {g.hook: g.n_sources for g in groups}
         self.pending: dict[str, Tensor] = {}
 

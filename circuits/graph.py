@@ -144,6 +144,26 @@ class Graph:
         source = torch.tensor([index[edge.source] for edge in self.edges])
         return source, torch.tensor(pair_edge), torch.tensor(pair_target)
 
+    @cached_property
+    def channel_tables(self) -> tuple[tuple[int | None, Channel, Tensor], ...]:
+        """``(layer, channel, edge_ids)`` per destination channel in forward order (``layer``
+        is ``None`` for the logits): ``edge_ids[slot, source]`` is the edge from
+        ``source_nodes[source]`` into that slot (the head for q/k/v, slot 0 otherwise), or -1."""
+        source_index = {node: i for i, node in enumerate(self.source_nodes)}
+        tables: dict[tuple[int | None, Channel], dict[tuple[int, int], int]] = {}
+        for index, edge in enumerate(self.edges):
+            slot = edge.target.head if edge.channel in ("q", "k", "v") else 0
+            tables.setdefault((edge.target.layer, edge.channel), {})[(slot, source_index[edge.source])] = (
+                index
+            )
+        result = []
+        for (layer, channel), table in tables.items():
+            edge_ids = torch.full((1 + max(s for s, _ in table), 1 + max(src for _, src in table)), -1)
+            for (slot, source), index in table.items():
+                edge_ids[slot, source] = index
+            result.append((layer, channel, edge_ids))
+        return tuple(result)
+
     def edges_into(self, target: Node, channel: Channel) -> list[int]:
         """Indices of the edges into one input channel."""
         return [i for i, e in enumerate(self.edges) if e.target == target and e.channel == channel]

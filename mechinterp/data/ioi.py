@@ -31,10 +31,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-import torch
-
 from mechinterp.data.pairs import PromptPairs
-from mechinterp.metrics import last_positions
+from mechinterp.data.records import pairs_from_records
 
 # {first} and {second} are the two names in order; {s2} is the repeated subject (clean) or
 # the indirect object (corrupt).
@@ -97,31 +95,18 @@ def ioi_pairs(
             f"and {len(objects)} objects as single tokens; IOI needs at least 2 names, 1 place and 1 object"
         )
     rng = random.Random(seed)
-    clean, corrupt, correct, incorrect = [], [], [], []
+    records = []
     for _ in range(n):
         template = rng.choice(list(templates))
         io, subject = rng.sample(usable, 2)
         first, second = (io, subject) if rng.random() < 0.5 else (subject, io)
         fill = {"first": first, "second": second, "place": rng.choice(places), "object": rng.choice(objects)}
-        clean.append(template.format(s2=subject, **fill))
-        corrupt.append(template.format(s2=io, **fill))
-        correct.append(model.to_single_token(f" {io}"))
-        incorrect.append(model.to_single_token(f" {subject}"))
-    clean_tokens, clean_mask = model.encode(clean)
-    corrupt_tokens, corrupt_mask = model.encode(corrupt)
-    lengths = clean_mask.sum(1), corrupt_mask.sum(1)
-    mismatched = torch.nonzero(lengths[0] != lengths[1]).flatten().tolist()
-    if mismatched:
-        i = mismatched[0]
-        raise ValueError(
-            f"pair {i}: clean {clean[i]!r} has {int(lengths[0][i])} tokens but corrupt {corrupt[i]!r} has "
-            f"{int(lengths[1][i])}; use templates whose names are separate words"
+        records.append(
+            {
+                "clean": template.format(s2=subject, **fill),
+                "corrupt": template.format(s2=io, **fill),
+                "correct": f" {io}",
+                "incorrect": f" {subject}",
+            }
         )
-    return PromptPairs(
-        clean=clean_tokens.cpu(),
-        corrupt=corrupt_tokens.cpu(),
-        correct=torch.tensor(correct),
-        incorrect=torch.tensor(incorrect),
-        positions=last_positions(clean_mask).cpu(),
-        attention_mask=None if bool(clean_mask.all()) else clean_mask.cpu(),
-    )
+    return pairs_from_records(model, records, source="ioi_pairs")

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,24 +62,31 @@ def gguf_path(model: EmbeddedModel) -> Path:
 
 
 def embedded_model_dir(name: str) -> Path:
-    """The cached HF directory of an embedded model, building it on first use.
-
-    The directory is written next to its final place and renamed into it, so an
-    interrupted first load never leaves a half-written cache behind.
-    """
+    """The cached HF directory of an embedded model, building it on first use."""
     model = EMBEDDED_MODELS[name]
-    target = cache_root() / name
+
+    def build(folder: Path) -> None:
+        hf_model, tokenizer = hf_sources.from_gguf(gguf_path(model), torch.float32)
+        hf_model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    return cached_folder(cache_root() / name, build)
+
+
+def cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, built by ``build(folder)`` on first use (it must write ``config.json``).
+
+    ``build`` writes into a staging folder next to ``target`` that is then renamed into
+    place, so an interrupted first build never leaves a half-written cache behind."""
     if (target / "config.json").exists():
         return target
-    hf_model, tokenizer = hf_sources.from_gguf(gguf_path(model), torch.float32)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        hf_model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        build(staging)
         staging.rename(target)
     except OSError:
-        if not (target / "config.json").exists():  # a concurrent load may have won the rename
+        if not (target / "config.json").exists():  # a concurrent build may have won the rename
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

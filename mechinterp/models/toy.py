@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from mechinterp.models.config import ArchitectureConfig
-from mechinterp.models.embedded import cache_root
+from mechinterp.models.embedded import cache_root, cached_folder
 from mechinterp.models.hooked_lm import HookedLM
 
 INDUCTION_MODEL_NAME = "toy-induction-2l"
@@ -168,32 +166,24 @@ def train_induction_model(settings: InductionTraining = InductionTraining(), **o
 def load_induction_model(settings: InductionTraining = InductionTraining()) -> HookedLM:
     """The induction model for ``settings``, trained on first use and read from the cache after.
 
-    The directory is written next to its final place and renamed into it, so an interrupted
-    first training never leaves a half-written cache behind.
+    The cache folder is built atomically (``cached_folder``), so an interrupted first
+    training never leaves a half-written cache behind.
 
     Example:
         >>> model = load_induction_model()          # same as load_model("toy-induction-2l")
     """
-    target = cache_root() / INDUCTION_MODEL_NAME / settings.key()
-    if (target / "config.json").exists():
-        config = json.loads((target / "config.json").read_text())
-        model = HookedLM(ArchitectureConfig(**config["architecture"]))
-        model.load_state_dict(load_file(target / "model.safetensors"))
-        return model.eval()
-    model = train_induction_model(settings)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / "model.safetensors")
+
+    def train(folder: Path) -> None:
+        model = train_induction_model(settings)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
         config = {"architecture": asdict(model.architecture), "training": asdict(settings)}
-        (staging / "config.json").write_text(json.dumps(config, indent=2))
-        staging.rename(target)
-    except OSError:
-        if not (target / "config.json").exists():  # a concurrent load may have won the rename
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return model
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+    target = cached_folder(cache_root() / INDUCTION_MODEL_NAME / settings.key(), train)
+    config = json.loads((target / "config.json").read_text())
+    model = HookedLM(ArchitectureConfig(**config["architecture"]))
+    model.load_state_dict(load_file(target / "model.safetensors"))
+    return model.eval()
 
 
 TOY_MODELS = {INDUCTION_MODEL_NAME: load_induction_model}
