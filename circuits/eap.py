@@ -70,9 +70,7 @@ def _destination_gradients(
         source = value if embed_line is None else embed_line.flatten(0, 1)
         return source.detach().requires_grad_(True)
 
-    previous = model.blocks[0].use_split_qkv_input
-    model.set_use_split_qkv_input(True)
-    try:
+    with model.per_head_hooks(split_inputs=True):
         hooks = [("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
         if record is not None:
             hooks += [(name, save) for name in sorted(source_hook_names(graph)) if name in model.hook_dict]
@@ -88,8 +86,6 @@ def _destination_gradients(
             total = metric.score(logits[:, 0], examples).sum() / steps
             names = [g.hook for g in groups]
             grads = torch.autograd.grad(total, [inputs[n] for n in names])
-    finally:
-        model.set_use_split_qkv_input(previous)
     return {
         name: grad.reshape(steps, batch, *grad.shape[1:]).sum(0)
         for name, grad in zip(names, grads, strict=True)

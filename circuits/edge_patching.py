@@ -315,10 +315,7 @@ def patch_edges(
     start = min(first_difference(clean, corrupt, ablation), int(positions.min()))
     past, inputs, ablated = _clean_prefix(model, clean, mask, start), clean[:, start:], ablated[:, :, start:]
     values = []
-    previous = (model.blocks[0].attn.use_attn_result, model.blocks[0].use_split_qkv_input)
-    model.set_use_attn_result(True)
-    model.set_use_split_qkv_input(True)
-    try:
+    with model.per_head_hooks(results=True, split_inputs=True):
         prefix = None
         if start_layer > 0:
             inputs, prefix = _shared_prefix(
@@ -339,9 +336,6 @@ def patch_edges(
                     logit_positions=(positions - start).repeat(rows)[:, None],
                 )
             values.append(metric.score(logits[:, 0], examples).reshape(rows, batch))
-    finally:
-        model.set_use_attn_result(previous[0])
-        model.set_use_split_qkv_input(previous[1])
     return torch.cat(values)
 
 
@@ -393,14 +387,8 @@ def reference_patch_edges(
         if Node("mlp", layer) in graph.source_nodes:
             record_names.append(f"blocks.{layer}.hook_mlp_out")
     patch_names = {destination_hook(e.target.layer, e.channel, graph.n_layers) for e in graph.edges}
-    previous = (model.blocks[0].attn.use_attn_result, model.blocks[0].use_split_qkv_input)
-    model.set_use_attn_result(True)
-    model.set_use_split_qkv_input(True)
-    try:
+    with model.per_head_hooks(results=True, split_inputs=True):
         hooks = [(name, record) for name in record_names] + [(name, patch) for name in sorted(patch_names)]
         logits = model.run_with_hooks(clean, fwd_hooks=hooks)
-    finally:
-        model.set_use_attn_result(previous[0])
-        model.set_use_split_qkv_input(previous[1])
     rows = torch.arange(clean.shape[0], device=model.device)
     return metric.score(logits[rows, metric.positions.to(model.device)], rows)

@@ -158,3 +158,14 @@ def test_head_detector_runs_on_native_model(tiny_llama):
     scores = head_detector.detect_head(tiny_llama, "abcdefgh abcdefgh", "previous_token_head")
     assert scores.shape == (2, 4)
     assert bool(((scores >= -1) & (scores <= 1)).all())
+
+
+def test_per_head_hooks_are_restored_after_the_block_and_after_an_error(tiny_llama, random_tokens):
+    tokens = random_tokens()
+    with tiny_llama.per_head_hooks(results=True, split_inputs=True):
+        _, cache = tiny_llama.run_with_cache(tokens)
+    assert "blocks.0.attn.hook_result" in cache and "blocks.0.hook_q_input" in cache
+    with pytest.raises(RuntimeError, match="boom"), tiny_llama.per_head_hooks(split_inputs=True):
+        raise RuntimeError("boom")
+    _, cache = tiny_llama.run_with_cache(tokens)
+    assert "blocks.0.attn.hook_result" not in cache and "blocks.0.hook_q_input" not in cache

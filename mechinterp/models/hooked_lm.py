@@ -17,7 +17,8 @@ Example:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -111,6 +112,24 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         """Turn on per-head inputs ``blocks.{l}.hook_q_input|k_input|v_input``."""
         for block in self.blocks:
             block.use_split_qkv_input = use
+
+    @contextmanager
+    def per_head_hooks(self, *, results: bool = False, split_inputs: bool = False) -> Iterator[None]:
+        """Turn on ``hook_result`` and/or the per-head q/k/v inputs for the body of a
+        ``with`` block; the previous settings come back afterwards, also on an exception.
+
+        Example:
+            >>> with model.per_head_hooks(results=True):
+            ...     _, cache = model.run_with_cache(tokens)   # cache["blocks.0.attn.hook_result"]
+        """
+        previous = (self.blocks[0].attn.use_attn_result, self.blocks[0].use_split_qkv_input)
+        self.set_use_attn_result(results or previous[0])
+        self.set_use_split_qkv_input(split_inputs or previous[1])
+        try:
+            yield
+        finally:
+            self.set_use_attn_result(previous[0])
+            self.set_use_split_qkv_input(previous[1])
 
     def __repr__(self) -> str:
         a = self.architecture

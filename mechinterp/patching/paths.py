@@ -280,11 +280,9 @@ def reference_path_patch(
     names = list({site.hook_name for site in senders})
     _, base_cache = model.run_with_cache(base, attention_mask=mask, names_filter=names)
     _, source_cache = model.run_with_cache(source, attention_mask=mask, names_filter=names)
-    previous_split = model.blocks[0].use_split_qkv_input
-    model.set_use_split_qkv_input(True)
     final_hook = f"blocks.{model.architecture.n_layers - 1}.hook_resid_post"
     values = []
-    try:
+    with model.per_head_hooks(split_inputs=True):
         for site in senders:
             delta = sender_deltas(
                 model,
@@ -298,6 +296,4 @@ def reference_path_patch(
                 hooks.append((final_hook, lambda activation, hook, delta=delta: activation + delta))
             logits = model.run_with_hooks(base, attention_mask=mask, fwd_hooks=hooks)
             values.append(scorer.run_values(logits))
-    finally:
-        model.set_use_split_qkv_input(previous_split)
     return torch.stack(values)
