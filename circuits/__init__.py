@@ -40,15 +40,19 @@ from circuits.export import (
     WRITERS,
     read_json,
     to_dot,
+    to_eap_ig_dict,
+    to_neuronpedia_dict,
     write,
     write_dot,
     write_eap_ig_json,
+    write_graph_folder,
     write_graphml,
     write_html,
     write_json,
     write_neuronpedia_json,
 )
 from circuits.graph import Edge, Graph, Node
+from circuits.prompt import prompt_record
 
 __all__ = [
     "ALGORITHMS",
@@ -76,14 +80,18 @@ __all__ = [
     "faithfulness_curve",
     "node_scores",
     "patch_edges",
+    "prompt_record",
     "read_json",
     "reference_patch_edges",
     "roc_against",
     "roc_curve",
     "to_dot",
+    "to_eap_ig_dict",
+    "to_neuronpedia_dict",
     "write",
     "write_dot",
     "write_eap_ig_json",
+    "write_graph_folder",
     "write_graphml",
     "write_html",
     "write_json",

@@ -21,6 +21,9 @@ Scoring algorithms keep ``config.top_n`` edges (``level="edge"``: the largest sc
 ``selection="greedy"`` grown from the logits edge by edge) or the edges between the
 ``top_n`` highest-scoring nodes (``level="node"``, a node's score being the sum of its outgoing
 edge scores: the estimated effect of patching the whole node), pruned to input-to-logits paths.
+Every result's ``metadata`` holds the algorithm, its config and ``prompt``: the first clean
+prompt, its answer and the answer's probability (``circuits.prompt.prompt_record``), which
+graph viewers show.
 
 Example:
     >>> graph = Graph.from_model(model)
@@ -42,6 +45,7 @@ from circuits.circuit import Circuit
 from circuits.eap import eap_ig_scores, eap_scores
 from circuits.edge_patching import Ablation, patch_edges
 from circuits.graph import Graph
+from circuits.prompt import prompt_record
 from mechinterp.metrics import PositionalMetric
 
 Level = Literal["edge", "node"]
@@ -94,8 +98,8 @@ class ACDCConfig:
     ablation: Ablation = "resample"
 
 
-def _select(graph: Graph, scores: Tensor, name: str, config: SelectionConfig) -> Circuit:
-    circuit = Circuit(graph, scores, metadata={"algorithm": name, "config": asdict(config)})
+def _select(graph: Graph, scores: Tensor, name: str, config: SelectionConfig, prompt: dict) -> Circuit:
+    circuit = Circuit(graph, scores, metadata={"algorithm": name, "config": asdict(config), "prompt": prompt})
     if config.level == "node":
         return circuit.top_nodes(min(config.top_n, len(graph.source_nodes) - 1)).pruned()
     n = min(config.top_n, len(graph.edges))
@@ -108,7 +112,7 @@ def _mask(data) -> Tensor | None:
 
 def eap(model, data, metric: PositionalMetric, graph: Graph, *, config: EAPConfig = EAPConfig()) -> Circuit:
     scores = eap_scores(model, data.clean, data.corrupt, graph, metric, attention_mask=_mask(data))
-    return _select(graph, scores / data.clean.shape[0], "eap", config)
+    return _select(graph, scores / data.clean.shape[0], "eap", config, prompt_record(model, data, metric))
 
 
 def eap_ig(
@@ -117,7 +121,7 @@ def eap_ig(
     scores = eap_ig_scores(
         model, data.clean, data.corrupt, graph, metric, steps=config.steps, attention_mask=_mask(data)
     )
-    return _select(graph, scores / data.clean.shape[0], "eap-ig", config)
+    return _select(graph, scores / data.clean.shape[0], "eap-ig", config, prompt_record(model, data, metric))
 
 
 @torch.no_grad()
@@ -134,7 +138,7 @@ def edge_patching(
         masks[torch.arange(len(edges)), edges] = 1
         values = patch_edges(model, data.clean, data.corrupt, graph, masks, metric, **run)
         scores[edges] = (values.float().mean(-1) - base.float().mean()).cpu()
-    return _select(graph, scores, "edge-patching", config)
+    return _select(graph, scores, "edge-patching", config, prompt_record(model, data, metric))
 
 
 @torch.no_grad()
@@ -166,7 +170,8 @@ def acdc(
         change = (values[1:].float().mean(-1) - values[0].float().mean()).abs().cpu()
         effects[candidates] = change
         patched[torch.tensor(candidates)[change < config.threshold]] = 1
-    circuit = Circuit(graph, effects, patched == 0, metadata={"algorithm": "acdc", "config": asdict(config)})
+    metadata = {"algorithm": "acdc", "config": asdict(config), "prompt": prompt_record(model, data, metric)}
+    circuit = Circuit(graph, effects, patched == 0, metadata=metadata)
     return circuit.pruned()
 
 

@@ -9,8 +9,8 @@ existing file keeps its old content).
 Our schema (``format: "mechinterp-circuit"``, ``version: 1``)::
 
     {"format": "mechinterp-circuit", "version": 1,
-     "model": {"name", "n_layers", "n_heads"},
-     "metadata": {...},                       # algorithm, config, prompts, metric, ...
+     "model": {"name", "n_layers", "n_heads", "d_model"},
+     "metadata": {...},                       # algorithm, config, prompt, ...
      "nodes": ["input", "a0.h0", ..., "logits"],
      "edges": [{"name": "input->a0.h0<q>", "score": 0.12, "in_graph": true}, ...]}
 
@@ -18,27 +18,17 @@ Nodes and edges follow the graph's order and use EAP-IG names (``a3.h1->m5``,
 ``input->a0.h0<q>``). The names carry the whole graph (grouped key/value heads, parallel
 blocks, attention-only models), so ``read_json`` rebuilds the exact ``Graph`` from the file
 alone; given a model, it checks the file describes that model's graph. Scores are written
-with ``repr`` precision, so float64 scores round-trip exactly.
+with ``repr`` precision, so float64 scores round-trip exactly. (``d_model`` is optional
+when reading: files written before it was added lack it.)
 
-Neuronpedia-style JSON follows the layout circuit-tracer writes for the Neuronpedia graph
-frontend (``metadata``, ``qParams``, ``nodes``, ``links``). Our graph has no positions and no
-transcoder features, so the mapping is:
+EAP-IG JSON is what ``Graph.from_json`` of hannamw/EAP-IG reads: ``cfg`` (``n_layers``,
+``n_heads``, ``d_model``, ``parallel_attn_mlp``), ``nodes`` and ``edges`` by name. EAP-IG
+only knows per-query-head keys and values, so grouped-query (GQA) models are un-grouped:
+an edge into key/value head ``j`` is written once per query head of ``j``'s group, each
+with the group's score (summing EAP-IG scores over a group counts that edge once per head).
 
-=================  ====================================================================
-Neuronpedia field  mechinterp value
-=================  ====================================================================
-``node_id``        our node name (``input``, ``a2.h5``, ``m3``, ``logits``); also ``jsNodeId``
-``layer``          ``"E"`` for the input, ``"3"`` for layer 3, ``"{n_layers + 1}"`` for logits
-``feature``        head index; ``n_heads`` for an MLP (the column after the heads); 0 otherwise
-``feature_type``   ``"embedding"``, ``"attention head"``, ``"mlp"``, ``"logit"``
-``ctx_idx``        0 (every node covers all positions)
-``links``          one per in-graph ``(source, target)`` pair: ``weight`` is the sum of its
-                   channels' scores (q, k and v edges into one head share a pair); the
-                   per-channel scores are kept in ``channel_weights``
-=================  ====================================================================
-
-Only in-graph nodes and edges are written (as circuit-tracer writes pruned graphs); the
-circuit's metadata goes to ``metadata.mechinterp.metadata``.
+Neuronpedia JSON is the attribution-graph layout that Neuronpedia's graph page and
+circuit-tracer's local viewer read; ``to_neuronpedia_dict`` documents the mapping.
 
 Example:
     >>> write(circuit, "runs/ioi/circuit.json")                 # our JSON
@@ -50,7 +40,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -94,7 +86,12 @@ def to_json_dict(circuit: Circuit) -> dict:
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": {"name": graph.model_name, "n_layers": graph.n_layers, "n_heads": graph.n_heads},
+        "model": {
+            "name": graph.model_name,
+            "n_layers": graph.n_layers,
+            "n_heads": graph.n_heads,
+            "d_model": graph.d_model,
+        },
         "metadata": circuit.metadata,
         "nodes": [node.name for node in graph.nodes],
         "edges": [
@@ -141,6 +138,8 @@ def _load_circuit_json(path: Path) -> dict:
     _require(info, "name", str, "model.", path)
     _require(info, "n_layers", int, "model.", path)
     _require(info, "n_heads", int, "model.", path)
+    if info.get("d_model") is not None:
+        _require(info, "d_model", int, "model.", path)
     _require(data, "metadata", dict, "", path)
     nodes = _require(data, "nodes", list, "", path)
     edges = _require(data, "edges", list, "", path)
@@ -210,6 +209,7 @@ def _graph_from_file(data: dict, path: Path) -> Graph:
         n_layers,
         n_heads,
         {edge: index for index, edge in enumerate(edges)},
+        info.get("d_model"),
     )
 
 
@@ -230,6 +230,11 @@ def read_json(path: str | Path, model=None) -> Circuit:
         graph = _graph_from_file(data, path)
     else:
         graph = Graph.from_model(model)
+        if data["model"].get("d_model") not in (None, graph.d_model):
+            raise ValueError(
+                f"{path} describes a model with d_model {data['model']['d_model']}, "
+                f"{model.architecture.model_name!r} has {graph.d_model}"
+            )
         names = [edge["name"] for edge in data["edges"]]
         expected = [edge.name for edge in graph.edges]
         if names != expected or data["nodes"] != [node.name for node in graph.nodes]:
@@ -244,20 +249,57 @@ def read_json(path: str | Path, model=None) -> Circuit:
     return Circuit(graph, scores, in_graph, data["metadata"])
 
 
-def write_eap_ig_json(circuit: Circuit, path: str | Path) -> Path:
-    """EAP-IG's layout: ``{"edges": {name: {"score", "in_graph"}}, "nodes": {name: {"in_graph"}}}``."""
-    nodes = circuit.nodes_in_graph()
-    data = {
-        "cfg": {"n_layers": circuit.graph.n_layers, "n_heads": circuit.graph.n_heads},
-        "nodes": {node.name: {"in_graph": node in nodes} for node in circuit.graph.nodes},
-        "edges": {
-            e.name: {"score": float(s), "in_graph": bool(k)}
-            for e, s, k in zip(
-                circuit.graph.edges, circuit.scores.tolist(), circuit.in_graph.tolist(), strict=True
-            )
-        },
+def to_eap_ig_dict(circuit: Circuit) -> dict:
+    """The circuit in EAP-IG's JSON layout (``Graph.from_json`` of hannamw/EAP-IG reads it):
+    ``{"cfg": {"n_layers", "n_heads", "d_model", "parallel_attn_mlp"}, "nodes": {name:
+    {"in_graph"}}, "edges": {name: {"score", "in_graph"}}}``. Grouped key/value heads are
+    un-grouped (module docstring); a node is in the graph when an in-graph edge touches it.
+
+    Raises ``ValueError`` for a graph without ``d_model`` (read from an old file without a
+    model: ``read_json(path, model)`` fills it in).
+
+    Example:
+        >>> to_eap_ig_dict(circuit)["edges"]["input->a0.h3<k>"]   # GQA: key/value head 1's score
+        {'score': 0.031, 'in_graph': False}
+    """
+    graph = circuit.graph
+    if graph.d_model is None:
+        raise ValueError(
+            "EAP-IG's cfg needs d_model, which this graph lacks (it was read from a file written "
+            "before d_model was recorded); read it with read_json(path, model) to take it from the model"
+        )
+    group = graph.n_heads // graph.n_kv_heads
+    edges: dict[str, dict[str, Any]] = {}
+    touched: set[str] = set()
+    for edge, score, keep in zip(
+        graph.edges, circuit.scores.tolist(), circuit.in_graph.tolist(), strict=True
+    ):
+        targets = [edge.target]
+        if edge.channel in ("k", "v"):  # key/value head j serves query heads j*group .. (j+1)*group-1
+            heads = range(edge.target.head * group, (edge.target.head + 1) * group)
+            targets = [Node("head", edge.target.layer, head) for head in heads]
+        for target in targets:
+            name = Edge(edge.source, target, edge.channel).name
+            edges[name] = {"score": float(score), "in_graph": bool(keep)}
+            if keep:
+                touched |= {edge.source.name, target.name}
+    cfg = {
+        "n_layers": graph.n_layers,
+        "n_heads": graph.n_heads,
+        "d_model": graph.d_model,
+        "parallel_attn_mlp": graph.parallel_attn_mlp,
     }
-    return _atomic_write(path, json.dumps(data, indent=1))
+    nodes = {node.name: {"in_graph": node.name in touched} for node in graph.nodes}
+    return {"cfg": cfg, "nodes": nodes, "edges": edges}
+
+
+def write_eap_ig_json(circuit: Circuit, path: str | Path) -> Path:
+    """EAP-IG's JSON (``to_eap_ig_dict``); load it with EAP-IG's ``Graph.from_json(path)``.
+
+    Example:
+        >>> write_eap_ig_json(circuit, "runs/ioi/circuit.eap_ig.json")
+    """
+    return _atomic_write(path, json.dumps(to_eap_ig_dict(circuit), indent=1))
 
 
 def _node_attributes(node: Node) -> dict[str, Any]:
@@ -310,70 +352,259 @@ def write_graphml(circuit: Circuit, path: str | Path) -> Path:
     return _atomic(path, lambda temporary: nx.write_graphml(result, temporary))
 
 
-_NEURONPEDIA_TYPES = {"input": "embedding", "head": "attention head", "mlp": "mlp", "logits": "logit"}
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]+")
+"""What Neuronpedia accepts as a graph's ``scan`` (its model id) and ``slug``."""
 
 
-def _neuronpedia_node(node: Node, graph: Graph) -> dict[str, Any]:
-    layer = {"input": "E", "logits": str(graph.n_layers + 1)}.get(node.kind, str(node.layer))
-    feature = {"head": node.head, "mlp": graph.n_heads}.get(node.kind, 0)
-    return {
-        "node_id": node.name,
-        "jsNodeId": node.name,
-        "feature": feature,
-        "layer": layer,
-        "ctx_idx": 0,
-        "feature_type": _NEURONPEDIA_TYPES[node.kind],
-        "clerp": node.name,
-        "is_target_logit": node.kind == "logits",
-    }
+def sanitise_name(text: str) -> str:
+    """``text`` with each run of characters outside ``[a-zA-Z0-9_.-]`` replaced by ``-``
+    (``"/tmp/llama 7b"`` -> ``"tmp-llama-7b"``); ``"model"`` if nothing is left.
+
+    Example:
+        >>> sanitise_name("HuggingFaceTB/SmolLM2-135M")
+        'HuggingFaceTB-SmolLM2-135M'
+    """
+    return re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-") or "model"
 
 
-def to_neuronpedia_dict(circuit: Circuit) -> dict:
-    """The in-graph part of the circuit in Neuronpedia's graph layout (mapping in the module
-    docstring)."""
-    graph = circuit.graph
-    links: dict[tuple[str, str], dict[str, Any]] = {}
-    for edge in circuit.edges_in_graph():
-        score = float(circuit.scores[graph.edge_index[edge]])
-        link = links.setdefault(
-            (edge.source.name, edge.target.name),
-            {"source": edge.source.name, "target": edge.target.name, "weight": 0.0, "channel_weights": {}},
+def _checked_name(value: str, field: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{field} {value!r} is not a valid Neuronpedia name: use only letters, digits, '_', '.' "
+            f"and '-' (sanitise_name({value!r}) gives {sanitise_name(str(value))!r})"
         )
+    return value
+
+
+def cantor_pair(layer: int, index: int) -> int:
+    """The Cantor pairing of ``(layer, index)``: how graphs with ``schema_version: 1`` encode
+    a node's ``feature`` (Neuronpedia decodes it back to the layer and the index).
+
+    Example:
+        >>> cantor_pair(1, 3)
+        13
+    """
+    return (layer + index) * (layer + index + 1) // 2 + index
+
+
+_NEURONPEDIA_TYPES = {
+    "input": "embedding",
+    "head": "attention head",
+    "kv": "key/value head",
+    "mlp": "mlp",
+    "logits": "logit",
+}
+
+
+Place = tuple[str, int | None, int | None]
+
+
+def _place(node: Node, channel: str | None = None, grouped: bool = False) -> Place:
+    """The Neuronpedia node for ``node`` as ``(kind, layer, head)``; as the target of a key or
+    value edge under GQA, the key/value head's own node (``kind="kv"``)."""
+    if grouped and channel in ("k", "v"):
+        return ("kv", node.layer, node.head)
+    return (node.kind, node.layer, node.head)
+
+
+def _place_order(graph: Graph) -> Callable[[Place], tuple[int, int, int]]:
+    """Sort key: the input, then per layer its query heads, key/value heads and MLP, then the logits."""
+
+    def key(place: Place) -> tuple[int, int, int]:
+        kind, layer, head = place
+        if layer is None:
+            return (-1 if kind == "input" else graph.n_layers, 0, 0)
+        return (layer, ("head", "kv", "mlp").index(kind), head or 0)
+
+    return key
+
+
+def _neuronpedia_node(place: Place, graph: Graph, prompt: dict) -> dict[str, Any]:
+    """One node in the layout ``to_neuronpedia_dict`` describes."""
+    kind, layer, head = place
+    position = prompt["position"]
+    node: dict[str, Any] = {"ctx_idx": position, "feature_type": _NEURONPEDIA_TYPES[kind]}
+    if kind == "input":
+        node_id = f"E_{prompt['token_ids'][position]}_{position}"
+        node |= {"feature": position, "layer": "E", "clerp": "input (token and position embeddings)"}
+        name = "input"
+    elif kind == "logits":
+        node_id = f"{graph.n_layers + 1}_{prompt['answer_id']}_{position}"
+        node |= {
+            "feature": prompt["answer_id"],
+            "layer": str(graph.n_layers + 1),
+            "clerp": f'Output "{prompt["answer"]}" (p={prompt["answer_prob"]:.3f})',
+            "token_prob": prompt["answer_prob"],
+            "is_target_logit": True,
+        }
+        name = "logits"
+    else:
+        # index within the layer: query heads 0..H-1, the MLP H, key/value heads H+1..
+        index = head if kind == "head" else graph.n_heads if kind == "mlp" else graph.n_heads + 1 + head
+        node_id = f"{layer}_{index}_{position}"
+        if kind == "kv":
+            group = graph.n_heads // graph.n_kv_heads
+            name = f"a{layer}.kv{head}"
+            first, last = head * group, (head + 1) * group - 1
+            clerp = f"{name} (key/value head {head}: keys and values of a{layer}.h{first}..h{last})"
+        else:
+            name = clerp = Node(kind, layer, head).name
+        node |= {"feature": cantor_pair(layer, index), "layer": str(layer), "clerp": clerp}
+    return {"node_id": node_id, "jsNodeId": node_id, **node, "mechinterp_name": name}
+
+
+def _prompt_of(circuit: Circuit) -> dict:
+    prompt = circuit.metadata.get("prompt")
+    keys = {"text", "tokens", "token_ids", "position", "answer", "answer_id", "answer_prob"}
+    if not isinstance(prompt, dict) or not keys <= set(prompt):
+        raise ValueError(
+            "Neuronpedia graphs show the prompt and the answer's probability, but this circuit has no "
+            "metadata['prompt'] record (circuits from circuits.ALGORITHMS have one). Add it with "
+            "dataclasses.replace(circuit, metadata=circuit.metadata | "
+            "{'prompt': circuits.prompt_record(model, data, metric)})"
+        )
+    if len(prompt["tokens"]) < 2:
+        raise ValueError(
+            f"the prompt has {len(prompt['tokens'])} token(s); circuit-tracer's viewer hides every node of "
+            "a one-token graph (it drops features present at more than 2/3 of the tokens)"
+        )
+    return prompt
+
+
+def to_neuronpedia_dict(circuit: Circuit, *, scan: str | None = None, slug: str | None = None) -> dict:
+    """The in-graph part of the circuit as a Neuronpedia / circuit-tracer attribution graph.
+
+    ``scan`` is Neuronpedia's model id (``gpt2-small``, ``gemma-2-2b``, ...; default: the
+    sanitised model name) and ``slug`` the graph's name (default
+    ``<model>-<algorithm>-<8 random hex digits>``, new on every call: Neuronpedia replaces a
+    graph of the same ``(scan, slug)``). Both must match ``NAME_PATTERN``.
+
+    Mapping (``schema_version: 1``). Our graph has no positions: a node stands for its
+    component at every position, and all nodes sit at the position the metric reads
+    (``ctx_idx``) of the circuit's first clean prompt (``metadata["prompt"]``).
+
+    ===============  ===================================================================
+    node             ``node_id`` (= ``jsNodeId``), ``layer``, ``feature``, ``clerp``
+    ===============  ===================================================================
+    input            ``E_<token id>_<pos>``, ``"E"``, the position, (the viewers label it)
+    head ``a3.h1``   ``3_1_<pos>``, ``"3"``, ``cantor_pair(3, 1)``, ``"a3.h1"``
+    MLP ``m3``       ``3_<H>_<pos>``, ``"3"``, ``cantor_pair(3, H)``, ``"m3"`` (H heads)
+    GQA k/v head j   ``3_<H+1+j>_<pos>``, ``"3"``, ``cantor_pair(3, H+1+j)``, ``"a3.kvj (...)"``
+    logits           ``<L+1>_<answer id>_<pos>``, ``"<L+1>"``, the answer id,
+                     ``Output "<answer>" (p=<probability>)``, plus ``token_prob``
+    ===============  ===================================================================
+
+    A link joins a source node to the node an in-graph edge ends at; ``weight`` is the sum
+    of the scores of that pair's channels (the q, k and v edges into one head of an MHA
+    model; they can cancel), and ``channel_weights`` keeps each channel's score. Under GQA,
+    key and value edges end at the key/value head's own node, so a head's link sums only
+    its query edge. Nodes carry no ``influence``, so ``metadata.node_threshold`` is left out
+    (the viewers would prune every node without one).
+
+    Raises ``ValueError`` for a circuit without in-graph edges, without a node above layer 0
+    (Neuronpedia's loader fails with "No layer found"), without a prompt record, with a
+    one-token prompt, or for an invalid ``scan`` or ``slug``.
+
+    Example:
+        >>> data = to_neuronpedia_dict(circuit, scan="gpt2-small", slug="ioi-eap")
+        >>> data["nodes"][-1]["clerp"]
+        'Output " Mary" (p=0.624)'
+    """
+    graph = circuit.graph
+    edges = circuit.edges_in_graph()
+    if not edges:
+        raise ValueError("the circuit has no in-graph edges; there is no graph to show")
+    prompt = _prompt_of(circuit)
+    layers = [node.layer for edge in edges for node in (edge.source, edge.target) if node.layer is not None]
+    if max(layers, default=0) == 0:
+        raise ValueError(
+            "every node of this circuit is in layer 0 (or is the input); Neuronpedia's graph loader "
+            "needs a node above layer 0 and fails with 'No layer found' otherwise"
+        )
+    model_name = sanitise_name(graph.model_name)
+    scan = _checked_name(model_name if scan is None else scan, "scan")
+    algorithm = sanitise_name(str(circuit.metadata.get("algorithm", "circuit")))
+    slug = _checked_name(f"{model_name}-{algorithm}-{uuid.uuid4().hex[:8]}" if slug is None else slug, "slug")
+
+    grouped = graph.n_kv_heads < graph.n_heads
+    places = {("input", None, None), ("logits", None, None)}  # the viewers always show both
+    links: dict[tuple, dict[str, Any]] = {}
+    for edge in edges:
+        score = float(circuit.scores[graph.edge_index[edge]])
+        source, target = _place(edge.source), _place(edge.target, edge.channel, grouped)
+        places |= {source, target}
+        link = links.setdefault((source, target), {"weight": 0.0, "channel_weights": {}})
         link["weight"] += score
         link["channel_weights"][edge.channel] = score
-    metadata = circuit.metadata
-    prompt = metadata.get("prompt", "")
+    nodes = {
+        place: _neuronpedia_node(place, graph, prompt) for place in sorted(places, key=_place_order(graph))
+    }
     return {
         "metadata": {
-            "slug": str(metadata.get("slug", f"{graph.model_name}-{metadata.get('algorithm', 'circuit')}")),
-            "scan": graph.model_name,
+            "slug": slug,
+            "scan": scan,
             "transcoder_list": [],
-            "prompt_tokens": list(metadata.get("prompt_tokens", [])),
-            "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt),
-            "node_threshold": None,
+            "prompt_tokens": list(prompt["tokens"]),
+            "prompt": prompt["text"],
             "schema_version": 1,
+            "info": {
+                "description": f"{circuit.metadata.get('algorithm', 'circuit')} circuit of {graph.model_name}",
+                "generator": {"name": "mechinterp"},
+            },
             "mechinterp": {
-                "model": {"name": graph.model_name, "n_layers": graph.n_layers, "n_heads": graph.n_heads},
-                "metadata": metadata,
+                "model": {
+                    "name": graph.model_name,
+                    "n_layers": graph.n_layers,
+                    "n_heads": graph.n_heads,
+                    "n_kv_heads": graph.n_kv_heads,
+                    "d_model": graph.d_model,
+                },
+                "metadata": circuit.metadata,
             },
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
-        "nodes": [
-            _neuronpedia_node(node, graph) for node in sorted(circuit.nodes_in_graph(), key=graph.nodes.index)
+        "nodes": list(nodes.values()),
+        "links": [
+            {"source": nodes[source]["node_id"], "target": nodes[target]["node_id"], **link}
+            for (source, target), link in links.items()
         ],
-        "links": list(links.values()),
     }
 
 
-def write_neuronpedia_json(circuit: Circuit, path: str | Path) -> Path:
-    """Neuronpedia-style graph JSON of the in-graph nodes and edges.
+def write_neuronpedia_json(
+    circuit: Circuit, path: str | Path, *, scan: str | None = None, slug: str | None = None
+) -> Path:
+    """The circuit as a Neuronpedia / circuit-tracer graph file (``to_neuronpedia_dict``).
 
     Example:
-        >>> data = json.loads(write_neuronpedia_json(circuit, "graph.json").read_text())
-        >>> data["links"][0]
-        {'source': 'a0.h1', 'target': 'logits', 'weight': 0.42, 'channel_weights': {'logits': 0.42}}
+        >>> write_neuronpedia_json(circuit, "ioi.json", scan="gpt2-small", slug="ioi-eap")
     """
-    return _atomic_write(path, json.dumps(to_neuronpedia_dict(circuit), indent=1))
+    return _atomic_write(path, json.dumps(to_neuronpedia_dict(circuit, scan=scan, slug=slug), indent=1))
+
+
+def write_graph_folder(
+    circuit: Circuit, folder: str | Path, *, scan: str | None = None, slug: str | None = None
+) -> Path:
+    """Add the circuit to a folder that circuit-tracer's local viewer serves: the graph as
+    ``folder/<slug>.json`` and its metadata in ``folder/graph-metadata.json`` (an entry
+    with the same slug is replaced). Returns the graph file's path.
+
+    Example:
+        >>> write_graph_folder(circuit, "graphs", slug="ioi-eap")
+        >>> # then: from circuit_tracer.frontend.local_server import serve; serve(data_dir="graphs")
+    """
+    folder = Path(folder)
+    data = to_neuronpedia_dict(circuit, scan=scan, slug=slug)
+    slug = data["metadata"]["slug"]
+    if slug in (".", ".."):
+        raise ValueError(f"slug {slug!r} cannot name a file")
+    path = _atomic_write(folder / f"{slug}.json", json.dumps(data, indent=1))
+    index_path = folder / "graph-metadata.json"
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {"graphs": []}
+    entry = {key: value for key, value in data["metadata"].items() if key != "mechinterp"}
+    index["graphs"] = [graph for graph in index.get("graphs", []) if graph.get("slug") != slug] + [entry]
+    _atomic_write(index_path, json.dumps(index, indent=1))
+    return path
 
 
 def to_dot(circuit: Circuit) -> str:
@@ -413,7 +644,7 @@ def write_html(circuit: Circuit, path: str | Path) -> Path:
     return _atomic_write(path, html)
 
 
-Writer = Callable[[Circuit, str | Path], Path]
+Writer = Callable[..., Path]
 WRITERS: dict[str, Writer] = {
     "json": write_json,
     "eap-ig": write_eap_ig_json,
@@ -424,13 +655,15 @@ WRITERS: dict[str, Writer] = {
 }
 
 
-def write(circuit: Circuit, path: str | Path, to: str = "json") -> Path:
-    """Write ``circuit`` to ``path`` in format ``to`` (a key of ``WRITERS``).
+def write(circuit: Circuit, path: str | Path, to: str = "json", **options: Any) -> Path:
+    """Write ``circuit`` to ``path`` in format ``to`` (a key of ``WRITERS``); ``options`` go
+    to that writer (``scan`` and ``slug`` for ``"neuronpedia"``).
 
     Example:
         >>> for fmt, suffix in [("json", "json"), ("graphml", "graphml"), ("html", "html")]:
         ...     write(circuit, f"runs/ioi/circuit.{suffix}", to=fmt)
+        >>> write(circuit, "ioi.neuronpedia.json", to="neuronpedia", scan="gpt2-small", slug="ioi")
     """
     if to not in WRITERS:
         raise ValueError(f"unknown circuit format {to!r}; choose from {', '.join(WRITERS)}")
-    return WRITERS[to](circuit, path)
+    return WRITERS[to](circuit, path, **options)

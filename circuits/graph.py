@@ -75,7 +75,9 @@ def _writes_before(source: Node, target: Node, parallel: bool) -> bool:
 
 @dataclass(frozen=True)
 class Graph:
-    """All nodes and edges of a model, with a fixed edge order (``edge_index``)."""
+    """All nodes and edges of a model, with a fixed edge order (``edge_index``).
+    ``d_model`` is the model's residual width (``None`` for graphs read from files that
+    predate it); exporters that describe the model (EAP-IG's ``cfg``) need it."""
 
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
@@ -83,6 +85,7 @@ class Graph:
     n_layers: int
     n_heads: int
     edge_index: dict[Edge, int] = field(compare=False, repr=False)
+    d_model: int | None = None
 
     @classmethod
     def from_model(cls, model) -> Graph:
@@ -110,7 +113,13 @@ class Graph:
         )
         nodes = (*sources, Node("logits"))
         return cls(
-            nodes, edges, arch.model_name, arch.n_layers, arch.n_heads, {e: i for i, e in enumerate(edges)}
+            nodes,
+            edges,
+            arch.model_name,
+            arch.n_layers,
+            arch.n_heads,
+            {e: i for i, e in enumerate(edges)},
+            arch.d_model,
         )
 
     @property
@@ -122,6 +131,16 @@ class Graph:
     def n_kv_heads(self) -> int:
         """Key/value heads per layer (``n_heads`` unless the model uses grouped-query attention)."""
         return 1 + max(e.target.head for e in self.edges if e.channel == "k")
+
+    @cached_property
+    def parallel_attn_mlp(self) -> bool:
+        """Whether attention and MLP read the same block input (no head feeds its own
+        layer's MLP). ``False`` for attention-only graphs, which have no MLP."""
+        has_mlp = any(node.kind == "mlp" for node in self.nodes)
+        return has_mlp and not any(
+            e.source.kind == "head" and e.target.kind == "mlp" and e.source.layer == e.target.layer
+            for e in self.edges
+        )
 
     @cached_property
     def edge_arrays(self) -> tuple[Tensor, Tensor, Tensor]:
