@@ -371,3 +371,21 @@ def test_prompt_record_drops_left_padding(tiny_llama):
     with torch.no_grad():
         unpadded = tiny_llama(clean[:1, 2:])[0, 3].softmax(-1)[record["answer_id"]]
     assert record["answer_prob"] == pytest.approx(float(unpadded), rel=1e-5)
+
+
+def test_export_command_passes_scan_and_slug(found, tmp_path):
+    from typer.testing import CliRunner
+
+    from mechinterp.cli.app import app
+
+    _, _, _, circuit = found
+    source = write(circuit, tmp_path / "circuit.json")
+    args = ["export", str(source), "--to", "neuronpedia", "--scan", "gpt2-small", "--slug", "ioi.1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "circuit.neuronpedia.json").read_text())["metadata"]
+    assert (meta["scan"], meta["slug"]) == ("gpt2-small", "ioi.1")
+    result = CliRunner().invoke(app, ["export", str(source), "--to", "neuronpedia", "--slug", "a/b"])
+    assert result.exit_code == 2 and "is not a valid Neuronpedia name" in result.output
+    result = CliRunner().invoke(app, ["export", str(source), "--to", "dot", "--slug", "x"])
+    assert result.exit_code == 2 and "apply to --to neuronpedia only" in result.output

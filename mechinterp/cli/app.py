@@ -4,6 +4,7 @@
     mechinterp report RUN_DIR
     mechinterp models list | mechinterp models pull NAME
     mechinterp export GRAPH.json --to json|eap-ig|graphml|dot|neuronpedia|html [--out PATH]
+                      [--scan NEURONPEDIA_MODEL_ID --slug NAME]
     mechinterp tour [PROMPT]
 
 Exit codes: 0 success, 1 a step or command failed at run time, 2 bad input (config, path,
@@ -126,10 +127,18 @@ def export_graph(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output path (default: beside GRAPH)")
     ] = None,
+    scan: Annotated[
+        str | None, typer.Option(help="neuronpedia: Neuronpedia model id (default: the model name)")
+    ] = None,
+    slug: Annotated[
+        str | None, typer.Option(help="neuronpedia: graph name (default: new per export)")
+    ] = None,
 ) -> None:
     """Convert a circuit file (ours, e.g. RUN_DIR/steps/NN_circuit/circuit.json) to another format."""
     if not graph.is_file():
         raise fail(f"circuit file {graph} does not exist")
+    if to != "neuronpedia" and (scan or slug):
+        raise fail("--scan and --slug apply to --to neuronpedia only")
     import circuits
     from mechinterp.cli.steps.export import SUFFIXES
 
@@ -137,9 +146,13 @@ def export_graph(
         circuit = circuits.read_json(graph)
     except ValueError as error:
         raise fail(str(error)) from None
-    path = circuits.write(
-        circuit, out or graph.with_name(f"{graph.name.split('.')[0]}.{SUFFIXES[to]}"), to=to
-    )
+    options = {"scan": scan, "slug": slug} if to == "neuronpedia" else {}
+    try:
+        path = circuits.write(
+            circuit, out or graph.with_name(f"{graph.name.split('.')[0]}.{SUFFIXES[to]}"), to=to, **options
+        )
+    except ValueError as error:
+        raise fail(str(error)) from None
     console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 

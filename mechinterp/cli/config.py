@@ -186,6 +186,8 @@ class ExportStep(_StepBase):
     kind: Literal["export"]
     circuit: str
     formats: list[ExportFormat] = Field(default=["json", "dot"], min_length=1)
+    scan: str | None = None  # the neuronpedia file's Neuronpedia model id (default: the model name)
+    slug: str | None = None  # the neuronpedia file's graph name (default: new per export)
 
 
 Step = Annotated[

@@ -6,6 +6,8 @@ Example config::
     - kind: export
       circuit: circuit
       formats: [json, graphml, dot, neuronpedia, html]
+      scan: gpt2-small        # optional: the neuronpedia file's Neuronpedia model id
+      slug: ioi-eap           # optional: its graph name (default: new per export)
 """
 
 from __future__ import annotations
@@ -28,14 +30,21 @@ SUFFIXES = {
 }
 
 
-def export_circuit(circuit, folder: Path, formats: list[str], stem: str = "circuit") -> list[Path]:
-    """Write ``circuit`` as ``folder/stem.SUFFIX`` for each format."""
-    return [circuits.write(circuit, folder / f"{stem}.{SUFFIXES[fmt]}", to=fmt) for fmt in formats]
+def export_circuit(
+    circuit, folder: Path, formats: list[str], stem: str = "circuit", neuronpedia: dict | None = None
+) -> list[Path]:
+    """Write ``circuit`` as ``folder/stem.SUFFIX`` for each format; ``neuronpedia`` holds the
+    ``scan`` and ``slug`` options of that format."""
+    options = {"neuronpedia": neuronpedia or {}}
+    return [
+        circuits.write(circuit, folder / f"{stem}.{SUFFIXES[fmt]}", to=fmt, **options.get(fmt, {}))
+        for fmt in formats
+    ]
 
 
 def run(step: ExportStep, context, out: Path) -> StepOutput:
     circuit = circuits.read_json(context.step_dir(step.circuit) / "circuit.json", context.model)
-    paths = export_circuit(circuit, out, step.formats)
+    paths = export_circuit(circuit, out, step.formats, neuronpedia={"scan": step.scan, "slug": step.slug})
     frame = pd.DataFrame(
         {"format": step.formats, "file": [p.name for p in paths], "bytes": [p.stat().st_size for p in paths]}
     )
