@@ -1,7 +1,7 @@
 """Circuit discovery on mechinterp models: the computational graph, batched edge patching,
 discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC),
-faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia-style JSON,
-GraphML, DOT, interactive HTML).
+faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia /
+circuit-tracer graph JSON, GraphML, DOT, interactive HTML).
 
 Example:
     >>> from circuits import ALGORITHMS, Graph, faithfulness_curve, write
@@ -41,7 +41,6 @@ from circuits.export import (
     read_json,
     to_dot,
     to_eap_ig_dict,
-    to_neuronpedia_dict,
     write,
     write_dot,
     write_eap_ig_json,
@@ -52,6 +51,7 @@ from circuits.export import (
     write_neuronpedia_json,
 )
 from circuits.graph import Edge, Graph, Node
+from circuits.neuronpedia import to_neuronpedia_dict
 from circuits.prompt import prompt_record
 
 __all__ = [

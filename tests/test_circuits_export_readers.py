@@ -34,8 +34,9 @@ import torch
 import circuits
 import mechinterp
 from circuits import Circuit, Graph, read_json, to_eap_ig_dict, to_neuronpedia_dict, write
-from circuits.export import NAME_PATTERN, write_graph_folder
+from circuits.export import write_graph_folder
 from mechinterp.data import PromptPairs
+from mechinterp.metrics import KLDivergence, LogitDifference, Normalized
 from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.hooked_lm import HookedLM
 from mechinterp.models.tiny import char_tokenizer, tiny_hf_model
@@ -45,7 +46,7 @@ CORRUPT = ["<cdb", "<xzx"]
 ANSWERS = ["c", "y"]
 
 
-def _attention_only_model() -> HookedLM:
+def _attention_only_model(tokenizer="chars") -> HookedLM:
     architecture = ArchitectureConfig(
         n_layers=2,
         d_model=32,
@@ -58,7 +59,7 @@ def _attention_only_model() -> HookedLM:
         attn_only=True,
         model_name="attn-only-2l",
     )
-    model = HookedLM(architecture, tokenizer=char_tokenizer())
+    model = HookedLM(architecture, tokenizer=char_tokenizer() if tokenizer == "chars" else tokenizer)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
@@ -194,6 +195,8 @@ def test_eap_ig_needs_d_model(found, tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="EAP-IG's cfg needs d_model"):
         to_eap_ig_dict(read_json(path))
+    model = found[0]
+    assert to_eap_ig_dict(read_json(path, model))["cfg"]["d_model"] == model.architecture.d_model
 
 
 # ---------------------------------------------------------------- Neuronpedia / circuit-tracer
@@ -225,7 +228,7 @@ def test_neuronpedia_file_follows_reader_rules(found, tmp_path):
     _check_types(
         meta, {"slug": str, "scan": str, "transcoder_list": list, "prompt_tokens": list, "prompt": str}
     )
-    assert NAME_PATTERN.fullmatch(meta["slug"]) and NAME_PATTERN.fullmatch(meta["scan"])
+    assert not re.search(r"[^a-zA-Z0-9_.-]", meta["scan"] + meta["slug"]) and meta["scan"] and meta["slug"]
     assert "node_threshold" not in meta and meta["schema_version"] == 1
     _check_types(
         data["qParams"],
@@ -389,3 +392,23 @@ def test_export_command_passes_scan_and_slug(found, tmp_path):
     assert result.exit_code == 2 and "is not a valid Neuronpedia name" in result.output
     result = CliRunner().invoke(app, ["export", str(source), "--to", "dot", "--slug", "x"])
     assert result.exit_code == 2 and "apply to --to neuronpedia only" in result.output
+
+
+def test_prompt_record_answer_sources():
+    """The answer comes from the data, else the metric, else the clean run's top token; a
+    model without a tokenizer gets its token ids as text."""
+    model = _attention_only_model(tokenizer=None)
+    clean = torch.tensor([[1, 5, 7, 5], [1, 6, 8, 6]])
+    data = circuits.PairedData(clean, clean.flip(0))
+    with torch.no_grad():
+        logits = model(clean[:1])[0, 3]
+    metric = LogitDifference(torch.tensor([3, 3]), torch.tensor([7, 8]), torch.tensor([8, 7]))
+    record = circuits.prompt_record(model, data, metric)
+    assert record["tokens"] == ["1", "5", "7", "5"] and record["text"] == "1 5 7 5"
+    assert (record["answer"], record["answer_source"]) == ("7", "correct answer")
+    assert record["answer_prob"] == pytest.approx(float(logits.softmax(-1)[7]), rel=1e-5)
+    kl = KLDivergence(torch.tensor([3, 3]), logits.expand(2, -1))
+    record = circuits.prompt_record(model, data, kl)
+    assert record["answer_id"] == int(logits.argmax()) and record["answer_source"] == "top prediction"
+    normalized = Normalized(metric, torch.tensor(1.0), torch.tensor(0.0))  # wraps the metric with answers
+    assert circuits.prompt_record(model, data, normalized)["answer_id"] == 7
