@@ -74,8 +74,7 @@ def split_indices(
         what = "examples" if members is None else f"examples of {units} word types"
         fix = "" if members is None else "; add word types, or pass split='random' to split examples"
         raise ValueError(
-            f"{n} {what} are too few for splits {fractions}: sizes would be {counts} "
-            f"(need >= 2 each){fix}"
+            f"{n} {what} are too few for splits {fractions}: sizes would be {counts} (need >= 2 each){fix}"
         )
     return groups
 
@@ -179,7 +178,7 @@ class ProbeResult:
 
     ``accuracy`` / ``auc`` (logistic) or ``r2`` (linear): ``{split: [layer]}``;
     ``shuffled``: test metric with shuffled labels; ``control``: test accuracy on the
-    control task (logistic only); ``selectivity`` = test accuracy - control; ``split``: how
+    control task (logistic only; the mean over ``control_draws`` tasks); ``selectivity`` = test accuracy - control; ``split``: how
     examples were divided (``"types"``: no test word type occurs in training).
     """
 
@@ -323,6 +322,7 @@ def train_probes(
     patience: int = 25,
     weight_decay: float = 1e-4,
     controls: bool = True,
+    control_draws: int = 5,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> ProbeResult:
@@ -334,6 +334,10 @@ def train_probes(
             with ``split="types"`` (type-disjoint, the default), of the examples with
             ``split="random"``.
         controls: also train on shuffled labels and (logistic) on Hewitt & Liang's control task.
+        control_draws: control tasks (independent random labels per word type) whose test
+            accuracies are averaged into ``control``. On a type-disjoint split one draw is
+            chance plus the luck of a few dozen test types' coin flips; the mean of several
+            is a steadier baseline for selectivity.
         device: where to optimise (default: CUDA if available).
     """
     labels = activations.labels
@@ -350,6 +354,8 @@ def train_probes(
             raise ValueError(f"class labels must be 0..K-1, got {classes.tolist()}")
     else:
         labels = labels.float()
+    if control_draws < 1:
+        raise ValueError(f"control_draws must be at least 1, got {control_draws}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     split_rows = split_indices(len(labels), splits, seed, _types(activations, split))
     x = activations.values.to(device, torch.float32)
@@ -372,12 +378,19 @@ def train_probes(
     shuffled = control = None
     if controls:
         permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)
-        _, _, shuffled_scores = _train_and_score(x, y[permutation], split_rows, kind, n_out, layer_ids, options)
+        _, _, shuffled_scores = _train_and_score(
+            x, y[permutation], split_rows, kind, n_out, layer_ids, options
+        )
         shuffled = shuffled_scores["test"][0 if kind == "logistic" else 2]
         if kind == "logistic":
-            control_labels = _control_task(activations.type_ids, labels, seed).to(device)
-            _, _, control_scores = _train_and_score(x, control_labels, split_rows, kind, n_out, layer_ids, options)
-            control = control_scores["test"][0]
+            draws = []
+            for draw in range(control_draws):
+                control_labels = _control_task(activations.type_ids, labels, seed + 1000 * draw).to(device)
+                _, _, control_scores = _train_and_score(
+                    x, control_labels, split_rows, kind, n_out, layer_ids, options
+                )
+                draws.append(control_scores["test"][0])
+            control = torch.stack(draws).mean(0)
     chance = float(torch.bincount(labels).max()) / len(labels) if kind == "logistic" else 0.0
     return ProbeResult(
         kind=kind,
