@@ -133,7 +133,10 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded.weight, result.weight)
     torch.testing.assert_close(loaded.accuracy["test"], result.accuracy["test"])
     assert loaded.best_layer == result.best_layer
-    assert len(probe_accuracy(loaded).data) == 3
+    assert loaded.split == "types"
+    traces = {trace.name: trace for trace in probe_accuracy(loaded).data}
+    assert list(traces) == ["probe (test accuracy)", "shuffled labels", "control task", "selectivity"]
+    torch.testing.assert_close(torch.as_tensor(traces["selectivity"].y), result.selectivity)
 
 
 def test_collection_files_and_user_datasets(tiny_llama, tmp_path):
