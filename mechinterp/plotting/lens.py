@@ -149,6 +149,7 @@ def probe_accuracy(result: ProbeResult) -> go.Figure:
     level."""
     layers = [f"L{layer}" for layer in result.layers]
     name = "accuracy" if result.kind == "logistic" else "R^2"
+    split = "type-disjoint" if result.split == "types" else "random"
     figure = go.Figure()
     figure.add_trace(
         go.Scatter(
@@ -170,7 +171,7 @@ def probe_accuracy(result: ProbeResult) -> go.Figure:
     if result.kind == "logistic":
         figure.add_hline(y=result.chance, line={"color": "gray", "width": 1}, annotation_text="chance")
     figure.update_layout(
-        title=f"probe {name} per layer ({result.model_name}, {result.hook}, {result.split} split)",
+        title=f"probe {name} per layer ({result.model_name}, {result.hook}, {split} split)",
         yaxis_title=name,
     )
     return figure

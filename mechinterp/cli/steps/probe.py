@@ -43,6 +43,7 @@ def run(step: ProbeStep, context, out: Path) -> StepOutput:
         frame["control task"] = result.control.numpy()
         frame["selectivity"] = result.selectivity.numpy()
     best = result.layers.index(result.best_layer)
+    split = "type-disjoint" if step.split == "types" else "random"
     summary = {"best layer": result.best_layer, "test score": significant(float(result.score["test"][best]))}
     if result.control is not None:
         summary["control task"] = significant(float(result.control[best]))
@@ -51,5 +52,5 @@ def run(step: ProbeStep, context, out: Path) -> StepOutput:
     return StepOutput(
         summary=summary,
         figures={"accuracy": probe_accuracy(result)},
-        tables=[table(f"{step.probe} probes on {step.dataset} ({step.hook}, {step.split} split)", frame)],
+        tables=[table(f"{step.probe} probes on {step.dataset} ({step.hook}, {split} split)", frame)],
     )
