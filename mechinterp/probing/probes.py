@@ -178,8 +178,9 @@ class ProbeResult:
 
     ``accuracy`` / ``auc`` (logistic) or ``r2`` (linear): ``{split: [layer]}``;
     ``shuffled``: test metric with shuffled labels; ``control``: test accuracy on the
-    control task (logistic only; the mean over ``control_draws`` tasks); ``selectivity`` = test accuracy - control; ``split``: how
-    examples were divided (``"types"``: no test word type occurs in training).
+    control task (logistic only; the mean over ``control_draws`` tasks); ``selectivity`` =
+    test accuracy - control; ``split``: how examples were divided (``"types"``: no test
+    word type occurs in training).
     """
 
     kind: ProbeKind
