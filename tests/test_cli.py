@@ -265,6 +265,8 @@ def check_run_folder(run_dir: Path) -> None:
         folder = run_dir / "steps" / f"{index + 1:02d}_{step.label}"
         done = json.loads((folder / "done.json").read_text())
         assert done["kind"] == step.kind and done["summary"]
+        if step.kind == "probe":  # selectivity next to every accuracy
+            assert {"test score", "control task", "selectivity"} <= set(done["summary"])
         for file in EXPECTED_FILES[step.kind]:
             assert (folder / file).stat().st_size > 0, f"{folder / file}"
         assert f"{index + 1}. {step.label}" in report
