@@ -137,3 +137,40 @@ def test_compare_statistics_and_scatter(tiny_llama):
             exact,
             patch_sweep(tiny_llama, clean, corrupt, SweepSpec(kind="resid_pre"), metric, progress=False),
         )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SweepSpec(kind="attn_out", layers=(1,)),
+        SweepSpec(kind="mlp_out", layers=(1,)),
+        SweepSpec(kind="mlp_post", layers=(1,), per_position=False),
+        SweepSpec(kind="z", layers=(1,)),
+        SweepSpec(kind="v", layers=(1,)),
+        SweepSpec(kind="pattern", layers=(1,)),
+        SweepSpec(kind="q", layers=(1,)),
+        SweepSpec(kind="k", layers=(1,)),
+    ],
+    ids=lambda spec: spec.kind,
+)
+def test_graddrop_own_layer_term_is_exactly_zero(tiny_llama, spec):
+    """For a node inside the last layer l, dropping layer 0 leaves its estimate unchanged, so
+    GradDrop = (|AtP| + |AtP_l|) / (L-1) with L = 2 equals |AtP| exactly iff the own-layer
+    term AtP_l is exactly zero."""
+    assert tiny_llama.architecture.n_layers == 2
+    clean, corrupt, metric = pair()
+    undropped = attribution_patch(tiny_llama, clean, corrupt, metric, spec, method="atp*", grad_drop=False)
+    star = attribution_patch(tiny_llama, clean, corrupt, metric, spec, method="atp*")
+    assert (undropped.values - undropped.base).abs().max() > 1e-4  # not trivially zero
+    torch.testing.assert_close(star.values, undropped.values, atol=0, rtol=0)
+
+
+def test_graddrop_on_residual_sites_averages_over_all_layers(tiny_llama):
+    """resid_post of the last layer lies after every dropped layer: each of the L GradDrop
+    terms is |AtP|, so the score is |AtP| (dividing by L-1 would give 2|AtP|)."""
+    clean, corrupt, metric = pair()
+    spec = SweepSpec(kind="resid_post", layers=(1,))
+    atp = attribution_patch(tiny_llama, clean, corrupt, metric, spec)
+    star = attribution_patch(tiny_llama, clean, corrupt, metric, spec, method="atp*")
+    assert (atp.values - atp.base).abs().max() > 1e-4
+    torch.testing.assert_close(star.values, atp.values, atol=1e-6, rtol=0)

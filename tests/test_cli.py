@@ -265,6 +265,8 @@ def check_run_folder(run_dir: Path) -> None:
         folder = run_dir / "steps" / f"{index + 1:02d}_{step.label}"
         done = json.loads((folder / "done.json").read_text())
         assert done["kind"] == step.kind and done["summary"]
+        if step.kind == "probe":  # selectivity next to every accuracy
+            assert {"test score", "control task", "selectivity"} <= set(done["summary"])
         for file in EXPECTED_FILES[step.kind]:
             assert (folder / file).stat().st_size > 0, f"{folder / file}"
         assert f"{index + 1}. {step.label}" in report
@@ -367,3 +369,56 @@ def test_records_dataset_with_padding_runs(tmp_path):
     patched = PatchResult.load(tmp_path / "run" / "steps" / "01_patching" / "result")
     assert patched.labels["layer"] == ["L0", "L20"] and patched.values.shape[0] == 2
     assert patched.values.shape[-1] == 2  # both examples, padded to one length
+
+
+def test_config_that_is_not_utf8_exits_2_naming_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("steps: [{kind: logit_lens, prompts: ['café']}]\n".encode("latin-1"))
+    result, output = invoke("run", path)
+    assert result.exit_code == 2
+    assert f"config file {path} is not UTF-8 text: byte 0xe9 at offset" in output.replace("\n", "")
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["file", "under_a_file"])
+def test_out_naming_an_existing_file_exits_2(tmp_path, under):
+    config = write(tmp_path, "steps: [{kind: logit_lens, prompts: [a]}]")
+    existing = tmp_path / "results.txt"
+    existing.write_text("keep me")
+    out = existing / "run" if under else existing
+    result, output = invoke("run", config, "--out", out)
+    assert result.exit_code == 2
+    expected = f"lies under the file {existing}" if under else "is an existing file"
+    assert f"--out {out} {expected}" in output.replace("\n", "")
+    assert existing.read_text() == "keep me"
+
+
+def test_tables_and_key_numbers_keep_four_significant_digits(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from mechinterp.cli.report import step_section
+    from mechinterp.cli.steps.output import significant, table
+
+    frame = pd.DataFrame(
+        {
+            "cell": ["L3 H1", "L0 H2"],
+            "effect": np.array([7.2154, -3e-6], dtype=np.float32),
+            "n": [1, 2],
+            "normalized": [0.123456, float("nan")],
+        }
+    )
+    assert table("top", frame)["rows"] == [["L3 H1", 7.215, 1, 0.1235], ["L0 H2", -3e-6, 2, None]]
+    assert significant(float(np.float32(7.2154))) == 7.215
+    # a run folder written before the rounding still prints rounded numbers
+    folder = tmp_path / "01_step"
+    folder.mkdir()
+    (folder / "done.json").write_text(
+        json.dumps({"summary": {"top effect": 7.215400218963623, "cells": 30}, "figures": [], "seconds": 1.0})
+    )
+    rows = [["L3 H1", 7.215400218963623]]
+    (folder / "tables.json").write_text(
+        json.dumps([{"title": "top", "columns": ["cell", "effect"], "rows": rows}])
+    )
+    section, row = step_section(folder, 0, "step", "patching")
+    assert "7.2154002" not in section and "<td>7.215</td>" in section
+    assert row[-1] == "top effect: 7.215, cells: 30"

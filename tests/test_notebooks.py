@@ -52,7 +52,10 @@ EXPECTED = {
         2,
     ),
     "04_probing.ipynb": (
-        [r"best layer \d+: test accuracy (0\.9\d|1\.00)", r"ablated +logit\(are\) - logit\(is\)"],
+        [
+            r"best layer \d+: test accuracy (0\.(8[5-9]|9\d)|1\.00), control task 0\.\d\d, selectivity 0\.[3-9]",
+            r"ablated +logit\(are\) - logit\(is\)",
+        ],
         1,
     ),
 }

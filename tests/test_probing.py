@@ -21,6 +21,7 @@ from mechinterp.probing import (
     train_probes,
 )
 from mechinterp.probing.collect import Activations
+from mechinterp.probing.probes import split_indices
 
 
 def synthetic(n: int = 300, n_layers: int = 3, d: int = 16, seed: int = 0) -> Activations:
@@ -109,8 +110,12 @@ def test_bad_input_gets_specific_errors(tiny_llama, tmp_path):
         acts.model_name,
         acts.n_layers,
     )
-    with pytest.raises(ValueError, match=r"5 examples are too few for splits"):
+    with pytest.raises(
+        ValueError, match=r"5 examples of 5 word types are too few for splits.*split='random'"
+    ):
         train_probes(few)
+    with pytest.raises(ValueError, match=r"5 examples are too few for splits"):
+        train_probes(few, split="random")
     result = train_probes(acts, controls=False)
     result.save(tmp_path / "probe")
     with pytest.raises(ValueError, match=r"holds probes for 'synthetic' \(3 layers, d_model 16\), not for"):
@@ -128,7 +133,10 @@ def test_save_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded.weight, result.weight)
     torch.testing.assert_close(loaded.accuracy["test"], result.accuracy["test"])
     assert loaded.best_layer == result.best_layer
-    assert len(probe_accuracy(loaded).data) == 3
+    assert loaded.split == "types"
+    traces = {trace.name: trace for trace in probe_accuracy(loaded).data}
+    assert list(traces) == ["probe (test accuracy)", "shuffled labels", "control task", "selectivity"]
+    torch.testing.assert_close(torch.as_tensor(traces["selectivity"].y), result.selectivity)
 
 
 def test_collection_files_and_user_datasets(tiny_llama, tmp_path):
@@ -169,16 +177,74 @@ def test_direction_interventions(tiny_llama):
 
 
 def test_built_in_datasets_are_balanced_and_read_one_token_type():
-    for dataset in (number_agreement(200), entity_category(200)):
+    for dataset in (number_agreement(400), entity_category(400)):
         assert 0.35 < sum(dataset.labels) / len(dataset) < 0.65
         assert {text.split()[-1] for text in dataset.texts} == {"today"}
-        assert len(set(dataset.types)) > 10
+        assert len(set(dataset.types)) > 60  # enough word types for a type-disjoint test split
+
+
+def test_default_split_is_type_disjoint_on_the_built_in_tasks():
+    """No test or validation word (in either number, for subjects) ever occurs in training."""
+    subjects = [text.split()[1] for text in number_agreement(400).texts]  # "The dogs near ..."
+    for dataset, words in (
+        (number_agreement(400), subjects),
+        (entity_category(400), entity_category(400).types),
+    ):
+        vocabulary = {word: i for i, word in enumerate(sorted(set(dataset.types)))}
+        types = torch.tensor([vocabulary[word] for word in dataset.types])
+        split = split_indices(len(dataset), (0.6, 0.2, 0.2), seed=0, types=types)
+        assert sorted(torch.cat(list(split.values())).tolist()) == list(range(len(dataset)))
+        seen = {name: {words[i] for i in rows.tolist()} for name, rows in split.items()}
+        assert not seen["train"] & seen["test"] and not seen["train"] & seen["val"]
+        assert not seen["val"] & seen["test"]
+        assert min(len(rows) for rows in split.values()) >= 0.1 * len(dataset)
+
+
+def planted(memorisable_only: bool, n: int = 600, n_types: int = 150, d: int = 192) -> Activations:
+    """Each example is its word type's random vector plus noise; the label is a random
+    function of the type. With ``memorisable_only`` that is all (a probe can only memorise
+    which type carries which label); otherwise the label is also written along a direction
+    shared by all types (a property that generalises to unseen types). Memorising needs more
+    dimensions than training types; generalising is cleanest in few dimensions."""
+    generator = torch.Generator().manual_seed(0)
+    type_ids = torch.randint(0, n_types, (n,), generator=generator)
+    type_labels = torch.randint(0, 2, (n_types,), generator=generator)
+    labels = type_labels[type_ids]
+    values = torch.randn(n_types, d, generator=generator)[type_ids] + 0.1 * torch.randn(
+        n, d, generator=generator
+    )
+    if not memorisable_only:
+        values[:, 0] += 2.0 * (2 * labels - 1)
+    return Activations(values[None], labels, type_ids, [0], "hook_resid_post", "planted", 1)
+
+
+def test_type_disjoint_probes_do_not_pass_by_memorising_words():
+    memorised = planted(memorisable_only=True)
+    random_split = train_probes(memorised, split="random")
+    assert random_split.accuracy["test"][0] > 0.9  # words recur: identity is enough
+    assert random_split.control[0] > 0.9 and random_split.selectivity[0] < 0.15
+    by_type = train_probes(memorised)  # default: type-disjoint
+    assert by_type.split == "types" and by_type.accuracy["test"][0] < 0.7
+
+
+def test_selectivity_is_accuracy_minus_the_control_task_mean():
+    result = train_probes(planted(memorisable_only=False, d=8), control_draws=3)
+    accuracy, control = result.accuracy["test"][0], result.control[0]
+    assert accuracy > 0.9  # the shared direction generalises to unseen types
+    assert abs(control - 0.5) < 0.15  # random per-type labels of unseen types: chance
+    torch.testing.assert_close(result.selectivity, result.accuracy["test"] - result.control, atol=0, rtol=0)
+    assert result.selectivity[0] > 0.3
+    with pytest.raises(ValueError, match="control_draws must be at least 1"):
+        train_probes(planted(memorisable_only=False, d=8), control_draws=0)
 
 
 @pytest.mark.slow
-def test_smollm2_probe_reads_subject_number(smollm2):
+def test_smollm2_probe_reads_subject_number_of_unseen_nouns(smollm2):
+    """The issue's bar on one built-in task (both tasks, more seeds: benchmarks/bench_probing.py)."""
     model, _ = smollm2
     result = train_probes(collect_activations(model, number_agreement(300), progress=False))
-    best = result.best_layer
-    assert result.accuracy["test"][best] >= 0.9
-    assert abs(result.shuffled[best] - result.chance) <= 0.1
+    best = result.layers.index(result.best_layer)
+    assert result.split == "types"
+    assert result.accuracy["test"][best] >= 0.85
+    assert result.selectivity[best] >= 0.3
+    assert abs(result.shuffled[best] - result.chance) <= 0.15

@@ -40,6 +40,16 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Exit 2 unless ``run_dir`` is a folder or can become one (no file on its path)."""
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is an existing file" if folder == run_dir else f"lies under the file {folder}"
+                raise fail(f"--out {run_dir} {what}; the run folder must be a folder (new or earlier run)")
+            return
+
+
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML run config, e.g. configs/ioi_smollm2.yaml")],
@@ -59,16 +69,18 @@ def run(
         resolved = load_config(config, overrides or [])
     except ConfigError as error:
         raise fail(f"invalid config {config}:\n  " + "\n  ".join(error.problems)) from None
-    from mechinterp.cli.runner import run_config  # imports torch: only after validation
-
     run_dir = out or Path("runs") / config.stem
+    check_run_dir(run_dir)
+    from mechinterp.cli.runner import run_config  # imports torch: only after validation
+    from mechinterp.cli.steps.output import shown
+
     rows = run_config(resolved, run_dir, console)
     table = Table(title=f"{resolved.name or config.stem}: {len(rows)} steps")
     for column in ("#", "step", "kind", "status", "seconds", "key numbers"):
         table.add_column(column, overflow="fold")
     colours = {"ran": "green", "skipped": "cyan", "failed": "red", "not run": "yellow"}
     for row in rows:
-        numbers = row.error or ", ".join(f"{k}={v}" for k, v in row.numbers.items())
+        numbers = row.error or ", ".join(f"{k}={shown(v)}" for k, v in row.numbers.items())
         status = f"[{colours[row.status]}]{row.status}[/]"
         table.add_row(str(row.index + 1), row.label, row.kind, status, f"{row.seconds:.1f}", numbers)
     console.print(table)

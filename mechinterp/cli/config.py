@@ -175,6 +175,7 @@ class ProbeStep(_StepBase):
     hook: ProbeHook = "hook_resid_post"
     layers: list[NonNegativeInt] | None = None
     probe: Literal["logistic", "linear"] = "logistic"
+    split: Literal["types", "random"] = "types"
     max_epochs: PositiveInt = 500
     controls: bool = True
     seed: int = 0
@@ -290,6 +291,20 @@ def validate(data: dict) -> RunConfig:
         raise ConfigError([describe(e) for e in error.errors()]) from None
 
 
+def read_text(path: Path) -> str:
+    """The file's text, or ``ConfigError`` naming the first byte that is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [
+                f"config file {path} is not UTF-8 text: byte 0x{raw[error.start]:02x} at offset "
+                f"{error.start}; save it as UTF-8"
+            ]
+        ) from None
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read, override (``--set``), validate and resolve a config file.
 
@@ -299,7 +314,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file {path} does not exist"])
-    data = parse_yaml(path.read_text(), str(path))
+    data = parse_yaml(read_text(path), str(path))
     for assignment in overrides:
         apply_override(data, assignment)
     config = validate(data)

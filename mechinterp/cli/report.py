@@ -21,6 +21,7 @@ import yaml
 from plotly.offline import get_plotlyjs
 
 from mechinterp.cli.runner import atomic_write_text, step_dir_name
+from mechinterp.cli.steps.output import shown
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -36,7 +37,7 @@ pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; }
 def html_table(columns: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>" for v in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape('' if v is None else shown(v))}</td>" for v in row) + "</tr>"
         for row in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -58,7 +59,7 @@ def step_section(folder: Path, index: int, label: str, kind: str) -> tuple[str, 
             "",
             "",
         ]
-    numbers = ", ".join(f"{k}: {v}" for k, v in done["summary"].items())
+    numbers = ", ".join(f"{k}: {shown(v)}" for k, v in done["summary"].items())
     parts = [title, f"<p>{html.escape(numbers)} <span class='muted'>({done['seconds']:.1f} s)</span></p>"]
     for spec in _read_json(folder / "tables.json") or []:
         parts.append(f"<h3>{html.escape(spec['title'])}</h3>" + html_table(spec["columns"], spec["rows"]))

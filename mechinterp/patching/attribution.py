@@ -13,8 +13,14 @@ behaviour to components") fixes AtP's two false-negative modes:
   pattern onwards is linearised: ``sum((pattern_patched - pattern_base) * dM/dpattern)``.
 - **GradDrop** (cancellation of direct and indirect effects): ``L`` backward passes, the
   ``l``-th with the gradient flowing into layer ``l``'s attention and MLP outputs set to
-  zero; the magnitude is ``1/(L-1) * sum_l |AtP_l|``. We give it the sign of the plain
-  (QK-fixed) estimate, so results stay signed effects; ranking by magnitude is the paper's.
+  zero (``AtP_l``). For a node inside layer ``l`` (attention or MLP output, head, query,
+  key, value, pattern, MLP neuron) every path leaves through those outputs, so its own
+  term ``AtP_l`` is zero and the paper's score is ``1/(L-1) * sum_l |AtP_l|``, the mean
+  over the ``L-1`` layers that can be dropped. Residual-stream sites (``resid_pre|mid|
+  post``; not nodes in the paper) keep their skip connection, so all ``L`` terms count
+  and we divide by ``L`` (dividing by ``L-1`` would inflate them by ``L/(L-1)``).
+  **Our extension**, not the paper's: the magnitude gets the sign of the plain (QK-fixed)
+  estimate, so results stay signed effects; ranking by magnitude is the paper's.
 
 Results hold the estimated *patched metric* (base value + estimated effect), the same
 quantity as an exact ``patch_sweep``, so ``normalized()`` and plots mean the same thing.
@@ -162,6 +168,17 @@ class _QKFix:
         return ((new - old) * pattern_grad[:, heads]).float().sum(dim=(1, 2, 3))
 
 
+RESIDUAL_KINDS = frozenset({"resid_pre", "resid_mid", "resid_post"})
+
+
+def _grad_drop_magnitude(estimate: Callable[[int], Tensor], n_layers: int, kind: str) -> Tensor:
+    """GradDrop's magnitude: the mean of ``|AtP_l|`` over the layers whose drop can leave
+    an estimate standing. Inside a layer the own-layer term is zero by construction, so the
+    mean is over ``L-1`` layers (the paper's ``1/(L-1)``); residual-stream sites keep all ``L``."""
+    counted = n_layers if kind in RESIDUAL_KINDS else n_layers - 1
+    return sum(estimate(layer).abs() for layer in range(n_layers)) / max(counted, 1)
+
+
 @torch.no_grad()
 def attribution_patch(
     model,
@@ -219,8 +236,7 @@ def attribution_patch(
 
     values = estimates(None)
     if method == "atp*" and grad_drop:
-        n_layers = model.architecture.n_layers
-        magnitude = sum(estimates(layer).abs() for layer in range(n_layers)) / max(n_layers - 1, 1)
+        magnitude = _grad_drop_magnitude(estimates, model.architecture.n_layers, spec.kind)
         values = torch.where(values < 0, -magnitude, magnitude)
     per_example = scorer.per_example
     if not per_example:  # scalar metrics: the estimate of the scalar is the sum over examples

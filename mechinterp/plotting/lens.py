@@ -145,9 +145,11 @@ def attention_heatmap(patterns: AttentionPatterns) -> go.Figure:
 
 def probe_accuracy(result: ProbeResult) -> go.Figure:
     """Per-layer test score of the probes, with the shuffled-label and control-task probes
-    beside them and the chance level."""
+    beside them, the selectivity (test accuracy minus control task) as bars, and the chance
+    level."""
     layers = [f"L{layer}" for layer in result.layers]
     name = "accuracy" if result.kind == "logistic" else "R^2"
+    split = "type-disjoint" if result.split == "types" else "random"
     figure = go.Figure()
     figure.add_trace(
         go.Scatter(
@@ -165,9 +167,11 @@ def probe_accuracy(result: ProbeResult) -> go.Figure:
                 x=layers, y=result.control.numpy(), name="control task", mode="lines", line={"dash": "dash"}
             )
         )
+        figure.add_trace(go.Bar(x=layers, y=result.selectivity.numpy(), name="selectivity", opacity=0.35))
     if result.kind == "logistic":
         figure.add_hline(y=result.chance, line={"color": "gray", "width": 1}, annotation_text="chance")
     figure.update_layout(
-        title=f"probe {name} per layer ({result.model_name}, {result.hook})", yaxis_title=name
+        title=f"probe {name} per layer ({result.model_name}, {result.hook}, {split} split)",
+        yaxis_title=name,
     )
     return figure

@@ -45,49 +45,81 @@ class ProbeDataset:
         return len(self.texts)
 
 
-_SINGULAR = [
-    "dog",
-    "cat",
-    "teacher",
-    "child",
-    "doctor",
-    "bird",
-    "farmer",
-    "student",
-    "king",
-    "artist",
-    "car",
-    "tree",
-    "river",
-    "house",
-    "window",
-    "author",
-    "horse",
-    "friend",
-    "lawyer",
-    "pilot",
-]
-_PLURAL = [
-    "dogs",
-    "cats",
-    "teachers",
-    "children",
-    "doctors",
-    "birds",
-    "farmers",
-    "students",
-    "kings",
-    "artists",
-    "cars",
-    "trees",
-    "rivers",
-    "houses",
-    "windows",
-    "authors",
-    "horses",
-    "friends",
-    "lawyers",
-    "pilots",
+# (singular, plural) subject nouns; both forms of a noun share one word type, so a
+# type-disjoint split never shows the test nouns in training in either form
+_NOUNS = [
+    ("dog", "dogs"),
+    ("cat", "cats"),
+    ("teacher", "teachers"),
+    ("child", "children"),
+    ("doctor", "doctors"),
+    ("bird", "birds"),
+    ("farmer", "farmers"),
+    ("student", "students"),
+    ("king", "kings"),
+    ("artist", "artists"),
+    ("car", "cars"),
+    ("tree", "trees"),
+    ("river", "rivers"),
+    ("house", "houses"),
+    ("window", "windows"),
+    ("author", "authors"),
+    ("horse", "horses"),
+    ("friend", "friends"),
+    ("lawyer", "lawyers"),
+    ("pilot", "pilots"),
+    ("man", "men"),
+    ("woman", "women"),
+    ("mouse", "mice"),
+    ("baby", "babies"),
+    ("city", "cities"),
+    ("box", "boxes"),
+    ("boy", "boys"),
+    ("girl", "girls"),
+    ("nurse", "nurses"),
+    ("singer", "singers"),
+    ("painter", "painters"),
+    ("soldier", "soldiers"),
+    ("worker", "workers"),
+    ("driver", "drivers"),
+    ("player", "players"),
+    ("writer", "writers"),
+    ("baker", "bakers"),
+    ("sailor", "sailors"),
+    ("officer", "officers"),
+    ("manager", "managers"),
+    ("neighbor", "neighbors"),
+    ("visitor", "visitors"),
+    ("guest", "guests"),
+    ("monkey", "monkeys"),
+    ("rabbit", "rabbits"),
+    ("tiger", "tigers"),
+    ("book", "books"),
+    ("chair", "chairs"),
+    ("lamp", "lamps"),
+    ("phone", "phones"),
+    ("bottle", "bottles"),
+    ("candle", "candles"),
+    ("flower", "flowers"),
+    ("ship", "ships"),
+    ("train", "trains"),
+    ("truck", "trucks"),
+    ("bus", "buses"),
+    ("church", "churches"),
+    ("leaf", "leaves"),
+    ("wolf", "wolves"),
+    ("knife", "knives"),
+    ("person", "people"),
+    ("goose", "geese"),
+    ("fox", "foxes"),
+    ("dish", "dishes"),
+    ("story", "stories"),
+    ("lady", "ladies"),
+    ("party", "parties"),
+    ("country", "countries"),
+    ("queen", "queens"),
+    ("chef", "chefs"),
+    ("judge", "judges"),
 ]
 _PLACES = ["table", "tables", "door", "doors", "bridge", "bridges", "garden", "gardens", "wall", "walls"]
 _PREPOSITIONS = ["near", "behind", "beside", "under", "by"]
@@ -96,18 +128,18 @@ _PREPOSITIONS = ["near", "behind", "beside", "under", "by"]
 def number_agreement(n: int = 400, *, seed: int = 0) -> ProbeDataset:
     """Is the sentence's subject singular (0) or plural (1)? After a distracting prepositional
     phrase whose noun has random number, every text ends in the same word (" today"), which is
-    where it is read: the label is only available from context, and the control task (one
-    token type) cannot memorise it."""
+    where it is read: the label is only available from context. The word type is the subject
+    noun (both of its forms), so type-disjoint splits test on nouns never seen in training."""
     rng = random.Random(seed)
-    texts, labels, subjects = [], [], []
+    texts, labels, lemmas = [], [], []
     for _ in range(n):
         plural = rng.random() < 0.5
-        subject = rng.choice(_PLURAL if plural else _SINGULAR)
-        texts.append(f"The {subject} {rng.choice(_PREPOSITIONS)} the {rng.choice(_PLACES)} today")
+        forms = rng.choice(_NOUNS)
+        texts.append(f"The {forms[plural]} {rng.choice(_PREPOSITIONS)} the {rng.choice(_PLACES)} today")
         labels.append(int(plural))
-        subjects.append(subject)
+        lemmas.append(forms[0])
     return ProbeDataset(
-        texts, labels, label_names=["singular", "plural"], name="number_agreement", types=subjects
+        texts, labels, label_names=["singular", "plural"], name="number_agreement", types=lemmas
     )
 
 
@@ -129,6 +161,38 @@ _CATEGORIES = {
         "camel",
         "deer",
         "goat",
+        "giraffe",
+        "elephant",
+        "fox",
+        "owl",
+        "parrot",
+        "frog",
+        "turtle",
+        "dolphin",
+        "penguin",
+        "kangaroo",
+        "squirrel",
+        "donkey",
+        "leopard",
+        "cheetah",
+        "gorilla",
+        "hippo",
+        "crocodile",
+        "lizard",
+        "spider",
+        "beetle",
+        "butterfly",
+        "duck",
+        "swan",
+        "pigeon",
+        "hawk",
+        "raccoon",
+        "otter",
+        "beaver",
+        "moose",
+        "sheep",
+        "cow",
+        "pig",
     ],
     "food": [
         "bread",
@@ -147,6 +211,38 @@ _CATEGORIES = {
         "grape",
         "onion",
         "potato",
+        "tomato",
+        "lemon",
+        "cookie",
+        "sandwich",
+        "cucumber",
+        "peach",
+        "cherry",
+        "mango",
+        "yogurt",
+        "sausage",
+        "bacon",
+        "pancake",
+        "muffin",
+        "biscuit",
+        "pie",
+        "steak",
+        "burger",
+        "waffle",
+        "pear",
+        "plum",
+        "melon",
+        "broccoli",
+        "spinach",
+        "lettuce",
+        "garlic",
+        "cabbage",
+        "oatmeal",
+        "cereal",
+        "chocolate",
+        "donut",
+        "bagel",
+        "avocado",
     ],
 }
 _FRAMES = [
@@ -161,7 +257,8 @@ _FRAMES = [
 
 def entity_category(n: int = 400, *, seed: int = 0) -> ProbeDataset:
     """Is the sentence's object an animal (0) or a food (1)? Read at the final " today",
-    which is the same token in every text, so the category must come from context."""
+    which is the same token in every text, so the category must come from context. The word
+    type is the object, so type-disjoint splits test on words never seen in training."""
     rng = random.Random(seed)
     names = list(_CATEGORIES)
     texts, labels, entities = [], [], []

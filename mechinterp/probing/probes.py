@@ -4,9 +4,16 @@ Alain & Bengio (2016) read concepts off hidden states with linear classifiers. H
 probe per layer is trained in a single batched optimisation (weights ``[layer, d_model,
 class]``, full-batch Adam on the model's device, early stopping per layer on the validation
 loss). Every probe is reported next to two controls: the same probe on shuffled labels, and
-Hewitt & Liang's (2019) control task, where each token type gets a random label; the
+Hewitt & Liang's (2019) control task, where each word type gets a random label; the
 *selectivity* is task accuracy minus control-task accuracy. ``mass_mean_probe`` is the
 difference-of-means probe (class-mean direction, midpoint threshold).
+
+The default split is type-disjoint (``split="types"``): the word types (the dataset's
+``types``, else the token read) are divided between train, validation and test, so a probe
+cannot pass by memorising which words carry which label; it has to read a property that
+generalises to words it never saw. On such a split the control task cannot beat chance on
+the test words, and selectivity is how far the probe gets above it. ``split="random"``
+splits examples instead (words recur across splits; a high score may be memorised identity).
 
 Example:
     >>> result = train_probes(collect_activations(model, number_agreement(400)))
@@ -28,22 +35,48 @@ from torch import Tensor
 from mechinterp.probing.collect import Activations
 
 ProbeKind = Literal["logistic", "linear"]
+SplitKind = Literal["types", "random"]
 SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
-def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, Tensor]:
-    """A seeded random train / validation / test split."""
+def split_indices(
+    n: int, fractions: tuple[float, float, float], seed: int, types: Tensor | None = None
+) -> dict[str, Tensor]:
+    """A seeded train / validation / test split of ``n`` examples.
+
+    With ``types`` (one word-type id per example) the split is type-disjoint: the types are
+    shuffled and divided by ``fractions``, and every example goes where its type went, so no
+    test (or validation) word ever appears in training. Without, examples are split at random.
+
+    Example:
+        >>> split = split_indices(6, (0.4, 0.3, 0.3), seed=0, types=torch.tensor([0, 0, 1, 1, 2, 3]))
+        >>> sorted(split)
+        ['test', 'train', 'val']
+    """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
         raise ValueError(f"splits must be three positive fractions summing to 1, got {fractions}")
-    sizes = [round(f * n) for f in fractions[:2]]
-    sizes.append(n - sum(sizes))
-    if min(sizes) < 2:
+    if types is None:
+        units, members = n, None
+    else:
+        if len(types) != n:
+            raise ValueError(f"{n} examples but {len(types)} type ids")
+        unique, members = types.cpu().unique(return_inverse=True)
+        units = len(unique)
+    sizes = [round(f * units) for f in fractions[:2]]
+    sizes.append(units - sum(sizes))
+    order = torch.randperm(units, generator=torch.Generator().manual_seed(seed))
+    groups = dict(zip(SPLITS, torch.split(order, sizes), strict=True))
+    if members is not None:  # examples follow their type
+        groups = {name: torch.isin(members, chosen).nonzero()[:, 0] for name, chosen in groups.items()}
+    counts = [len(groups[name]) for name in SPLITS]
+    if min(counts) < 2:
+        what = "examples" if members is None else f"examples of {units} word types"
+        fix = "" if members is None else "; add word types, or pass split='random' to split examples"
         raise ValueError(
-            f"{n} examples are too few for splits {fractions}: sizes would be {sizes} (need >= 2 each)"
+            f"{n} {what} are too few for splits {fractions}: sizes would be {counts} (need >= 2 each){fix}"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return dict(zip(SPLITS, torch.split(order, sizes), strict=True))
+    return groups
 
 
 def roc_auc(scores: Tensor, labels: Tensor) -> float:
@@ -145,7 +178,9 @@ class ProbeResult:
 
     ``accuracy`` / ``auc`` (logistic) or ``r2`` (linear): ``{split: [layer]}``;
     ``shuffled``: test metric with shuffled labels; ``control``: test accuracy on the
-    control task (logistic only); ``selectivity`` = test accuracy - control.
+    control task (logistic only; the mean over ``control_draws`` tasks); ``selectivity`` =
+    test accuracy - control; ``split``: how examples were divided (``"types"``: no test
+    word type occurs in training).
     """
 
     kind: ProbeKind
@@ -163,6 +198,7 @@ class ProbeResult:
     model_name: str
     n_layers: int
     hook: str
+    split: SplitKind
 
     @property
     def score(self) -> dict[str, Tensor]:
@@ -207,6 +243,7 @@ class ProbeResult:
             "model_name": self.model_name,
             "n_layers": self.n_layers,
             "hook": self.hook,
+            "split": self.split,
             "accuracy": {k: v.tolist() for k, v in self.accuracy.items()},
             "auc": {k: v.tolist() for k, v in self.auc.items()},
             "r2": {k: v.tolist() for k, v in self.r2.items()},
@@ -245,6 +282,7 @@ class ProbeResult:
             model_name=info["model_name"],
             n_layers=info["n_layers"],
             hook=info["hook"],
+            split=info.get("split", "random"),  # format 1 files were split at random
         )
 
 
@@ -279,11 +317,13 @@ def train_probes(
     *,
     kind: ProbeKind = "logistic",
     splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    split: SplitKind = "types",
     lr: float = 1e-2,
     max_epochs: int = 500,
     patience: int = 25,
     weight_decay: float = 1e-4,
     controls: bool = True,
+    control_draws: int = 5,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> ProbeResult:
@@ -291,8 +331,14 @@ def train_probes(
 
     Args:
         kind: ``"logistic"`` (integer class labels) or ``"linear"`` (scalar regression, R^2).
-        splits: train / validation / test fractions (seeded by ``seed``).
+        splits: train / validation / test fractions (seeded by ``seed``); of the word types
+            with ``split="types"`` (type-disjoint, the default), of the examples with
+            ``split="random"``.
         controls: also train on shuffled labels and (logistic) on Hewitt & Liang's control task.
+        control_draws: control tasks (independent random labels per word type) whose test
+            accuracies are averaged into ``control``. On a type-disjoint split one draw is
+            chance plus the luck of a few dozen test types' coin flips; the mean of several
+            is a steadier baseline for selectivity.
         device: where to optimise (default: CUDA if available).
     """
     labels = activations.labels
@@ -309,15 +355,17 @@ def train_probes(
             raise ValueError(f"class labels must be 0..K-1, got {classes.tolist()}")
     else:
         labels = labels.float()
+    if control_draws < 1:
+        raise ValueError(f"control_draws must be at least 1, got {control_draws}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    split = split_indices(len(labels), splits, seed)
+    split_rows = split_indices(len(labels), splits, seed, _types(activations, split))
     x = activations.values.to(device, torch.float32)
-    mean = x[:, split["train"]].mean(1, keepdim=True)
-    std = x[:, split["train"]].std(1, keepdim=True) + 1e-6
+    mean = x[:, split_rows["train"]].mean(1, keepdim=True)
+    std = x[:, split_rows["train"]].std(1, keepdim=True) + 1e-6
     x = (x - mean) / std
     y = labels.to(device)
     if kind == "linear":  # standardised targets train faster; R^2 does not change
-        y = (y - y[split["train"]].mean()) / (y[split["train"]].std() + 1e-12)
+        y = (y - y[split_rows["train"]].mean()) / (y[split_rows["train"]].std() + 1e-12)
     n_out = int(labels.max()) + 1 if kind == "logistic" else 1
     layer_ids = list(activations.layers)
     options = {
@@ -327,16 +375,23 @@ def train_probes(
         "weight_decay": weight_decay,
         "seed": seed,
     }
-    weight, bias, scores = _train_and_score(x, y, split, kind, n_out, layer_ids, options)
+    weight, bias, scores = _train_and_score(x, y, split_rows, kind, n_out, layer_ids, options)
     shuffled = control = None
     if controls:
         permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)
-        _, _, shuffled_scores = _train_and_score(x, y[permutation], split, kind, n_out, layer_ids, options)
+        _, _, shuffled_scores = _train_and_score(
+            x, y[permutation], split_rows, kind, n_out, layer_ids, options
+        )
         shuffled = shuffled_scores["test"][0 if kind == "logistic" else 2]
         if kind == "logistic":
-            control_labels = _control_task(activations.type_ids, labels, seed).to(device)
-            _, _, control_scores = _train_and_score(x, control_labels, split, kind, n_out, layer_ids, options)
-            control = control_scores["test"][0]
+            draws = []
+            for draw in range(control_draws):
+                control_labels = _control_task(activations.type_ids, labels, seed + 1000 * draw).to(device)
+                _, _, control_scores = _train_and_score(
+                    x, control_labels, split_rows, kind, n_out, layer_ids, options
+                )
+                draws.append(control_scores["test"][0])
+            control = torch.stack(draws).mean(0)
     chance = float(torch.bincount(labels).max()) / len(labels) if kind == "logistic" else 0.0
     return ProbeResult(
         kind=kind,
@@ -354,7 +409,14 @@ def train_probes(
         model_name=activations.model_name,
         n_layers=activations.n_layers,
         hook=activations.hook,
+        split=split,
     )
+
+
+def _types(activations: Activations, split: SplitKind) -> Tensor | None:
+    if split not in ("types", "random"):
+        raise ValueError(f"split must be 'types' or 'random', got {split!r}")
+    return activations.type_ids if split == "types" else None
 
 
 def _control_task(type_ids: Tensor, labels: Tensor, seed: int) -> Tensor:
@@ -379,7 +441,11 @@ class MassMeanResult:
 
 
 def mass_mean_probe(
-    activations: Activations, *, splits: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 0
+    activations: Activations,
+    *,
+    splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    split: SplitKind = "types",
+    seed: int = 0,
 ) -> MassMeanResult:
     """Binary mass-mean probes (Marks & Tegmark 2023): direction = mean(class 1) - mean(class 0)
     on the training split, threshold halfway between the projected class means; accuracy on
@@ -391,9 +457,9 @@ def mass_mean_probe(
         raise ValueError(
             f"mass-mean probes are binary: labels must be 0 and 1, got {labels.unique().tolist()}"
         )
-    split = split_indices(len(labels), splits, seed)
+    rows = split_indices(len(labels), splits, seed, _types(activations, split))
     x = activations.values.float()
-    train, test = split["train"], split["test"]
+    train, test = rows["train"], rows["test"]
     x = (x - x[:, train].mean(1, keepdim=True)) / (x[:, train].std(1, keepdim=True) + 1e-6)
     positive = x[:, train][:, labels[train] == 1].mean(1)
     negative = x[:, train][:, labels[train] == 0].mean(1)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mechinterp.cli.config import AttributionStep
-from mechinterp.cli.steps.output import StepOutput, table
+from mechinterp.cli.steps.output import StepOutput, significant, table
 from mechinterp.cli.steps.patching import summarize, sweep_spec
 from mechinterp.patching import PatchResult, attribution_patch, compare
 from mechinterp.plotting import comparison_scatter, patch_heatmap
@@ -46,9 +46,9 @@ def run(step: AttributionStep, context, out: Path) -> StepOutput:
         by = "magnitude" if step.method == "atp*" else "effect"
         comparison = compare(exact, result, top_k=step.top_n, by=by, names=("exact", step.method))
         summary |= {
-            "pearson": round(comparison.pearson, 4),
-            "spearman": round(comparison.spearman, 4),
-            f"top-{comparison.top_k} overlap": round(comparison.top_k_overlap, 4),
+            "pearson": significant(comparison.pearson),
+            "spearman": significant(comparison.spearman),
+            f"top-{comparison.top_k} overlap": significant(comparison.top_k_overlap),
         }
         figures["vs_exact"] = comparison_scatter(comparison)
         worst = comparison.disagreements.head(step.top_n)

@@ -31,7 +31,7 @@ import torch
 
 import circuits
 from mechinterp.cli.config import CircuitStep
-from mechinterp.cli.steps.output import StepOutput, table
+from mechinterp.cli.steps.output import StepOutput, significant, table
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure
 
 
@@ -101,8 +101,8 @@ def run(step: CircuitStep, context, out: Path) -> StepOutput:
             "algorithm": step.algorithm,
             "edges": circuit.n_edges,
             "nodes": len(circuit.nodes_in_graph()),
-            "faithfulness": round(own, 4),
-            f"top-{selected} faithfulness": round(at_selection, 4),
+            "faithfulness": significant(own),
+            f"top-{selected} faithfulness": significant(at_selection),
         },
         figures={
             "circuit": circuit_figure(

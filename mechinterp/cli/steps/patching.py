@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from mechinterp.cli.config import AttributionStep, PatchingStep
-from mechinterp.cli.steps.output import StepOutput, table
+from mechinterp.cli.steps.output import StepOutput, significant, table
 from mechinterp.patching import PatchResult, SweepSpec, patch_sweep
 from mechinterp.patching.compare import cell_labels, effects
 from mechinterp.plotting import patch_heatmap
@@ -50,12 +50,12 @@ def summarize(result: PatchResult, count: int) -> tuple[dict, pd.DataFrame]:
     top = top_cells(result, count)
     summary = {
         "cells": int(effects(result).numel()),
-        "base": round(float(result.base.float().mean()), 4),
+        "base": significant(float(result.base.float().mean())),
         "top cell": top["cell"][0],
-        "top effect": round(float(top["effect"][0]), 4),
+        "top effect": significant(float(top["effect"][0])),
     }
     if result.source is not None:
-        summary["source"] = round(float(result.source.float().mean()), 4)
+        summary["source"] = significant(float(result.source.float().mean()))
     return summary, top
 
 
