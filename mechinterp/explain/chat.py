@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -54,12 +54,15 @@ class ChatError(Exception):
         super().__init__(f"{kind}: {message}")
 
 
+@runtime_checkable
 class ChatModel(Protocol):
     """What explainers and scorers need from a chat model."""
 
     name: str
 
-    def complete(self, conversations: Sequence[Conversation], *, max_tokens: int) -> list[str | ChatError]: ...
+    def complete(
+        self, conversations: Sequence[Conversation], *, max_tokens: int
+    ) -> list[str | ChatError]: ...
 
     def choice_probs(
         self, conversations: Sequence[Conversation], choices: Sequence[str]
@@ -88,7 +91,9 @@ class LocalChat:
     def render(self, conversation: Conversation) -> list[int]:
         """Token ids of ``conversation`` followed by the assistant's turn."""
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            )
             return self.tokenizer.encode(text, add_special_tokens=False)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in conversation) + "assistant:"
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -109,7 +114,8 @@ class LocalChat:
 
     def _too_long(self, prompt: list[int], extra: int) -> ChatError:
         return ChatError(
-            "too long", f"the prompt has {len(prompt)} tokens (+{extra}); {self.name} reads at most {self.n_ctx}"
+            "too long",
+            f"the prompt has {len(prompt)} tokens (+{extra}); {self.name} reads at most {self.n_ctx}",
         )
 
     @torch.no_grad()
@@ -134,7 +140,9 @@ class LocalChat:
             if token in self.stop_ids:
                 break
             top = logprobs.topk(top_logprobs) if top_logprobs else None
-            alternatives = [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            alternatives = (
+                [] if top is None else list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            )
             new.append(token)
             steps.append((float(logprobs[token]), alternatives))
             tokens = torch.tensor([[token]], device=model.device)
@@ -185,7 +193,9 @@ def _sequence_prob(sequence: tuple[int, ...], sequences, dists: dict[tuple, Tens
     prob = torch.ones_like(next(iter(dists.values()))[:, 0])
     for i, token in enumerate(sequence):
         prob = prob * dists[sequence[:i]][:, token]
-    longer = {s[len(sequence)] for s in sequences if len(s) > len(sequence) and s[: len(sequence)] == sequence}
+    longer = {
+        s[len(sequence)] for s in sequences if len(s) > len(sequence) and s[: len(sequence)] == sequence
+    }
     if longer:
         prob = prob * (1 - dists[sequence][:, sorted(longer)].sum(dim=1))
     return prob
@@ -247,7 +257,7 @@ class OpenAIChat:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         cache_dir: str | Path | None = None,
-        timeout: float = 60.0,
+        timeout: float | int = 60.0,
         max_retries: int = 2,
         concurrency: int = 4,
         top_logprobs: int = 20,
@@ -278,7 +288,13 @@ class OpenAIChat:
         self, conversations: Sequence[Conversation], choices: Sequence[str]
     ) -> list[np.ndarray | ChatError]:
         requests = [
-            {"messages": c, "max_tokens": 2, "temperature": 0.0, "logprobs": True, "top_logprobs": self.top_logprobs}
+            {
+                "messages": c,
+                "max_tokens": 2,
+                "temperature": 0.0,
+                "logprobs": True,
+                "top_logprobs": self.top_logprobs,
+            }
             for c in conversations
         ]
         return self._run(requests, lambda reply: _reply_choice_probs(reply, list(choices)))
@@ -294,7 +310,9 @@ class OpenAIChat:
                     kind = "timeout" if isinstance(error, self.openai.APITimeoutError) else "unreachable"
                     return ChatError(kind, f"cannot reach {self.base_url} ({error}); is the server running?")
                 except self.openai.APIStatusError as error:
-                    return ChatError(f"http {error.status_code}", f"{self.base_url} answered: {error.message}")
+                    return ChatError(
+                        f"http {error.status_code}", f"{self.base_url} answered: {error.message}"
+                    )
                 except self.openai.APIError as error:
                     return ChatError("malformed", f"{self.base_url} sent an unreadable reply: {error}")
             try:

@@ -59,9 +59,9 @@ class Context:
     def marked(self, marks: Sequence[bool] | None = None) -> str:
         """The text with marked tokens (default: the active ones) as ``<<token>>``."""
         marks = self.active if marks is None else marks
-        return "".join(
-            f"<<{t}>>" if m else t for t, m in zip(self.tokens, marks, strict=True)
-        ).replace(">><<", "")
+        return "".join(f"<<{t}>>" if m else t for t, m in zip(self.tokens, marks, strict=True)).replace(
+            ">><<", ""
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -224,7 +224,9 @@ class _TopK:
         n_units, batch, n_pos = acts.shape
         index = torch.arange(start, start + batch).expand(n_units, -1)
         if self.acts is not None and self.acts.shape[-1] < n_pos:
-            self.acts = torch.nn.functional.pad(self.acts, (0, n_pos - self.acts.shape[-1]), value=float("-inf"))
+            self.acts = torch.nn.functional.pad(
+                self.acts, (0, n_pos - self.acts.shape[-1]), value=float("-inf")
+            )
         elif self.acts is not None and self.acts.shape[-1] > n_pos:
             acts = torch.nn.functional.pad(acts, (0, self.acts.shape[-1] - n_pos), value=float("-inf"))
         values = torch.cat([self.values, acts.amax(dim=-1)], dim=1)

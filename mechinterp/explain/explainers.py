@@ -89,7 +89,9 @@ def explain_units(
             )
         else:
             asked.append(i)
-    conversations = [explainer_prompt(examples[i].top[:n_examples], examples[i].max_activation) for i in asked]
+    conversations = [
+        explainer_prompt(examples[i].top[:n_examples], examples[i].max_activation) for i in asked
+    ]
     replies = explainer.complete(conversations, max_tokens=max_tokens) if conversations else []
     for i, reply in zip(asked, replies, strict=True):
         label = examples[i].label
@@ -100,4 +102,6 @@ def explain_units(
             explanations[i] = Explanation(label=label, text=parse_explanation(reply), reply=reply)
         except ValueError as error:
             explanations[i] = Explanation(label=label, text=None, error=str(error), reply=reply)
-    return ExplainedUnits(explanations=tuple(explanations), examples=tuple(examples), explainer=explainer.name)
+    return ExplainedUnits(
+        explanations=tuple(explanations), examples=tuple(examples), explainer=explainer.name
+    )

@@ -51,7 +51,11 @@ from mechinterp.probing import roc_auc
 
 Method = Literal["detection", "fuzzing", "simulation"]
 METHODS: tuple[Method, ...] = ("detection", "fuzzing", "simulation")
-METRICS = {"detection": ("balanced_accuracy", "auc"), "fuzzing": ("balanced_accuracy", "auc"), "simulation": ("correlation",)}
+METRICS = {
+    "detection": ("balanced_accuracy", "auc"),
+    "fuzzing": ("balanced_accuracy", "auc"),
+    "simulation": ("correlation",),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,9 +156,16 @@ def score_explanations(
         per_job: dict[int, list] = {j: [] for j in range(len(jobs))}
         for j, answer in zip(owners, answers, strict=True):
             per_job[j].append(answer)
-        results = {(u, which): _metrics(m, per_job[j], jobs[j][3][1]) for j, (u, which, _, _) in enumerate(jobs)}
+        results = {
+            (u, which): _metrics(m, per_job[j], jobs[j][3][1]) for j, (u, which, _, _) in enumerate(jobs)
+        }
         for u, (unit_examples, explanation) in enumerate(zip(examples, explained, strict=True)):
-            row = {"label": unit_examples.label, "method": m, "explanation": explanation.text, "shuffled": shuffled[u]}
+            row = {
+                "label": unit_examples.label,
+                "method": m,
+                "explanation": explanation.text,
+                "shuffled": shuffled[u],
+            }
             own = results.get((u, "explanation"))
             base = results.get((u, "baseline"), {})
             for metric in METRICS[m]:

@@ -127,9 +127,13 @@ class ChatServer:
             return 400, _error(f"top_logprobs {top} is over the limit of {limits.max_top_logprobs}")
         prompt = self.chat.render([m.model_dump() for m in request.messages])
         if len(prompt) > limits.max_prompt_tokens:
-            return 400, _error(f"the prompt has {len(prompt)} tokens; the limit is {limits.max_prompt_tokens}")
+            return 400, _error(
+                f"the prompt has {len(prompt)} tokens; the limit is {limits.max_prompt_tokens}"
+            )
         with self.model_lock:
-            ids, steps = self.chat.generate(prompt, max_tokens=wanted, top_logprobs=top if request.logprobs else 0)
+            ids, steps = self.chat.generate(
+                prompt, max_tokens=wanted, top_logprobs=top if request.logprobs else 0
+            )
         decode = self.chat.tokenizer.decode
         choice = {
             "index": 0,
@@ -200,7 +204,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/models":
             return self._send(404, _error(f"no route {self.path}; try /v1/models or /v1/chat/completions"))
         name = self.server_state.chat.name
-        self._send(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "mechinterp"}]})
+        self._send(
+            200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "mechinterp"}]}
+        )
 
     def do_POST(self) -> None:
         state = self.server_state
@@ -213,7 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(411, _error("a Content-Length header is required"))
         if int(length) > state.limits.max_body_bytes:
             return self._send(
-                413, _error(f"request body of {length} bytes is over the limit of {state.limits.max_body_bytes}")
+                413,
+                _error(f"request body of {length} bytes is over the limit of {state.limits.max_body_bytes}"),
             )
         raw = self.rfile.read(int(length))
         try:
