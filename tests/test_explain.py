@@ -205,7 +205,7 @@ def test_choice_probs_are_exact_sequence_probabilities(tiny):
         prompt = chat.render(conversation)
 
         @torch.no_grad()
-        def p(prefix: str, token: str) -> float:
+        def p(prefix: str, token: str, prompt=prompt) -> float:
             ids = prompt + tiny.tokenizer.encode(prefix, add_special_tokens=False)
             logits = tiny(torch.tensor([ids]))[0, -1].softmax(-1)
             return float(logits[tiny.tokenizer.convert_tokens_to_ids(token)])

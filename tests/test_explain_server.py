@@ -151,7 +151,8 @@ def test_cache_unreachable_and_malformed_endpoints(server, tiny, tmp_path, monke
     assert len(list(tmp_path.glob("*.json"))) == 3
     # the same requests against a dead address come from the cache; another model name does not
     dead = OpenAIChat("http://127.0.0.1:9/v1", "tiny", cache_dir=tmp_path, max_retries=0, timeout=2)
-    assert [r for r in dead.complete([HELLO], max_tokens=6)][0].kind == "unreachable"
+    [reply] = dead.complete([HELLO], max_tokens=6)
+    assert reply.kind == "unreachable"
     again = explain_units(tiny, units, examples=examples, explainer=dead, max_tokens=6)
     assert [e.reply for e in again.explanations] == [e.reply for e in first.explanations]
     other = OpenAIChat("http://127.0.0.1:9/v1", "other", cache_dir=tmp_path, max_retries=0, timeout=2)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -224,7 +225,7 @@ def _shuffled(texts: list[str | None], seed: int) -> list[str | None]:
 
 def _detection_items(examples: UnitExamples, rng, _n) -> tuple[list, list[int]]:
     contexts = [(c, 1) for c in examples.quantile] + [(c, 0) for c in examples.random]
-    return [lambda text, c=c: detection_prompt(text, c) for c, _ in contexts], [y for _, y in contexts]
+    return [partial(detection_prompt, context=c) for c, _ in contexts], [y for _, y in contexts]
 
 
 def _fuzzing_items(examples: UnitExamples, rng, _n) -> tuple[list, list[int]]:
@@ -237,7 +238,7 @@ def _fuzzing_items(examples: UnitExamples, rng, _n) -> tuple[list, list[int]]:
         wrong = np.zeros_like(active)
         wrong[rng.choice(quiet, size=int(active.sum()), replace=False)] = True
         for marks, label in ((active, 1), (wrong, 0)):
-            prompts.append(lambda text, c=context, m=tuple(marks.tolist()): fuzzing_prompt(text, c, m))
+            prompts.append(partial(fuzzing_prompt, context=context, marks=tuple(marks.tolist())))
             labels.append(label)
     return prompts, labels
 
@@ -248,7 +249,7 @@ def _simulation_items(examples: UnitExamples, rng, n_contexts: int) -> tuple[lis
     prompts, targets = [], []
     for context in contexts:
         for position, activation in enumerate(context.activations):
-            prompts.append(lambda text, c=context, p=position: simulation_prompt(text, c, p))
+            prompts.append(partial(simulation_prompt, context=context, position=position))
             targets.append(activation)
     return prompts, targets
 
