@@ -198,3 +198,29 @@ def test_cli_serve_answers_openai_requests(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechinterp.cli.app import app
+
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2, max_position_embeddings=4096)
+    hf_model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    (tmp_path / "corpus.txt").write_text("\n\n".join(f"In {1990 + i} (Ann) met [Bo] {i} times." for i in range(30)))
+    (tmp_path / "run.yaml").write_text(
+        f"model: {{name: {tmp_path / 'tiny'}, device: cpu}}\n"
+        "steps:\n"
+        "  - kind: explain\n    layer: 1\n    indices: [3, 9, 27]\n    corpus: corpus.txt\n"
+        "    max_contexts: 40\n    context_len: 12\n    methods: [detection]\n"
+        f"    explainer: {{model: {tmp_path / 'tiny'}}}\n    scorer: {{model: {tmp_path / 'tiny'}}}\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    step = tmp_path / "run" / "steps" / "01_explain"
+    saved = json.loads((step / "scores.json").read_text())
+    assert [row["label"] for row in saved["rows"]] == ["L1N3", "L1N9", "L1N27"]
+    assert all(len(e["top"]) == 10 for e in saved["examples"])
+    page = (step / "dashboard.html").read_text()
+    assert "L1N27" in page and "rgba(255,140,0" in page
