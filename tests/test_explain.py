@@ -260,3 +260,17 @@ def test_failures_are_recorded_per_unit(tiny):
     assert "no explanation: empty explanation" in frame.loc[1, "error"]
     assert scores.examples == explained.examples
     assert frame.loc[0, "shuffled"] == "names" and frame.loc[3, "shuffled"] == "digits"
+
+
+def test_planted_token_class_unit_fires_on_its_class(tiny):
+    from mechinterp.explain.planted import token_class_precision, token_class_unit
+
+    def is_digit(s):
+        return s.isdigit()
+
+    unit = token_class_unit(tiny, "digits", is_digit, member_weight=0.2)
+    precision, recall = token_class_precision(tiny, unit, is_digit)
+    assert precision >= 0.9 and recall == 1.0
+    [examples] = collect_examples(tiny, [unit], TEXTS, context_len=16, n_top=4)
+    active = [t for c in examples.top for t, on in zip(c.tokens, c.active, strict=True) if on]
+    assert len(active) >= 8 and np.mean([t.isdigit() for t in active]) >= 0.9

@@ -208,7 +208,9 @@ def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
     hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2, max_position_embeddings=4096)
     hf_model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    (tmp_path / "corpus.txt").write_text("\n\n".join(f"In {1990 + i} (Ann) met [Bo] {i} times." for i in range(30)))
+    (tmp_path / "corpus.txt").write_text(
+        "\n\n".join(f"In {1990 + i} (Ann) met [Bo] {i} times." for i in range(30))
+    )
     (tmp_path / "run.yaml").write_text(
         f"model: {{name: {tmp_path / 'tiny'}, device: cpu}}\n"
         "steps:\n"

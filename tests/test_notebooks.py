@@ -55,6 +55,16 @@ EXPECTED = {
         [r"best layer \d+: test accuracy (0\.9\d|1\.00)", r"ablated +logit\(are\) - logit\(is\)"],
         1,
     ),
+    "07_explanations.ipynb": (
+        [
+            r"digits: \d+% of contexts activate it\n +.*<<\d+>>",
+            r"detection balanced accuracy: explanation \d\.\d\d, shuffled \d\.\d\d",
+            r"served at http://127\.0\.0\.1:\d+/v1",
+            r"same as local: True",
+            r"dashboard: .*dashboard\.html",
+        ],
+        1,
+    ),
 }
 
 
