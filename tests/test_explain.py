@@ -274,3 +274,18 @@ def test_planted_token_class_unit_fires_on_its_class(tiny):
     [examples] = collect_examples(tiny, [unit], TEXTS, context_len=16, n_top=4)
     active = [t for c in examples.top for t, on in zip(c.tokens, c.active, strict=True) if on]
     assert len(active) >= 8 and np.mean([t.isdigit() for t in active]) >= 0.9
+
+
+@pytest.mark.slow
+def test_smollm2_chat_template_and_cached_generation(smollm2):
+    model, _ = smollm2
+    chat = LocalChat(model)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+    reference = model.tokenizer.apply_chat_template(conversation, tokenize=True, add_generation_prompt=True)
+    reference = (
+        reference["input_ids"] if isinstance(reference, dict) or hasattr(reference, "keys") else reference
+    )
+    assert chat.render(conversation) == list(reference)
+    ids, _ = chat.generate(chat.render(conversation), max_tokens=6)
+    full = model.generate(torch.tensor([reference]), max_new_tokens=6, stop_at_eos=False)
+    assert ids == full[0, len(reference) :].tolist()[: len(ids)] and len(ids) > 0

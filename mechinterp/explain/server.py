@@ -176,6 +176,7 @@ def _error(message: str, kind: str = "invalid_request_error") -> dict:
 class _Handler(BaseHTTPRequestHandler):
     server_state: ChatServer
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may take to send its request (a slow or short body cannot hold a thread)
 
     def log_message(self, format: str, *args) -> None:  # quiet: one line per request is noise in tests
         return
