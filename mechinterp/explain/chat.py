@@ -108,7 +108,11 @@ class LocalChat:
             if len(prompt) + max_tokens > self.n_ctx:
                 out.append(self._too_long(prompt, max_tokens))
                 continue
-            ids, _ = self.generate(prompt, max_tokens=max_tokens)
+            try:
+                ids, _ = self.generate(prompt, max_tokens=max_tokens)
+            except RuntimeError as error:  # e.g. out of memory: this item fails, the others go on
+                out.append(ChatError("model error", f"{type(error).__name__}: {error}"))
+                continue
             out.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         return out
 
@@ -166,7 +170,12 @@ class LocalChat:
         for start in range(0, len(fits), self.batch_size):
             rows = fits[start : start + self.batch_size]
             prompts = [rendered[i] for i in rows]
-            dists = {p: self._next_token_probs([[*q, *p] for q in prompts]) for p in prefixes}
+            try:
+                dists = {p: self._next_token_probs([[*q, *p] for q in prompts]) for p in prefixes}
+            except RuntimeError as error:  # e.g. out of memory: this batch fails, the others go on
+                for i in rows:
+                    out[i] = ChatError("model error", f"{type(error).__name__}: {error}")
+                continue
             probs = torch.stack([_sequence_prob(s, sequences, dists) for s in sequences], dim=1)
             probs = probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-30)
             for i, row in zip(rows, probs.double().cpu().numpy(), strict=True):
