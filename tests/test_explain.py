@@ -73,6 +73,13 @@ def literal_activation(model, unit: Unit, window: list[int]) -> torch.Tensor:
             [value[p, unit.index] @ model.W_O[unit.layer, unit.index] for p in range(len(window))]
         )
         out = out.norm(dim=-1)
+    elif unit.kind == "head_attention_to":
+        out = torch.tensor(
+            [
+                sum(value[unit.index, q, k] for k in range(q + 1) if window[k] == unit.token)
+                for q in range(len(window))
+            ]
+        )
     elif unit.kind == "head_attention":
         out = torch.tensor(
             [max(value[unit.index, q, k] for q in range(k, len(window))) for k in range(len(window))]
@@ -90,6 +97,7 @@ def test_examples_match_literal_reference(tiny):
         Unit.neuron(0, 7),
         Unit.head_output(1, 2),
         Unit.head_attention(0, 1),
+        Unit.head_attention_to(1, 3, tiny.to_single_token("e")),
         Unit.from_direction(
             "blocks.1.hook_resid_mid", torch.randn(64, generator=torch.Generator().manual_seed(0))
         ),

@@ -185,7 +185,7 @@ class UnitReader:
         found: dict[str, Tensor] = {}
 
         def keep(value: Tensor, hook: HookPoint) -> None:
-            found[hook.name] = self._read(hook.name, value, mask)
+            found[hook.name] = self._read(hook.name, value, mask, tokens)
 
         hooks = [(name, keep) for name in dict.fromkeys(u.hook_name for u in self.units)]
         with self.model.hooks(fwd_hooks=hooks):
@@ -194,7 +194,7 @@ class UnitReader:
         acts = acts[:, :, 1:]  # drop BOS
         return acts.masked_fill(~mask[None, :, 1:].bool(), float("-inf"))
 
-    def _read(self, name: str, value: Tensor, mask: Tensor) -> dict[int, Tensor]:
+    def _read(self, name: str, value: Tensor, mask: Tensor, tokens: Tensor) -> dict[int, Tensor]:
         """Activations of every unit on hook ``name`` (each SAE encoded once)."""
         out, encoded = {}, {}
         for i, unit in enumerate(self.units):
@@ -206,7 +206,7 @@ class UnitReader:
                     encoded[key] = encode_latents(unit.sae, value)
                 out[i] = encoded[key][..., unit.index]
             else:
-                out[i] = unit.activation(self.model, value, mask)
+                out[i] = unit.activation(self.model, value, mask, tokens)
         return out
 
 

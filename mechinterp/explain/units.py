@@ -13,6 +13,8 @@ Kinds:
     - ``head_attention``: how much attention each token *receives* from head ``index``: the
       largest pattern weight any later (or the same) query gives it. With ``skip_first`` (default)
       position 0 (the BOS sink) is not scored.
+    - ``head_attention_to``: how much attention each query token pays to every occurrence of
+      token id ``token`` (summed over those key positions): a head that looks at, say, " Paris".
     - ``direction``: ``x @ direction + bias`` at any hook whose last axis is ``d_model`` (or
       ``d_mlp``, ...): a probe direction, a steering vector, an unembedding row.
 
@@ -30,7 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-UnitKind = Literal["sae_latent", "neuron", "head_output", "head_attention", "direction"]
+UnitKind = Literal["sae_latent", "neuron", "head_output", "head_attention", "head_attention_to", "direction"]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -50,6 +52,7 @@ class Unit:
     bias: float = 0.0
     sae: Any = field(default=None, repr=False)
     skip_first: bool = True
+    token: int | None = None
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -105,6 +108,22 @@ class Unit:
         )
 
     @classmethod
+    def head_attention_to(cls, layer: int, head: int, token: int, *, label: str | None = None) -> Unit:
+        """Head ``head`` of block ``layer`` by the attention each query pays to token id ``token``.
+
+        Example:
+            >>> Unit.head_attention_to(4, 2, model.to_single_token(" Paris"))
+        """
+        return cls(
+            kind="head_attention_to",
+            hook_name=f"blocks.{layer}.attn.hook_pattern",
+            index=int(head),
+            layer=int(layer),
+            token=int(token),
+            label=label or f"L{layer}H{head} attention to token {token}",
+        )
+
+    @classmethod
     def from_direction(
         cls, hook_name: str, direction: Tensor, *, bias: float = 0.0, label: str | None = None
     ) -> Unit:
@@ -125,10 +144,12 @@ class Unit:
         )
 
     # ------------------------------------------------------------------ reading
-    def activation(self, model, value: Tensor, mask: Tensor | None = None) -> Tensor:
+    def activation(
+        self, model, value: Tensor, mask: Tensor | None = None, tokens: Tensor | None = None
+    ) -> Tensor:
         """The unit's activation ``[batch, pos]`` (float32) from its hook's value;
         ``mask`` ``[batch, pos]`` (1 = real token) keeps padding queries out of
-        ``head_attention``."""
+        ``head_attention``; ``head_attention_to`` needs the input ``tokens``."""
         if self.kind == "sae_latent":
             return encode_latents(self.sae, value)[..., self.index]
         if self.kind == "neuron":
@@ -144,6 +165,11 @@ class Unit:
             if self.skip_first:
                 received[:, 0] = 0.0
             return received
+        if self.kind == "head_attention_to":
+            if tokens is None:
+                raise ValueError(f"unit {self.label!r} needs the input tokens to find token {self.token}")
+            keys = (tokens == self.token).to(value.dtype)  # [batch, k_pos]
+            return torch.einsum("bqk,bk->bq", value[:, self.index], keys).float()
         direction = self.direction.to(device=value.device, dtype=value.dtype)
         if value.shape[-1] != direction.shape[0]:
             raise ValueError(
