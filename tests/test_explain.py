@@ -198,7 +198,7 @@ def test_planted_units_beat_shuffled_explanations(tiny):
 
 def test_parse_explanation():
     assert parse_explanation("I see years.\n[EXPLANATION]: four-digit years\nmore") == "four-digit years"
-    assert parse_explanation('Thoughts\n"closing brackets"') == "closing brackets"
+    assert parse_explanation('"closing brackets"\n\n1. The first excerpt ...') == "closing brackets"
     for empty in ("", "  \n", "[EXPLANATION]:", "[EXPLANATION]: ''"):
         with pytest.raises(ValueError, match="empty explanation"):
             parse_explanation(empty)

@@ -54,8 +54,9 @@ def explainer_prompt(contexts: Sequence[Context], max_activation: float) -> Conv
 
 
 def parse_explanation(reply: str) -> str:
-    """The explanation in a reply: the text after the last ``[EXPLANATION]:`` (else the
-    reply's last non-empty line), first line only, quotes and markup stripped.
+    """The explanation in a reply: the first line after the last ``[EXPLANATION]:`` (else
+    the reply's first non-empty line, where small models put their claim before running
+    on), quotes and markup stripped.
 
     Raises:
         ValueError: the reply holds no explanation (empty or only the marker).
@@ -65,8 +66,7 @@ def parse_explanation(reply: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"empty explanation (reply: {reply[:200]!r})")
-    line = lines[0] if marker in reply else lines[-1]
-    line = line.strip(" \"'`*").removeprefix("[EXPLANATION]").strip(" :")
+    line = lines[0].strip(" \"'`*").removeprefix("[EXPLANATION]").strip(" :")
     if not line:
         raise ValueError(f"empty explanation (reply: {reply[:200]!r})")
     return line[:300]
