@@ -4,8 +4,10 @@ answered with a 4xx while the server keeps serving."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM, render_page
 
 import mechinterp
 from mechinterp.explain import ChatServer, LocalChat, OpenAIChat, ServerLimits, explain_units
@@ -226,3 +229,8 @@ def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
     assert all(len(e["top"]) == 10 for e in saved["examples"])
     page = (step / "dashboard.html").read_text()
     assert "L1N27" in page and "rgba(255,140,0" in page
+    if shutil.which(CHROMIUM) is not None and importlib.util.find_spec("playwright") is not None:
+        for path, plots in ((step / "dashboard.html", 1), (tmp_path / "run" / "report.html", 1)):
+            rendered = render_page(path)
+            assert rendered.console_errors == [] and rendered.page_errors == []
+            assert rendered.plot_count == plots
