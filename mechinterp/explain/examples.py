@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from transformer_lens.hook_points import HookPoint
 
 from mechinterp.explain.units import Unit, encode_latents
 
-ContextKind = str  # "top" | "quantile" | "random"
+ContextKind = Literal["top", "quantile", "random"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,10 +175,8 @@ class UnitReader:
         for name in {u.hook_name for u in self.units}:
             model.check_hook_name(name)
         block_of = _hook_blocks(model)
-        layers = [block_of.get(u.hook_name) for u in self.units]
-        n_layers = model.architecture.n_layers
-        self.stop = None if any(layer == n_layers for layer in layers) else max(layers) + 1
-        self.stop = None if self.stop is not None and self.stop >= n_layers else self.stop
+        deepest = max(block_of[u.hook_name] for u in self.units)
+        self.stop = deepest + 1 if deepest + 1 < model.architecture.n_layers else None
 
     @torch.no_grad()
     def __call__(self, windows: Sequence[list[int]]) -> Tensor:
@@ -266,7 +265,9 @@ def _select(model, reader, units, windows, maxima, top: _TopK, config: ExampleCo
     results = []
     for u, (threshold, top_ids, quantiles, randoms) in enumerate(plans):
 
-        def context(i: int, acts: Tensor, kind: str, q: int | None = None, threshold=threshold) -> Context:
+        def context(
+            i: int, acts: Tensor, kind: ContextKind, q: int | None = None, threshold=threshold
+        ) -> Context:
             n = len(windows[i]) - 1
             return Context(
                 tokens=decode(windows[i][1:]),
@@ -344,18 +345,14 @@ def _pad(windows: Sequence[list[int]], model) -> tuple[Tensor, Tensor]:
 
 
 def _hook_blocks(model) -> dict[str, int]:
-    """Hook name -> the block that must run for it to fire (``n_layers`` for hooks after the
-    last block, ``-1`` for the embedding hooks)."""
+    """Hook name -> the block that must run for it to fire: its own block, ``-1`` for the
+    embedding hooks (before block 0), ``n_layers`` for hooks after the last block."""
     blocks = {}
     for name, module in model.named_modules():
-        if isinstance(module, HookPoint):
-            blocks[name] = -1
+        if isinstance(module, HookPoint) and not name.startswith("blocks."):
+            blocks[name] = -1 if name.startswith("hook_") else model.architecture.n_layers
     for index, block in enumerate(model.blocks):
         for name, module in block.named_modules():
             if isinstance(module, HookPoint):
                 blocks[f"blocks.{index}.{name}"] = index
-    n_layers = model.architecture.n_layers
-    for name, module in model.named_modules():
-        if isinstance(module, HookPoint) and not name.startswith("blocks.") and not name.startswith("hook_"):
-            blocks[name] = n_layers
     return blocks
