@@ -234,3 +234,14 @@ def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
             rendered = render_page(path)
             assert rendered.console_errors == [] and rendered.page_errors == []
             assert rendered.plot_count == plots
+
+
+def test_cli_schema_choices_match_the_library():
+    import typing
+
+    from mechinterp.cli import config as schema
+    from mechinterp.cli.steps.explain import UNITS
+    from mechinterp.explain import METHODS
+
+    assert set(typing.get_args(schema.ScoreMethod)) == set(METHODS)
+    assert set(typing.get_args(schema.ExplainUnit)) == set(UNITS)
