@@ -58,6 +58,16 @@ EXPECTED = {
         ],
         1,
     ),
+    "07_explanations.ipynb": (
+        [
+            r"digits: \d+% of contexts activate it\n +.*<<\d+>>",
+            r"detection balanced accuracy: explanation \d\.\d\d, shuffled \d\.\d\d",
+            r"served at http://127\.0\.0\.1:\d+/v1",
+            r"same as local: True",
+            r"dashboard: .*dashboard\.html",
+        ],
+        1,
+    ),
 }
 
 

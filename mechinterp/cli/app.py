@@ -6,6 +6,7 @@
     mechinterp export GRAPH.json --to json|eap-ig|graphml|dot|neuronpedia|html [--out PATH]
                       [--scan NEURONPEDIA_MODEL_ID --slug NAME]
     mechinterp tour [PROMPT]
+    mechinterp serve MODEL [--host 127.0.0.1] [--port 8000] [--api-key-env NAME] [limits]
 
 Exit codes: 0 success, 1 a step or command failed at run time, 2 bad input (config, path,
 name). Configs are validated before torch is imported, so a bad config fails fast.
@@ -174,6 +175,60 @@ def tour(prompt: Annotated[str | None, typer.Argument(help="Prompt for the tour"
     from mechinterp.quickstart import DEFAULT_PROMPT, main
 
     main(prompt or DEFAULT_PROMPT)
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str, typer.Argument(help="An embedded model name, a hub id, a local HF folder or a .gguf file")
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but 127.0.0.1 exposes the model")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port)")] = 8000,
+    api_key_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the API key clients must send")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Model name the endpoint reports (default: MODEL)")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for")] = 256,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Longest prompt, in tokens")] = 4096,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body")] = 1_000_000,
+    max_concurrency: Annotated[int, typer.Option(help="Requests in flight before 429")] = 4,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, mps (default: CUDA when available)")] = None,
+) -> None:
+    """Serve MODEL as an OpenAI-compatible chat endpoint (POST /v1/chat/completions)."""
+    import os
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise fail(f"--api-key-env {api_key_env}: that environment variable is not set")
+    import mechinterp
+    from mechinterp.explain import ChatServer, LocalChat, ServerLimits
+
+    limits = ServerLimits(
+        max_tokens=max_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        max_body_bytes=max_body_bytes,
+        max_concurrency=max_concurrency,
+    )
+    try:
+        loaded = mechinterp.load_model(model, device=device)
+        server = ChatServer(
+            LocalChat(loaded, name=name or model), limits, host=host, port=port, api_key=api_key
+        )
+    except (ValueError, FileNotFoundError, OSError) as error:
+        raise fail(str(error)) from None
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        errors.print(f"warning: serving on {host} without an API key: anyone who can reach it can use it")
+    print(f"serving {name or model} at {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
 
 
 def main() -> None:

@@ -39,6 +39,8 @@ SiteKind = Literal[
 Algorithm = Literal["edge-patching", "eap", "eap-ig", "acdc"]
 ExportFormat = Literal["json", "eap-ig", "neuronpedia", "graphml", "dot", "html"]
 ProbeData = Literal["number_agreement", "entity_category"]
+ExplainUnit = Literal["neuron", "head_output", "head_attention"]
+ScoreMethod = Literal["detection", "fuzzing", "simulation"]
 ProbeHook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
 
 
@@ -191,8 +193,36 @@ class ExportStep(_StepBase):
     slug: str | None = None  # the neuronpedia file's graph name (default: new per export)
 
 
+class ChatEndpoint(_Section):
+    """The explainer or scorer: ``base_url`` unset = a local model loaded by name (``model``);
+    set = an OpenAI-compatible endpoint serving ``model`` (key from ``api_key_env``)."""
+
+    base_url: str | None = None
+    model: str = "smollm2-135m"
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: PositiveInt = 4
+    timeout: float = Field(default=60.0, gt=0)
+
+
+class ExplainStep(_StepBase):
+    """Natural-language explanations of ``indices`` (neurons or heads) of block ``layer``,
+    from examples in ``corpus`` (a text file, documents separated by blank lines; relative to
+    the config file), scored by ``methods`` against shuffled explanations."""
+
+    kind: Literal["explain"]
+    unit: ExplainUnit = "neuron"
+    layer: NonNegativeInt
+    indices: list[NonNegativeInt] = Field(min_length=2)
+    corpus: str
+    max_contexts: PositiveInt = 400
+    context_len: int = Field(default=32, ge=4)
+    methods: list[ScoreMethod] = Field(default=["detection", "fuzzing"], min_length=1)
+    explainer: ChatEndpoint = ChatEndpoint()
+    scorer: ChatEndpoint = ChatEndpoint()
+
+
 Step = Annotated[
-    PatchingStep | AttributionStep | CircuitStep | LogitLensStep | ProbeStep | ExportStep,
+    PatchingStep | AttributionStep | CircuitStep | LogitLensStep | ProbeStep | ExportStep | ExplainStep,
     Field(discriminator="kind"),
 ]
 PAIR_STEPS = ("patching", "attribution", "circuit")
@@ -325,7 +355,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         config = config.model_copy(
             update={"dataset": config.dataset.model_copy(update={"path": str(records)})}
         )
-    return config
+    steps = list(config.steps)
+    for i, step in enumerate(steps):
+        if isinstance(step, ExplainStep):
+            corpus = (path.parent / step.corpus).resolve()
+            if not corpus.is_file():
+                raise ConfigError([f"steps[{i}].corpus: file {corpus} does not exist"])
+            steps[i] = step.model_copy(update={"corpus": str(corpus)})
+    return config.model_copy(update={"steps": steps})
 
 
 def describe(error: dict) -> str:

@@ -6,6 +6,7 @@ Example:
 """
 
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure
+from mechinterp.plotting.explain import explanation_dashboard, explanation_scores, write_explanation_dashboard
 from mechinterp.plotting.lens import (
     attention_heatmap,
     dla_bar,
@@ -22,10 +23,13 @@ __all__ = [
     "comparison_scatter",
     "dla_bar",
     "dla_heatmap",
+    "explanation_dashboard",
+    "explanation_scores",
     "faithfulness_figure",
     "lens_heatmap",
     "lens_trajectory",
     "patch_heatmap",
     "probe_accuracy",
     "roc_figure",
+    "write_explanation_dashboard",
 ]
