@@ -25,16 +25,16 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.config import TransformerLensConfig
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechinterp.models.attention import Rotary
 from mechinterp.models.block import AttentionOnlyBlock, TransformerBlock
+from mechinterp.models.cache import HookedLMCache
 from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.layers import Embed, Norm, PosEmbed, Unembed
 from mechinterp.models.prefix import KeyValuePrefix
+from mechinterp.models.tl_config import ModelConfigView
 from mechinterp.models.tokenization import TextInput, TokenizationMixin
 from mechinterp.models.weights import WeightsMixin
 
@@ -75,11 +75,16 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         return self.embed.W_E.dtype
 
     @property
-    def cfg(self) -> TransformerLensConfig:
-        """The TransformerLens config view that ``ActivationCache`` and ``patching`` read."""
+    def cfg(self) -> ModelConfigView:
+        """The TransformerLens config view that ``ActivationCache`` and ``patching`` read.
+
+        Writes to TL's runtime switches take effect (``model.cfg.use_attn_result = True``
+        calls ``set_use_attn_result``); writes to any other field raise (see ``tl_config``).
+        """
         arch = self.architecture
         rms = arch.norm == "rmsnorm"
-        return TransformerLensConfig(
+        return ModelConfigView(
+            self,
             d_model=arch.d_model,
             d_head=arch.d_head,
             n_layers=arch.n_layers,
@@ -298,11 +303,30 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
 
     # ------------------------------------------------------------------ hooks and caching
     def check_hook_name(self, name: str) -> None:
-        """Raise ``ValueError`` naming the closest valid hook names if ``name`` is not a hook."""
+        """Raise ``ValueError`` if ``name`` is not a hook (naming the closest valid names) or
+        is an opt-in hook that is switched off (saying how to switch it on)."""
         if name not in self.hook_dict:
             close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise ValueError(f"unknown hook name {name!r}{hint}")
+        switch = self._opt_in_switch(name)
+        if switch is not None:
+            raise ValueError(
+                f"hook {name!r} is switched off, so a hook on it would never fire; switch it on with "
+                f"model.{switch}(True) (or for one block of code: with model.per_head_hooks(...):)"
+            )
+
+    def _opt_in_switch(self, name: str) -> str | None:
+        """The setter that turns on opt-in hook ``name``, if it is switched off."""
+        block = self.blocks[int(name.split(".")[1])] if name.startswith("blocks.") else None
+        if block is None:
+            return None
+        if name.endswith(".attn.hook_result") and not block.attn.use_attn_result:
+            return "set_use_attn_result"
+        split = (".hook_q_input", ".hook_k_input", ".hook_v_input")
+        if name.endswith(split) and not block.use_split_qkv_input:
+            return "set_use_split_qkv_input"
+        return None
 
     def add_hook(self, name: str | Callable, hook: Callable, *args: Any, **kwargs: Any) -> None:
         if isinstance(name, str):
@@ -323,8 +347,9 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
 
     def run_with_cache(
         self, *model_args: Any, names_filter: Any = None, remove_batch_dim: bool = False, **kwargs: Any
-    ) -> tuple[Any, ActivationCache]:
-        """Run the model and return ``(output, transformer_lens.ActivationCache)``.
+    ) -> tuple[Any, HookedLMCache]:
+        """Run the model and return ``(output, cache)``, the cache a TransformerLens
+        ``ActivationCache`` (``HookedLMCache``).
 
         Accepts TransformerLens' ``names_filter`` (name, list of names or predicate),
         ``device``, ``pos_slice``, ``remove_batch_dim`` and ``incl_bwd``; every other
@@ -337,10 +362,13 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if isinstance(names, (list, tuple)):
             for name in names:
                 self.check_hook_name(name)
+        else:  # None or a predicate: all matching hooks that fire (switched-off ones never would)
+            wanted = names_filter if names_filter is not None else (lambda name: True)
+            names_filter = lambda name: wanted(name) and self._opt_in_switch(name) is None  # noqa: E731
         output, cache_dict = super().run_with_cache(
             *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
         )
-        return output, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return output, HookedLMCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
