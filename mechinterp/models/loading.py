@@ -3,6 +3,7 @@ folded into the unembedding by default, see ``processing.py``)."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,32 @@ def load_hf(source: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[
         return hf_sources.from_pretrained(path, dtype)
     if path.suffix == ".gguf":
         raise FileNotFoundError(f"GGUF file {path} does not exist")
-    return hf_sources.from_pretrained(str(source), dtype)
+    try:
+        return hf_sources.from_pretrained(str(source), dtype)
+    except OSError as error:
+        raise ModelSourceError(_not_found_message(str(source), error)) from error
+
+
+class ModelSourceError(OSError):
+    """A source that is no embedded model, no local path, and that the hub did not provide."""
+
+
+def _not_found_message(source: str, error: OSError) -> str:
+    named = [*EMBEDDED_MODELS, *TOY_MODELS]
+    close = difflib.get_close_matches(source, named, n=2, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    unreachable = "connect" in reason.lower() or "offline" in reason.lower()
+    hub = (
+        "the Hugging Face hub cannot be reached from here to download it"
+        if unreachable
+        else "the Hugging Face hub did not provide it"
+    )
+    return (
+        f"cannot load {source!r}: it is not a model that loads offline by name{hint} "
+        f"(those are: {', '.join(named)}), not a local path (no such file or folder), and {hub} "
+        f"({reason}). Pass a local HF folder or .gguf file, or load it once where the hub is reachable."
+    )
 
 
 def from_hf_model(
