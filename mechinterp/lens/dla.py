@@ -94,7 +94,7 @@ def direct_logit_attribution(
         answers = (
             answers
             if isinstance(answers, Tensor)
-            else torch.tensor([model.to_single_token(a) for a in answers])
+            else torch.tensor([model.to_single_token(a) for a in answers], device=model.device)
         )
         if answers.shape != (batch,):
             raise ValueError(f"need one answer per example ({batch}), got shape {tuple(answers.shape)}")

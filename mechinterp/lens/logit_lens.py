@@ -118,7 +118,7 @@ def logit_lens(
     batch = tokens.shape[0]
     if targets is not None:
         if not isinstance(targets, Tensor):
-            targets = torch.tensor([model.to_single_token(t) for t in targets])
+            targets = torch.tensor([model.to_single_token(t) for t in targets], device=model.device)
         if targets.shape != (batch,):
             raise ValueError(
                 f"targets must give one token per example ({batch}), got shape {tuple(targets.shape)}"
