@@ -362,9 +362,12 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if isinstance(names, (list, tuple)):
             for name in names:
                 self.check_hook_name(name)
-        else:  # None or a predicate: all matching hooks that fire (switched-off ones never would)
-            wanted = names_filter if names_filter is not None else (lambda name: True)
-            names_filter = lambda name: wanted(name) and self._opt_in_switch(name) is None  # noqa: E731
+        else:  # None or a predicate: the matching hooks that fire (switched-off ones never would)
+            wanted = names_filter
+
+            def names_filter(name: str) -> bool:
+                return (wanted is None or wanted(name)) and self._opt_in_switch(name) is None
+
         output, cache_dict = super().run_with_cache(
             *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
         )
