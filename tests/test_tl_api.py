@@ -37,12 +37,12 @@ def test_to_str_tokens_of_a_list_is_one_list_per_prompt(tiny_llama):
     assert tiny_llama.to_str_tokens(["ab"], prepend_bos=False) == [["a", "b"]]
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral"])  # mistral: sliding window of 8
 @torch.no_grad()
 def test_generation_with_the_kv_cache_gives_the_same_tokens(family):
     import mechinterp
 
-    hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=2 if family == "llama" else None)
+    hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=None if family == "gpt2" else 2)
     model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
     prompts = ["a", "hello there", "xyz!"]  # left-padded into one batch
     cached = model.generate(prompts, max_new_tokens=10, stop_at_eos=False)
