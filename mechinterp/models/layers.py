@@ -42,14 +42,18 @@ class Norm(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding ``W_E: [d_vocab, d_model]``."""
+    """Token embedding ``W_E: [d_vocab, d_model]``, times ``embed_scale`` where the family
+    has one (Gemma: ``sqrt(d_model)``, rounded to the weights' dtype as Hugging Face does)."""
 
     def __init__(self, cfg: ArchitectureConfig):
         super().__init__()
         self.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))
+        self.scale = cfg.embed_scale
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        return self.W_E[tokens]
+        if self.scale is None:
+            return self.W_E[tokens]
+        return self.W_E[tokens] * torch.tensor(self.scale, dtype=torch.float32).to(self.W_E.dtype)
 
 
 class PosEmbed(nn.Module):
@@ -64,15 +68,29 @@ class PosEmbed(nn.Module):
 
 
 class Unembed(nn.Module):
-    """Unembedding ``W_U: [d_model, d_vocab]`` and bias ``b_U`` (zeros where the model has none)."""
+    """Unembedding ``W_U: [d_model, d_vocab]`` and bias ``b_U`` (zeros where the model has none),
+    then the final-logit soft-cap ``c * tanh(logits / c)`` where the family has one (Gemma 2).
+
+    Every logit reader (forward, lenses, patching executors) goes through this module, so
+    each sees the capped logits; linear decompositions (direct logit attribution) explain
+    the logits before the cap (``uncapped``).
+    """
 
     def __init__(self, cfg: ArchitectureConfig):
         super().__init__()
         self.W_U = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
+        self.softcap = cfg.final_softcap
+
+    def uncapped(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_vocab"]:
+        """``x W_U + b_U``: the logits before the soft-cap (the same as ``forward`` without one)."""
+        return x @ self.W_U + self.b_U
 
     def forward(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_vocab"]:
-        return x @ self.W_U + self.b_U
+        logits = self.uncapped(x)
+        if self.softcap is None:
+            return logits
+        return (logits / self.softcap).tanh() * self.softcap
 
 
 class MLP(nn.Module):
