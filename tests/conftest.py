@@ -8,7 +8,9 @@ import torch
 import mechinterp
 from mechinterp.models.tiny import tiny_hf_model
 
-# (family, n_kv_heads): MHA and GQA variants of every supported family.
+# (family, n_kv_heads): MHA and GQA variants of every supported family. Adding a family: add
+# its tiny config (mechinterp/models/tiny.py) and a row here; every test taking tiny_pair
+# (HF and bridge parity, engine vs reference, TL patching, lenses, DLA) then covers it.
 TINY_VARIANTS = [
     ("gpt2", None),
     ("llama", None),
@@ -16,6 +18,13 @@ TINY_VARIANTS = [
     ("mistral", 2),
     ("qwen2", 2),
     ("gpt_neox", None),
+    ("llama3", 2),
+    ("gemma2", 2),
+    ("gemma3", 2),
+    ("qwen3", 2),
+    ("olmo2", 2),
+    ("phi3", 2),
+    ("gptj", None),
 ]
 TINY_IDS = [f"{family}-{'gqa' if kv else 'mha'}" for family, kv in TINY_VARIANTS]
 

@@ -9,6 +9,11 @@ anyway). Each component's attribution is then ``center?(c) / scale * w . (W_U[:,
 W_U[:, incorrect])``, and the attributions plus the constant term (norm bias and unembedding
 bias) sum exactly to the true logit difference.
 
+Models with a norm after each sublayer (Gemma 2/3, OLMo 2) get the same treatment there:
+each part of a sublayer's output is read through that norm's frozen ``w / scale``. Models
+with a final-logit soft-cap (Gemma 2) are explained before the cap, which is not linear:
+``logit_diff`` is then the difference of the uncapped logits.
+
 Example:
     >>> dla = direct_logit_attribution(model, prompts, correct=[" Mary"], incorrect=[" John"])
     >>> dla.by_head().mean(-1)          # [layer, head]
@@ -101,9 +106,11 @@ def direct_logit_attribution(
         ids.append(answers.to(model.device))
     positions = last_positions(attention_mask) if positions is None else positions.to(model.device)
     arch = model.architecture
-    logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
+    _, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
     rows = torch.arange(batch, device=model.device)
-    logit_diff = logits[rows, positions, ids[0]] - logits[rows, positions, ids[1]]
+    final = cache[f"blocks.{arch.n_layers - 1}.hook_resid_post"][rows, positions]
+    logits = model.unembed.uncapped(model.ln_final(final))  # the soft-cap (if any) is not linear
+    logit_diff = logits[rows, ids[0]] - logits[rows, ids[1]]
 
     direction = (model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.w  # [batch, d_model]
     if arch.norm == "layernorm":  # (c - mean c) . u == c . (u - mean u)
@@ -124,25 +131,41 @@ def direct_logit_attribution(
     add((at("hook_embed") * reader).sum(-1), "embed", "embed", None)
     if model.pos_embed is not None:
         add((at("hook_pos_embed") * reader).sum(-1), "pos_embed", "pos_embed", None)
+
+    def through(norm, name: str) -> Tensor:
+        """The reader of a sublayer's raw output: through its post-norm's frozen w / scale."""
+        return reader if norm is None else reader * norm.w / at(name)
+
     for layer, block in enumerate(model.blocks):
+        attn_reader = through(block.ln1_post, f"blocks.{layer}.ln1_post.hook_scale")
         if granularity == "layer":
-            attn = at(f"blocks.{layer}.hook_attn_out") - block.attn.b_O
-            add((attn * reader).sum(-1), f"L{layer} attn", "attn", layer)
+            attn = at(f"blocks.{layer}.hook_attn_out")
+            add(
+                (attn * reader).sum(-1) - (block.attn.b_O * attn_reader).sum(-1),
+                f"L{layer} attn",
+                "attn",
+                layer,
+            )
         else:
-            head_readers = torch.einsum("hdm,bm->bhd", block.attn.W_O, reader)
+            head_readers = torch.einsum("hdm,bm->bhd", block.attn.W_O, attn_reader)
             per_head = (at(f"blocks.{layer}.attn.hook_z") * head_readers).sum(-1)  # [batch, head]
             for head in range(arch.n_heads):
                 add(per_head[:, head], f"L{layer} H{head}", "head", layer)
-        add((block.attn.b_O * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
+        add((block.attn.b_O * attn_reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
+        if arch.attn_only:
+            continue
+        mlp_reader = through(block.ln2_post, f"blocks.{layer}.ln2_post.hook_scale")
         if granularity == "neuron":
-            neuron_readers = reader @ block.mlp.W_out.T  # [batch, d_mlp]
+            neuron_readers = mlp_reader @ block.mlp.W_out.T  # [batch, d_mlp]
             per_neuron = at(f"blocks.{layer}.mlp.hook_post") * neuron_readers
             for neuron in range(arch.d_mlp):
                 add(per_neuron[:, neuron], f"L{layer} N{neuron}", "neuron", layer)
         else:
-            mlp = at(f"blocks.{layer}.hook_mlp_out") - block.mlp.b_out
-            add((mlp * reader).sum(-1), f"L{layer} MLP", "mlp", layer)
-        add((block.mlp.b_out * reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
+            mlp = at(f"blocks.{layer}.hook_mlp_out")
+            add(
+                (mlp * reader).sum(-1) - (block.mlp.b_out * mlp_reader).sum(-1), f"L{layer} MLP", "mlp", layer
+            )
+        add((block.mlp.b_out * mlp_reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
     constant = model.b_U[ids[0]] - model.b_U[ids[1]]
     if model.ln_final.b is not None:
         constant = constant + ((model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.b).sum(-1)

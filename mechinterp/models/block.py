@@ -36,12 +36,12 @@ class AttentionOnlyBlock(nn.Module):
     a hook can change one head's input alone (path patching).
     """
 
-    def __init__(self, cfg: ArchitectureConfig):
+    def __init__(self, cfg: ArchitectureConfig, layer: int = 0):
         super().__init__()
         self.cfg = cfg
         self.use_split_qkv_input = False
         self.ln1 = Norm(cfg) if cfg.block_norms != "post" else None
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.ln1_post = Norm(cfg) if cfg.block_norms != "pre" else None
         for name in ("resid_pre", "resid_post", "attn_out", "q_input", "k_input", "v_input"):
             setattr(self, f"hook_{name}", HookPoint())
@@ -62,8 +62,7 @@ class AttentionOnlyBlock(nn.Module):
             v_in = _norm(self.ln1, self.hook_v_input(per_head.repeat(1, 1, kv_heads, 1)))
         else:
             q_in = k_in = v_in = _norm(self.ln1, resid_pre)
-        out = self.attn(q_in, k_in, v_in, allowed, rotary, past)
-        return self.hook_attn_out(_norm(self.ln1_post, out))
+        return self.hook_attn_out(self.attn(q_in, k_in, v_in, allowed, rotary, past, self.ln1_post))
 
     def forward(
         self,
@@ -83,8 +82,8 @@ class TransformerBlock(AttentionOnlyBlock):
     sum; the MLP does not read it). Per-head inputs work as in ``AttentionOnlyBlock``.
     """
 
-    def __init__(self, cfg: ArchitectureConfig):
-        super().__init__(cfg)
+    def __init__(self, cfg: ArchitectureConfig, layer: int = 0):
+        super().__init__(cfg, layer)
         self.ln2 = Norm(cfg) if cfg.block_norms != "post" else None
         self.mlp = MLP(cfg)
         self.ln2_post = Norm(cfg) if cfg.block_norms != "pre" else None

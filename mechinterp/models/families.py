@@ -538,9 +538,12 @@ def family_for(model_type: str) -> Family:
     for family in FAMILIES:
         if model_type in family.hf_model_types:
             return family
+    supported = "; ".join(f"{f.name} ({', '.join(f.hf_model_types)})" for f in FAMILIES)
     raise UnsupportedArchitectureError(
-        f"model_type {model_type!r} has no native mechinterp family; supported: "
-        f"{', '.join(SUPPORTED_MODEL_TYPES)}. Fallback: wrap the HF model with "
-        "transformer_lens.model_bridge.TransformerBridge.boot_transformers(name, hf_model=model) "
-        "(hooks and TL utilities work, but no layer skipping and no batched patching engine)."
+        f"model_type {model_type!r} has no native mechinterp family. Supported families "
+        f"(HF model_type): {supported}. To add one, declare it in mechinterp/models/families.py "
+        "and extend the family-parametrised tests (README: 'Adding a model family'). Fallback: "
+        "wrap the HF model with transformer_lens.model_bridge.TransformerBridge.boot_transformers("
+        "name, hf_model=model) (hooks and TL utilities work, but no layer skipping and no batched "
+        "patching engine)."
     )

@@ -60,7 +60,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         self.hook_pos_embed = HookPoint() if learned else None
         self.rotary = None if learned else Rotary(architecture)
         block = AttentionOnlyBlock if architecture.attn_only else TransformerBlock
-        self.blocks = nn.ModuleList(block(architecture) for _ in range(architecture.n_layers))
+        self.blocks = nn.ModuleList(block(architecture, layer) for layer in range(architecture.n_layers))
         self.ln_final = Norm(architecture)
         self.unembed = Unembed(architecture)
         self.setup()
@@ -281,10 +281,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
     def _allowed_attention(self, mask: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
         n_pos = mask.shape[1]
         idx = torch.arange(n_pos, device=mask.device)
-        allowed = idx[None, :] <= idx[:, None]
-        window = self.architecture.sliding_window
-        if window is not None:
-            allowed = allowed & (idx[:, None] - idx[None, :] < window)
+        allowed = idx[None, :] <= idx[:, None]  # sliding windows: Attention.allowed_keys, per layer
         return allowed[None, None] & mask.bool()[:, None, None, :]
 
     @staticmethod

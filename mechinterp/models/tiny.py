@@ -172,6 +172,7 @@ def tiny_hf_model(family: str, *, seed: int = 0, **config_kwargs: Any) -> tuple[
     config._attn_implementation = "eager"
     generator = torch.Generator().manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
+    config.architectures = [type(model).__name__]  # as saved checkpoints record it (the bridge reads it)
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
