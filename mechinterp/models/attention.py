@@ -3,8 +3,13 @@
 Shapes follow TransformerLens: queries are ``[batch, pos, head, d_head]``; keys and values
 stay *grouped* ``[batch, pos, kv_head, d_head]`` in their hooks (each kv head is shared by
 ``n_heads // n_kv_heads`` consecutive query heads) and are expanded to query heads only
-inside the score computation. RoPE (Su et al. 2021) rotates the first ``rotary_dim``
-dims of each head in the "rotate half" layout that Llama and GPT-NeoX checkpoints use.
+inside the score computation. The parameters follow the same split: ``W_K_grouped`` etc.
+hold one matrix per kv head, and ``W_K`` etc. are TransformerLens' per-query-head views
+of them (what TL's grouped-query attention also exposes under those names). RoPE (Su et
+al. 2021) rotates the first ``rotary_dim`` dims of each head, in the "rotate half" layout
+of Llama and GPT-NeoX checkpoints or the interleaved one of GPT-J. Family variants live
+here too: QK-norm (Qwen3, Gemma 3, OLMo 2), attention-logit soft-capping and
+``query_pre_attn_scalar`` (Gemma 2), per-layer sliding windows and rotary bases (Gemma 2/3).
 """
 
 from __future__ import annotations
@@ -95,6 +100,10 @@ def _project(x: Tensor, weight: Float[Tensor, "head d_model d_head"]) -> Tensor:
 class Attention(nn.Module):
     """Multi-head / grouped-query causal attention with TransformerLens hooks.
 
+    Parameters: ``W_Q`` ``[head, d_model, d_head]``, ``W_K_grouped`` / ``W_V_grouped``
+    ``[kv_head, d_model, d_head]``, ``W_O`` ``[head, d_head, d_model]`` and biases; ``W_K``,
+    ``W_V``, ``b_K``, ``b_V`` are derived per-query-head views (TransformerLens' layout).
+
     Hooks: ``hook_q``, ``hook_k``, ``hook_v`` (projections, before any QK-norm and rotary),
     ``hook_q_normed``, ``hook_k_normed`` (QK-norm models: after ``q_norm`` / ``k_norm``, before
     rotary), ``hook_rot_q``, ``hook_rot_k`` (rotary models), ``hook_attn_scores`` (scaled,
@@ -113,12 +122,12 @@ class Attention(nn.Module):
         self.cfg = cfg
         h, kv, m, d = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head
         self.W_Q = nn.Parameter(torch.zeros(h, m, d))
-        self.W_K = nn.Parameter(torch.zeros(kv, m, d))
-        self.W_V = nn.Parameter(torch.zeros(kv, m, d))
+        self.W_K_grouped = nn.Parameter(torch.zeros(kv, m, d))
+        self.W_V_grouped = nn.Parameter(torch.zeros(kv, m, d))
         self.W_O = nn.Parameter(torch.zeros(h, d, m))
         self.b_Q = nn.Parameter(torch.zeros(h, d))
-        self.b_K = nn.Parameter(torch.zeros(kv, d))
-        self.b_V = nn.Parameter(torch.zeros(kv, d))
+        self.b_K_grouped = nn.Parameter(torch.zeros(kv, d))
+        self.b_V_grouped = nn.Parameter(torch.zeros(kv, d))
         self.b_O = nn.Parameter(torch.zeros(m))
         self.use_attn_result = False
         self.window = cfg.window(layer)
@@ -176,6 +185,27 @@ class Attention(nn.Module):
         queries = keys[n_k - n_q :]
         return allowed & (queries[:, None] - keys[None, :] < self.window)
 
+    def per_query_head(self, grouped: Float[Tensor, "kv_head ..."]) -> Float[Tensor, "head ..."]:
+        """Repeat each kv head's tensor for the query heads that share it."""
+        return grouped.repeat_interleave(self.cfg.heads_per_kv_head, dim=0)
+
+    W_K = property(
+        lambda self: self.per_query_head(self.W_K_grouped),
+        doc="Keys per query head ``[head, d_model, d_head]`` (TL layout; read-only, from ``W_K_grouped``).",
+    )
+    W_V = property(
+        lambda self: self.per_query_head(self.W_V_grouped),
+        doc="Values per query head ``[head, d_model, d_head]`` (TL layout; read-only, from ``W_V_grouped``).",
+    )
+    b_K = property(
+        lambda self: self.per_query_head(self.b_K_grouped),
+        doc="Key biases per query head ``[head, d_head]`` (read-only, from ``b_K_grouped``).",
+    )
+    b_V = property(
+        lambda self: self.per_query_head(self.b_V_grouped),
+        doc="Value biases per query head ``[head, d_head]`` (read-only, from ``b_V_grouped``).",
+    )
+
     def forward(
         self,
         query_input: Tensor,
@@ -190,11 +220,13 @@ class Attention(nn.Module):
         does not compute; they are prepended to this call's own keys and values.
         ``post_norm`` is the block's norm after attention, applied to the output here."""
         q = self.hook_q(_project(query_input, self.W_Q) + self.b_Q)
-        k = self.hook_k(_project(key_input, self.W_K) + self.b_K)
-        v = self.hook_v(_project(value_input, self.W_V) + self.b_V)
+        k = self.hook_k(_project(key_input, self.W_K_grouped) + self.b_K_grouped)
+        v = self.hook_v(_project(value_input, self.W_V_grouped) + self.b_V_grouped)
         if self.q_norm is not None:
             q = self.hook_q_normed(self.normed_qk(self.q_norm, q, query_input, self.W_Q, self.b_Q))
-            k = self.hook_k_normed(self.normed_qk(self.k_norm, k, key_input, self.W_K, self.b_K))
+            k = self.hook_k_normed(
+                self.normed_qk(self.k_norm, k, key_input, self.W_K_grouped, self.b_K_grouped)
+            )
         if rotary is not None:
             cos, sin = self.rotary_tables(rotary)
             interleaved = self.cfg.rotary_style == "interleaved"

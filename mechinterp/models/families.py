@@ -130,6 +130,13 @@ class Family:
         return ArchitectureConfig(**self.fixed, **read, model_name=model_name)
 
 
+def _attn_param(kind: str, part: str) -> str:
+    """Our name of a query/key/value weight (``kind`` "W") or bias ("b"); keys and values
+    are stored per kv head, under ``..._grouped``."""
+    suffix = "_grouped" if part in ("K", "V") else ""
+    return f"blocks.{{l}}.attn.{kind}_{part}{suffix}"
+
+
 def _rope(hf_config: Any, key: str, default: Any) -> Any:
     params = getattr(hf_config, "rope_parameters", None) or {}
     return params.get(key, getattr(hf_config, key, default))
@@ -212,13 +219,13 @@ def _separate_qkv_rules() -> tuple[WeightRule, ...]:
     return (
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.W_{x.upper()}", _layer(f"self_attn.{x}_proj.weight"), linear_to_heads
+                _attn_param("W", x.upper()), _layer(f"self_attn.{x}_proj.weight"), linear_to_heads
             )
             for x in "qkv"
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.b_{x.upper()}",
+                _attn_param("b", x.upper()),
                 _layer(f"self_attn.{x}_proj.bias"),
                 bias_to_heads,
                 optional=True,
@@ -277,12 +284,12 @@ _GPT2 = Family(
             for p, hf in (("w", "weight"), ("b", "bias"))
         ),
         *(
-            WeightRule(f"blocks.{{l}}.attn.W_{x}", "transformer.h.{l}.attn.c_attn.weight", gpt2_qkv(i))
+            WeightRule(_attn_param("W", x), "transformer.h.{l}.attn.c_attn.weight", gpt2_qkv(i))
             for i, x in enumerate("QKV")
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.b_{x}", "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True)
+                _attn_param("b", x), "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True)
             )
             for i, x in enumerate("QKV")
         ),
@@ -394,7 +401,7 @@ _PHI3 = Family(
         *_norms(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.W_{x}",
+                _attn_param("W", x),
                 _layer("self_attn.qkv_proj.weight"),
                 fused_rows(_qkv_sizes, i, linear_to_heads),
             )
@@ -445,7 +452,7 @@ _NEOX = Family(
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.W_{x}",
+                _attn_param("W", x),
                 "gpt_neox.layers.{l}.attention.query_key_value.weight",
                 neox_qkv(i),
             )
@@ -453,7 +460,7 @@ _NEOX = Family(
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.b_{x}",
+                _attn_param("b", x),
                 "gpt_neox.layers.{l}.attention.query_key_value.bias",
                 neox_qkv(i, bias=True),
             )
@@ -503,7 +510,7 @@ _GPTJ = Family(
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.W_{x.upper()}",
+                _attn_param("W", x.upper()),
                 f"transformer.h.{{l}}.attn.{x}_proj.weight",
                 linear_to_heads,
             )
