@@ -218,9 +218,7 @@ def _separate_qkv_rules() -> tuple[WeightRule, ...]:
     """``q_proj``/``k_proj``/``v_proj``/``o_proj`` with optional biases (Llama layout)."""
     return (
         *(
-            WeightRule(
-                _attn_param("W", x.upper()), _layer(f"self_attn.{x}_proj.weight"), linear_to_heads
-            )
+            WeightRule(_attn_param("W", x.upper()), _layer(f"self_attn.{x}_proj.weight"), linear_to_heads)
             for x in "qkv"
         ),
         *(
@@ -288,9 +286,7 @@ _GPT2 = Family(
             for i, x in enumerate("QKV")
         ),
         *(
-            WeightRule(
-                _attn_param("b", x), "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True)
-            )
+            WeightRule(_attn_param("b", x), "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True))
             for i, x in enumerate("QKV")
         ),
         WeightRule("blocks.{l}.attn.W_O", "transformer.h.{l}.attn.c_proj.weight", conv1d_out_to_heads),
