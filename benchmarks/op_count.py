@@ -118,7 +118,9 @@ def budget_calls(model) -> dict[str, Callable[[], object]]:
 
     clean, corrupt = model.to_tokens(CLEAN), model.to_tokens(CORRUPT)
     metric = LogitDifference.last_position(
-        torch.ones_like(clean), correct=[model.to_single_token(" Mary")], incorrect=[model.to_single_token(" John")]
+        torch.ones_like(clean),
+        correct=[model.to_single_token(" Mary")],
+        incorrect=[model.to_single_token(" John")],
     )
 
     def sweep(spec):
@@ -135,7 +137,9 @@ def budget_calls(model) -> dict[str, Callable[[], object]]:
 def main() -> None:
     import mechinterp
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--top", type=int, default=6, help="most frequent ops to list per call")
     args = parser.parse_args()

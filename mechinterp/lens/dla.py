@@ -129,8 +129,8 @@ def direct_logit_attribution(
             attn = at(f"blocks.{layer}.hook_attn_out") - block.attn.b_O
             add((attn * reader).sum(-1), f"L{layer} attn", "attn", layer)
         else:
-            head_readers = torch.einsum("hdm,bm->bhd", block.attn.W_O, reader)
-            per_head = (at(f"blocks.{layer}.attn.hook_z") * head_readers).sum(-1)  # [batch, head]
+            z = at(f"blocks.{layer}.attn.hook_z")[:, None]  # [batch, 1, head, d_head]
+            per_head = (block.attn.head_outputs(z)[:, 0] * reader[:, None]).sum(-1)  # [batch, head]
             for head in range(arch.n_heads):
                 add(per_head[:, head], f"L{layer} H{head}", "head", layer)
         add((block.attn.b_O * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)

@@ -5,9 +5,29 @@ stay *grouped* ``[batch, pos, kv_head, d_head]`` in their hooks (each kv head is
 ``n_heads // n_kv_heads`` consecutive query heads) and are expanded to query heads only
 inside the score computation. RoPE (Su et al. 2021) rotates the first ``rotary_dim``
 dims of each head in the "rotate half" layout that Llama and GPT-NeoX checkpoints use.
+
+The attention math lives here once, as the methods of ``Attention``: ``queries`` /
+``keys`` / ``values`` (projections), ``rotate``, ``scores`` (scale, soft-cap and mask),
+``pattern``, ``mix`` (``z``), ``head_outputs`` (``z @ W_O`` per head) and ``output``.
+``forward`` composes them with the hooks in between; every analysis that needs a piece
+(attribution patching's QK fix, path and edge patching, direct logit attribution) calls the
+same method, so a new attention variant changes one place.
+
+Inside, head-major tensors ``[head, batch, pos, d_head]`` keep the work to a few batched
+matrix products per layer; what the hooks and methods hand out are views in the
+TransformerLens layout above, so nothing is copied to present them.
+
+Example:
+    >>> attn = model.blocks[3].attn
+    >>> context = model.attention_context(torch.ones_like(tokens))
+    >>> scores = attn.scores(cache["blocks.3.attn.hook_rot_q"], cache["blocks.3.attn.hook_rot_k"], context)
+    >>> torch.allclose(attn.pattern(scores), cache["blocks.3.attn.hook_pattern"])
+    True
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -24,6 +44,9 @@ class Rotary(nn.Module):
     low-precision models keep exact angles) can be replaced by a loader with a
     checkpoint's own frequencies (Llama-3 / YaRN scaling); ``attention_scaling``
     multiplies cos and sin as in HF.
+
+    ``forward`` returns ``(cos, signed_sin)``, each ``[batch, pos, rotary_dim]``: the
+    sine's first half is negated, so that ``apply_rotary`` needs no negation per layer.
     """
 
     def __init__(self, cfg: ArchitectureConfig):
@@ -37,28 +60,79 @@ class Rotary(nn.Module):
         self, positions: Int[Tensor, "batch pos"]
     ) -> tuple[Float[Tensor, "batch pos rot"], Float[Tensor, "batch pos rot"]]:
         angles = positions[..., None].float() * self.inv_freq.to(positions.device)
-        angles = torch.cat([angles, angles], dim=-1)
-        return angles.cos() * self.attention_scaling, angles.sin() * self.attention_scaling
+        sin = angles.sin() * self.attention_scaling
+        cos = angles.cos() * self.attention_scaling
+        return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
 
 
 def apply_rotary(
     x: Float[Tensor, "batch pos head d_head"],
-    cos: Float[Tensor, "batch pos rot"],
-    sin: Float[Tensor, "batch pos rot"],
+    cos: Float[Tensor, "#batch pos rot"],
+    signed_sin: Float[Tensor, "#batch pos rot"],
 ) -> Float[Tensor, "batch pos head d_head"]:
-    """Rotate the first ``cos.shape[-1]`` dims of every head; the rest pass through."""
+    """Rotate the first ``cos.shape[-1]`` dims of every head ("rotate half"); the rest pass
+    through. ``signed_sin`` is ``Rotary``'s (first half negated)."""
     rot_dim = cos.shape[-1]
-    rotated, passed = x[..., :rot_dim], x[..., rot_dim:]
-    first, second = rotated.chunk(2, dim=-1)
-    half_turned = torch.cat([-second, first], dim=-1)
-    cos, sin = cos[:, :, None].to(x.dtype), sin[:, :, None].to(x.dtype)
-    return torch.cat([rotated * cos + half_turned * sin, passed], dim=-1)
+    heads_first = _heads_first(x)  # [head, batch, pos, d_head]: the tables broadcast over heads
+    cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
+    if rot_dim == x.shape[-1]:
+        turned = heads_first.roll(rot_dim // 2, dims=-1)  # [second half, first half]
+        return _heads_last(torch.addcmul(heads_first * cos, turned, signed_sin))
+    rotated, passed = heads_first[..., :rot_dim], heads_first[..., rot_dim:]
+    turned = rotated.roll(rot_dim // 2, dims=-1)
+    return _heads_last(torch.cat([torch.addcmul(rotated * cos, turned, signed_sin), passed], dim=-1))
 
 
-def _project(x: Tensor, weight: Float[Tensor, "head d_model d_head"]) -> Tensor:
-    """``[batch pos d_model]`` (shared input) or ``[batch pos head d_model]`` (per-head input)."""
-    pattern = "bpm,hmd->bphd" if x.ndim == 3 else "bphm,hmd->bphd"
-    return torch.einsum(pattern, x, weight)
+def _heads_first(x: Tensor) -> Tensor:
+    """``[batch, pos, head, ...]`` -> ``[head, batch, pos, ...]`` (a view)."""
+    return x.movedim(2, 0)
+
+
+def _heads_last(x: Tensor) -> Tensor:
+    """``[head, batch, pos, ...]`` -> ``[batch, pos, head, ...]`` (a view)."""
+    return x.movedim(0, 2)
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionContext:
+    """What every attention layer of one run needs besides its inputs: which keys each
+    query may read, and the rotary tables of the query positions.
+
+    Build it with ``HookedLM.attention_context``. ``allowed`` is ``[batch or 1, 1, q_pos,
+    k_pos]`` (one shared row when no example is padded). ``rows(n)`` is the context of the
+    first ``n`` rows (the patching engine adds rows as they enter at later layers).
+    """
+
+    positions: Int[Tensor, "batch q_pos"]
+    allowed: Bool[Tensor, "batch 1 q_pos k_pos"]
+    rotary: tuple[Tensor, Tensor] | None
+    _bias: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def shared(self) -> bool:
+        """Whether every row reads the same keys (no padding): the mask broadcasts."""
+        return self.allowed.shape[0] == 1
+
+    def rows(self, n: int) -> AttentionContext:
+        """The first ``n`` rows (views; a shared mask stays shared)."""
+        if n == self.positions.shape[0]:
+            return self
+        rotary = None if self.rotary is None else (self.rotary[0][:n], self.rotary[1][:n])
+        allowed = self.allowed if self.shared else self.allowed[:n]
+        return AttentionContext(self.positions[:n], allowed, rotary, self._bias if self.shared else {})
+
+    def score_bias(self, n_heads: int, dtype: torch.dtype) -> Float[Tensor, "rows q_pos k_pos"]:
+        """The additive mask of head-major scores ``[head*batch or 1, q_pos, k_pos]``: 0 where
+        a query may read a key, the dtype's most negative number elsewhere. Made once per
+        run (per head count and dtype)."""
+        key = (n_heads, dtype)
+        if key not in self._bias:
+            blocked = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            blocked = blocked.masked_fill_(~self.allowed, torch.finfo(dtype).min)[:, 0]  # [batch, q, k]
+            if not self.shared:
+                blocked = blocked.expand(n_heads, *blocked.shape).flatten(0, 1)
+            self._bias[key] = blocked
+        return self._bias[key]
 
 
 class Attention(nn.Module):
@@ -67,7 +141,8 @@ class Attention(nn.Module):
     Hooks: ``hook_q``, ``hook_k``, ``hook_v`` (before rotary), ``hook_rot_q``, ``hook_rot_k``
     (rotary models), ``hook_attn_scores`` (scaled and masked), ``hook_pattern``,
     ``hook_z`` (pattern-weighted values), ``hook_result`` (per-head output; only fires
-    when the model's ``use_attn_result`` is on).
+    when the model's ``use_attn_result`` is on). Each step is also a method (see the
+    module docstring) that analyses call on cached activations.
     """
 
     def __init__(self, cfg: ArchitectureConfig):
@@ -89,33 +164,118 @@ class Attention(nn.Module):
             self.hook_rot_q = HookPoint()
             self.hook_rot_k = HookPoint()
 
+    # ------------------------------------------------------------------ pieces
+    def queries(self, x: Tensor) -> Float[Tensor, "batch pos head d_head"]:
+        """Query projection of ``[batch, pos, d_model]`` (or per-head ``[batch, pos, head, d_model]``)."""
+        return _project(x, self.W_Q, self.b_Q)
+
+    def keys(self, x: Tensor) -> Float[Tensor, "batch pos kv_head d_head"]:
+        """Key projection (grouped: one per kv head), before rotary."""
+        return _project(x, self.W_K, self.b_K)
+
+    def values(self, x: Tensor) -> Float[Tensor, "batch pos kv_head d_head"]:
+        """Value projection (grouped: one per kv head)."""
+        return _project(x, self.W_V, self.b_V)
+
+    def scores(
+        self,
+        q: Float[Tensor, "batch q_pos head d_head"],
+        k: Float[Tensor, "batch k_pos kv_head d_head"],
+        context: AttentionContext,
+    ) -> Float[Tensor, "batch head q_pos k_pos"]:
+        """Attention scores as ``hook_attn_scores`` holds them: ``q . k`` times the scale,
+        blocked pairs set to the dtype's most negative number. ``q`` and ``k`` are rotated
+        already (``hook_rot_q`` / ``hook_rot_k``); ``q`` may be any subset of the query
+        positions of ``context`` as long as the keys cover what they read."""
+        batch, n_q, heads = q.shape[:3]
+        q_rows = _heads_first(q).reshape(heads * batch, n_q, q.shape[-1])
+        k_rows = self._expand_groups(k, heads)
+        bias = context.score_bias(heads, q.dtype)
+        scores = torch.baddbmm(bias, q_rows, k_rows.transpose(1, 2), alpha=self.cfg.scale)
+        return scores.view(heads, batch, n_q, -1).transpose(0, 1)
+
+    def pattern(
+        self, scores: Float[Tensor, "batch head q_pos k_pos"]
+    ) -> Float[Tensor, "batch head q_pos k_pos"]:
+        """Softmax over keys, computed in float32 and returned in the scores' dtype."""
+        return scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
+
+    def mix(
+        self, pattern: Float[Tensor, "batch head q_pos k_pos"], v: Float[Tensor, "batch k_pos kv_head d_head"]
+    ) -> Float[Tensor, "batch q_pos head d_head"]:
+        """``z``: each head's pattern-weighted values."""
+        batch, heads, n_q, n_k = pattern.shape
+        rows = pattern.transpose(0, 1).reshape(heads * batch, n_q, n_k)
+        z = torch.bmm(rows, self._expand_groups(v, heads))
+        return _heads_last(z.view(heads, batch, n_q, -1))
+
+    def head_outputs(
+        self, z: Float[Tensor, "batch pos head d_head"]
+    ) -> Float[Tensor, "batch pos head d_model"]:
+        """Each head's output ``z[:, :, h] @ W_O[h]`` (no bias): ``hook_result``'s values."""
+        batch, n_pos, heads, d_head = z.shape
+        out = torch.bmm(_heads_first(z).reshape(heads, batch * n_pos, d_head), self.W_O)
+        return _heads_last(out.view(heads, batch, n_pos, -1))
+
+    def output(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
+        """The layer's output: heads' outputs summed plus ``b_O`` (through ``hook_result``
+        when ``use_attn_result`` is on)."""
+        if self.use_attn_result:
+            return self.hook_result(self.head_outputs(z)).sum(dim=2) + self.b_O
+        batch, n_pos = z.shape[:2]
+        out = torch.addmm(self.b_O, z.reshape(batch * n_pos, -1), self.W_O.flatten(0, 1))
+        return out.view(batch, n_pos, -1)
+
+    def _expand_groups(self, x: Float[Tensor, "batch pos kv_head d_head"], heads: int) -> Tensor:
+        """Keys or values as ``[head*batch, pos, d_head]`` rows matching head-major queries."""
+        batch, n_pos, kv_heads, d_head = x.shape
+        grouped = _heads_first(x)
+        if heads != kv_heads:
+            group = heads // kv_heads
+            grouped = grouped[:, None].expand(kv_heads, group, batch, n_pos, d_head)
+        return grouped.reshape(heads * batch, n_pos, d_head)
+
+    # ------------------------------------------------------------------ forward
     def forward(
         self,
         query_input: Tensor,
         key_input: Tensor,
         value_input: Tensor,
-        allowed: Bool[Tensor, "batch 1 q_pos k_pos"],
-        rotary: tuple[Tensor, Tensor] | None,
+        context: AttentionContext,
         past: tuple[Tensor, Tensor] | None = None,
     ) -> Float[Tensor, "batch q_pos d_model"]:
         """``past`` holds keys (after rotary) and values of earlier positions that this call
         does not compute; they are prepended to this call's own keys and values."""
-        q = self.hook_q(_project(query_input, self.W_Q) + self.b_Q)
-        k = self.hook_k(_project(key_input, self.W_K) + self.b_K)
-        v = self.hook_v(_project(value_input, self.W_V) + self.b_V)
-        if rotary is not None:
-            q = self.hook_rot_q(apply_rotary(q, *rotary))
-            k = self.hook_rot_k(apply_rotary(k, *rotary))
+        q = self.hook_q(self.queries(query_input))
+        k = self.hook_k(self.keys(key_input))
+        v = self.hook_v(self.values(value_input))
+        if context.rotary is not None:
+            q = self.hook_rot_q(apply_rotary(q, *context.rotary))
+            k = self.hook_rot_k(apply_rotary(k, *context.rotary))
         if past is not None:
-            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
-        group = self.cfg.heads_per_kv_head
-        if group > 1:
-            k, v = k.repeat_interleave(group, dim=2), v.repeat_interleave(group, dim=2)
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale
-        scores = self.hook_attn_scores(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
-        pattern = self.hook_pattern(scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype))
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))
-        if self.use_attn_result:
-            result = self.hook_result(torch.einsum("bqhd,hdm->bqhm", z, self.W_O))
-            return result.sum(dim=2) + self.b_O
-        return torch.einsum("bqhd,hdm->bqm", z, self.W_O) + self.b_O
+            k, v = _prepend(past[0], k), _prepend(past[1], v)
+        scores = self.hook_attn_scores(self.scores(q, k, context))
+        z = self.hook_z(self.mix(self.hook_pattern(self.pattern(scores)), v))
+        return self.output(z)
+
+
+def _project(
+    x: Tensor, weight: Float[Tensor, "head d_model d_head"], bias: Float[Tensor, "head d_head"]
+) -> Tensor:
+    """``x @ weight[h] + bias[h]`` per head, as one batched product over heads, for a shared
+    input ``[batch, pos, d_model]`` or per-head inputs ``[batch, pos, head, d_model]``."""
+    heads, d_model, _ = weight.shape
+    batch, n_pos = x.shape[:2]
+    if x.ndim == 3:
+        rows = x.reshape(1, batch * n_pos, d_model).expand(heads, -1, -1)
+    else:
+        rows = _heads_first(x).reshape(heads, batch * n_pos, d_model)
+    out = torch.baddbmm(bias[:, None], rows, weight)
+    return _heads_last(out.view(heads, batch, n_pos, -1))
+
+
+def _prepend(
+    prefix: Float[Tensor, "batch pre kv_head d_head"], x: Float[Tensor, "batch pos kv_head d_head"]
+) -> Tensor:
+    """``cat([prefix, x])`` over positions, stored head-major like the projections."""
+    return _heads_last(torch.cat([_heads_first(prefix), _heads_first(x)], dim=2))

@@ -103,7 +103,7 @@ def sender_deltas(
         index = (slice(None), *site_index(site))
         difference[index] = source[site.hook_name][index] - base[site.hook_name][index]
         if site.kind == "z":  # a head's output is its z through its slice of W_O
-            difference = torch.einsum("bphd,hdm->bpm", difference, model.blocks[site.layer].attn.W_O)
+            difference = model.blocks[site.layer].attn.head_outputs(difference).sum(2)
         deltas.append(difference)
     return torch.stack(deltas)
 
