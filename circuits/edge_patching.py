@@ -83,6 +83,7 @@ def destination_groups(graph: Graph) -> list[DestinationGroup]:
 def source_outputs(model, cache, graph: Graph) -> Float[Tensor, "source batch pos d_model"]:
     """Each source node's output in a cached run, stacked in ``graph.source_nodes`` order."""
     outputs = []
+    heads: dict[int, Tensor] = {}  # layer -> [batch, pos, head, d_model], from the model's own math
     for node in graph.source_nodes:
         if node.kind == "input":
             pos = cache["hook_pos_embed"] if model.pos_embed is not None else 0
@@ -90,8 +91,10 @@ def source_outputs(model, cache, graph: Graph) -> Float[Tensor, "source batch po
         elif node.kind == "mlp":
             outputs.append(cache[f"blocks.{node.layer}.hook_mlp_out"])
         else:
-            z = cache[f"blocks.{node.layer}.attn.hook_z"][:, :, node.head]
-            outputs.append(z @ model.blocks[node.layer].attn.W_O[node.head])
+            if node.layer not in heads:
+                z = cache[f"blocks.{node.layer}.attn.hook_z"]
+                heads[node.layer] = model.blocks[node.layer].attn.head_outputs(z)
+            outputs.append(heads[node.layer][:, :, node.head])
     return torch.stack(outputs)
 
 

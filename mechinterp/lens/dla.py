@@ -10,9 +10,10 @@ W_U[:, incorrect])``, and the attributions plus the constant term (norm bias and
 bias) sum exactly to the true logit difference.
 
 Models with a norm after each sublayer (Gemma 2/3, OLMo 2) get the same treatment there:
-each part of a sublayer's output is read through that norm's frozen ``w / scale``. Models
-with a final-logit soft-cap (Gemma 2) are explained before the cap, which is not linear:
-``logit_diff`` is then the difference of the uncapped logits.
+each part of a sublayer's output is read through that norm's frozen ``w / scale`` (heads:
+``Attention.head_outputs``' shares). Models with a final-logit soft-cap (Gemma 2) are
+explained before the cap, which is not linear: ``logit_diff`` is then the difference of
+the uncapped logits.
 
 Example:
     >>> dla = direct_logit_attribution(model, prompts, correct=[" Mary"], incorrect=[" John"])
@@ -131,40 +132,30 @@ def direct_logit_attribution(
     add((at("hook_embed") * reader).sum(-1), "embed", "embed", None)
     if model.pos_embed is not None:
         add((at("hook_pos_embed") * reader).sum(-1), "pos_embed", "pos_embed", None)
-
-    def through(norm, name: str) -> Tensor:
-        """The reader of a sublayer's raw output: through its post-norm's frozen w / scale."""
-        return reader if norm is None else reader * norm.w / at(name)
-
     for layer, block in enumerate(model.blocks):
-        attn_reader = through(block.ln1_post, f"blocks.{layer}.ln1_post.hook_scale")
+        z = at(f"blocks.{layer}.attn.hook_z")[:, None]  # [batch, 1, head, d_head]
+        attn_bias = block.attn.bias_share(z)[:, 0]  # b_O, or its share under a post-norm
         if granularity == "layer":
-            attn = at(f"blocks.{layer}.hook_attn_out")
-            add(
-                (attn * reader).sum(-1) - (block.attn.b_O * attn_reader).sum(-1),
-                f"L{layer} attn",
-                "attn",
-                layer,
-            )
+            attn = at(f"blocks.{layer}.hook_attn_out") - attn_bias
+            add((attn * reader).sum(-1), f"L{layer} attn", "attn", layer)
         else:
-            head_readers = torch.einsum("hdm,bm->bhd", block.attn.W_O, attn_reader)
-            per_head = (at(f"blocks.{layer}.attn.hook_z") * head_readers).sum(-1)  # [batch, head]
+            per_head = (block.attn.head_outputs(z)[:, 0] * reader[:, None]).sum(-1)  # [batch, head]
             for head in range(arch.n_heads):
                 add(per_head[:, head], f"L{layer} H{head}", "head", layer)
-        add((block.attn.b_O * attn_reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
+        add((attn_bias * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
         if arch.attn_only:
             continue
-        mlp_reader = through(block.ln2_post, f"blocks.{layer}.ln2_post.hook_scale")
+        mlp_reader = reader  # the raw MLP output's reader: through the post-norm's frozen w / scale
+        if block.ln2_post is not None:
+            mlp_reader = reader * block.ln2_post.w / at(f"blocks.{layer}.ln2_post.hook_scale")
         if granularity == "neuron":
             neuron_readers = mlp_reader @ block.mlp.W_out.T  # [batch, d_mlp]
             per_neuron = at(f"blocks.{layer}.mlp.hook_post") * neuron_readers
             for neuron in range(arch.d_mlp):
                 add(per_neuron[:, neuron], f"L{layer} N{neuron}", "neuron", layer)
         else:
-            mlp = at(f"blocks.{layer}.hook_mlp_out")
-            add(
-                (mlp * reader).sum(-1) - (block.mlp.b_out * mlp_reader).sum(-1), f"L{layer} MLP", "mlp", layer
-            )
+            mlp = (at(f"blocks.{layer}.hook_mlp_out") * reader).sum(-1)
+            add(mlp - (block.mlp.b_out * mlp_reader).sum(-1), f"L{layer} MLP", "mlp", layer)
         add((block.mlp.b_out * mlp_reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
     constant = model.b_U[ids[0]] - model.b_U[ids[1]]
     if model.ln_final.b is not None:

@@ -49,13 +49,17 @@ class Norm(nn.Module):
         out = self.hook_normalized(x / scale) * self.w
         return out + self.b if self.b is not None else out
 
-    def factor(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
+    def factor(
+        self, x: Float[Tensor, "*any d_model"], *, hooked: bool = True
+    ) -> Float[Tensor, "*any d_model"]:
         """``w / scale(x)``, so that an RMSNorm's output is ``x * factor(x)``: a sum's norm is
         then the sum of its terms' shares (per-head outputs under a post-attention norm).
-        Fires ``hook_scale`` (not ``hook_normalized``)."""
+        Fires ``hook_scale`` (not ``hook_normalized``) unless ``hooked=False`` (analyses
+        recomputing it from cached activations)."""
         if self.centred:
             raise ValueError("factor() splits an RMSNorm's output into shares; a LayerNorm is not linear")
-        return self.w / self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        scale = (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        return self.w / (self.hook_scale(scale) if hooked else scale)
 
 
 class Embed(nn.Module):

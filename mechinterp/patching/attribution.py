@@ -128,21 +128,18 @@ def _linear_estimates(cells: list[PatchSite], delta: dict[str, Tensor], grads: d
 
 
 class _QKFix:
-    """Exact attention-pattern change for query/key cells, linearised from the pattern on."""
+    """Exact attention-pattern change for query/key cells, linearised from the pattern on.
+    Scores and pattern come from the model's own ``Attention.scores`` / ``pattern``."""
 
     def __init__(self, model, mask: Tensor, base_rot: dict[str, Tensor], source_rot: dict[str, Tensor]):
         self.model = model
-        self.allowed = model.attention_inputs(mask)[1]  # [batch, 1, q, k]
+        self.context = model.attention_context(mask)
         self.base, self.source = base_rot, source_rot
         self.group = model.architecture.heads_per_kv_head
-        self._patterns: dict[int, Tensor] = {}
-
-    def _scores(self, q: Tensor, k: Tensor) -> Tensor:
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.model.architecture.scale
-        return scores.masked_fill(~self.allowed, torch.finfo(scores.dtype).min)
 
     def estimate(self, site: PatchSite, pattern_grad: Tensor) -> Tensor:
         layer = site.layer
+        attn = self.model.blocks[layer].attn
         q_name = f"blocks.{layer}.{_rotated('q', self.model)}"
         k_name = f"blocks.{layer}.{_rotated('k', self.model)}"
         q, k = self.base[q_name].clone(), self.base[k_name].clone()
@@ -156,9 +153,12 @@ class _QKFix:
             heads = list(range(site.head * self.group, (site.head + 1) * self.group))
         else:
             heads = list(range(self.model.architecture.n_heads))
-        kv_heads = [h // self.group for h in heads]
-        new = self._scores(q[:, :, heads], k[:, :, kv_heads]).softmax(-1)
-        old = self._scores(self.base[q_name][:, :, heads], self.base[k_name][:, :, kv_heads]).softmax(-1)
+        kv_heads = [h // self.group for h in heads]  # one key head per query head
+
+        def pattern(queries: Tensor, keys: Tensor) -> Tensor:
+            return attn.pattern(attn.scores(queries[:, :, heads], keys[:, :, kv_heads], self.context))
+
+        new, old = pattern(q, k), pattern(self.base[q_name], self.base[k_name])
         return ((new - old) * pattern_grad[:, heads]).float().sum(dim=(1, 2, 3))
 
 

@@ -114,6 +114,7 @@ class BaseRun:
             )
         self.kv = KeyValuePrefix.from_cache(self.cache, model, length=tokens.shape[1])
         self.n_layers = n_layers
+        self.padding = None if bool(attention_mask.all()) else attention_mask  # None: one shared mask
 
     def _entering_hook(self, layer: int) -> str:
         n_layers = self.model.architecture.n_layers
@@ -126,28 +127,31 @@ class BaseRun:
         ``layers`` (sorted; ``n_layers`` = after the last block) with the base run's residual
         stream, computing positions ``start:`` only, with ``hooks`` active."""
         model = self.model
-        positions, allowed, rotary = model.attention_inputs(self.mask[examples], start)
+        mask = None if self.padding is None else self.padding[examples]
+        context = model.attention_context(mask, n_pos=self.tokens.shape[1], offset=start)
         past = self.kv.truncate(start).select(examples) if start > 0 else None
-        joining = defaultdict(list)
-        for i, layer in enumerate(layers):
-            joining[layer].append(i)
-        residual = None
+        entering = {}
+        first = 0
+        for layer, count in _run_lengths(layers):
+            new = examples[first : first + count]
+            if layer == 0:
+                entering[0] = model.embed_tokens(self.tokens[new, start:], context.rows(count).positions)
+            else:
+                entering[layer] = self.cache[self._entering_hook(layer)][new, start:]
+            first += count
         with model.hooks(fwd_hooks=hooks):
-            for layer in range(layers[0], self.n_layers + 1):
-                if joining[layer]:
-                    new = examples[joining[layer][0] : joining[layer][-1] + 1]
-                    if layer == 0:
-                        entering = model.embed_tokens(self.tokens[new, start:], positions[: len(new)])
-                    else:
-                        entering = self.cache[self._entering_hook(layer)][new, start:]
-                    residual = entering if residual is None else torch.cat([residual, entering])
-                if layer == self.n_layers:
-                    break
-                n = residual.shape[0]
-                layer_rotary = None if rotary is None else (rotary[0][:n], rotary[1][:n])
-                layer_past = None if past is None else tuple(t[:n] for t in past.layer(layer))
-                residual = model.blocks[layer](residual, allowed[:n], layer_rotary, layer_past)
-        return residual
+            return model.run_blocks(None, context, start=layers[0], past=past, entering=entering)
+
+
+def _run_lengths(values: Sequence[int]) -> list[tuple[int, int]]:
+    """``[(value, count)]`` of consecutive equal values."""
+    runs: list[tuple[int, int]] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1] = (value, runs[-1][1] + 1)
+        else:
+            runs.append((value, 1))
+    return runs
 
 
 class BatchedPatcher:

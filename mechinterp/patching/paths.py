@@ -99,11 +99,14 @@ def sender_deltas(
     """``[sender, batch, pos, d_model]``: each sender's change to the residual stream."""
     deltas = []
     for site in sites:
-        difference = torch.zeros_like(source[site.hook_name])
         index = (slice(None), *site_index(site))
+        if site.kind == "z":  # the layer's output change when only these heads' z change
+            changed = base[site.hook_name].clone()
+            changed[index] = source[site.hook_name][index]
+            deltas.append(model.blocks[site.layer].attn.output_change(base[site.hook_name], changed))
+            continue
+        difference = torch.zeros_like(source[site.hook_name])
         difference[index] = source[site.hook_name][index] - base[site.hook_name][index]
-        if site.kind == "z":  # a head's output is its z through its slice of W_O
-            difference = torch.einsum("bphd,hdm->bpm", difference, model.blocks[site.layer].attn.W_O)
         deltas.append(difference)
     return torch.stack(deltas)
 
