@@ -351,9 +351,10 @@ class Attention(nn.Module):
         return out * self.post_norm.factor(out.sum(dim=2) + self.b_O, hooked=False)[:, :, None]
 
     def bias_share(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
-        """``b_O``'s part of the output: ``b_O``, or its share under a post-attention norm."""
+        """``b_O``'s part of the output at each position: ``b_O`` itself, or its share under
+        a post-attention norm."""
         if self.post_norm is None:
-            return self.b_O
+            return self.b_O.expand(*z.shape[:2], -1)
         return self.b_O * self.post_norm.factor(self._raw_head_outputs(z).sum(dim=2) + self.b_O, hooked=False)
 
     def output_change(
