@@ -7,6 +7,8 @@ import torch
 from transformer_lens import patching
 from transformer_lens.model_bridge import TransformerBridge
 
+import mechinterp
+from mechinterp.models.tiny import tiny_hf_model
 from tests.conftest import IOI_PROMPT
 
 SHARED_HOOKS = (
@@ -40,6 +42,15 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_tiny_logits_match_hf(tiny_pair, random_tokens):
     model, hf_model = tiny_pair
     tokens = random_tokens()
+    assert max_diff(model(tokens), hf_model(tokens).logits) <= 1e-4
+
+
+@torch.no_grad()
+def test_llama3_rope_scaling_matches_hf(random_tokens):
+    """Llama 3.x's frequency-dependent RoPE scaling (the checkpoint's own frequencies)."""
+    hf_model, tokenizer = tiny_hf_model("llama3", n_kv_heads=2)
+    model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+    tokens = random_tokens(n_pos=40)  # past the scaling's original context (16)
     assert max_diff(model(tokens), hf_model(tokens).logits) <= 1e-4
 
 
