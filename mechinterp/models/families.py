@@ -3,7 +3,14 @@
 Each ``Family`` says which HF ``model_type`` values it covers, how to read an
 ``ArchitectureConfig`` from the HF config (``fixed`` values plus ``from_hf`` readers), and
 where each of our weights comes from (``WeightRule``: our name, the HF name, a layout
-conversion). Adding a family means adding a table entry, not a branch in the loader.
+conversion). Adding a family means adding a table entry, not a branch in the loader
+(README: "Adding a model family"); math no existing field covers becomes a field of
+``ArchitectureConfig`` implemented once in ``attention.py`` / ``block.py`` / ``layers.py``.
+
+Families: GPT-2; Llama-style (Llama 3.x, Mistral, Qwen2); Qwen3 (QK-norm); Gemma 2 and
+Gemma 3 text (scaled embeddings, ``1 + w`` norms folded at load, sandwich norms, soft-caps,
+per-layer windows and rotary bases); OLMo 2 (post-norms, QK-norm over the projection);
+Phi-3 (fused projections split at load, longrope); GPT-NeoX; GPT-J (interleaved rotary).
 
 Example:
     >>> family_for("qwen2").name
