@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.engine import site_index
+from mechinterp.patching.engine import CellTable, site_index
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
@@ -118,13 +118,11 @@ def _metric_total(scorer, logits: Tensor) -> Tensor:
 
 
 def _linear_estimates(cells: list[PatchSite], delta: dict[str, Tensor], grads: dict[str, Tensor]) -> Tensor:
-    """AtP: ``sum over the cell's slice of (source - base) * gradient``, ``[cell, batch]``."""
-    out = []
-    for site in cells:
-        index = (slice(None), *site_index(site))
-        product = (delta[site.hook_name][index] * grads[site.hook_name][index]).float()
-        out.append(product.reshape(product.shape[0], -1).sum(1))
-    return torch.stack(out)
+    """AtP: ``sum over the cell's slice of (source - base) * gradient``, ``[cell, batch]``,
+    for all cells at once (accumulated in float32)."""
+    table = CellTable(cells)
+    products = torch.stack([(delta[name] * grads[name]).float() for name in table.hooks])
+    return table.slice_sums(products)
 
 
 class _QKFix:

@@ -147,6 +147,26 @@ class CellTable:
         changed = per_cell.gather(1, position[:, None, None].expand(-1, 1, per_cell.shape[2]))[:, 0]
         return torch.where(changed, position[:, None], -1)
 
+    def slice_sums(self, values: Tensor) -> Tensor:
+        """``[cell, batch]``: each cell's slice of ``values`` (``[hook, batch, *activation
+        axes]``, one entry per ``hooks``) summed, grouped like ``first_changed``."""
+        if self.features:
+            values = values.flatten(-self.features).sum(-1)
+        sums = values.new_zeros(len(self), values.shape[1])
+        whole = self.coords < 0
+        patterns, group_of = torch.unique(whole, dim=0, return_inverse=True)
+        for g, pattern in enumerate(patterns.tolist()):
+            members = (group_of == g).nonzero()[:, 0]
+            coords = self.coords[members].to(values.device)
+            table = values  # [hook, batch, *axes]
+            for axis in reversed(range(len(pattern))):
+                if pattern[axis]:
+                    table = table.sum(2 + axis)
+            specific = [a for a in range(len(pattern)) if not pattern[a]]
+            index = [self.hook[members].to(values.device)] + [coords[:, a] for a in specific]
+            sums[members.to(values.device)] = table.movedim(1, -1)[tuple(index)]  # [cell, batch]
+        return sums
+
     def masks(self, cells: Tensor, shape: Sequence[int], start: int, device: torch.device) -> Tensor:
         """Boolean ``[row, *shape]`` (``shape``: an activation's axes after batch, positions
         from ``start``): where each row's cell patches."""
