@@ -338,7 +338,7 @@ def patch_edges(
                     attention_mask=None if mask is None else mask.repeat(rows, 1),
                     logit_positions=(positions - start).repeat(rows)[:, None],
                 )
-            values[chunk.to(model.device)] = metric.score(logits[:, 0], examples).reshape(rows, batch).float()
+            values[chunk.to(model.device)] = metric.score(logits[:, 0].float(), examples).reshape(rows, batch)
 
         buffer_row = ablated.numel() * ablated.element_size()
         run_rows(
@@ -409,4 +409,4 @@ def reference_patch_edges(
         hooks = [(name, record) for name in record_names] + [(name, patch) for name in sorted(patch_names)]
         logits = model.run_with_hooks(clean, fwd_hooks=hooks)
     rows = torch.arange(clean.shape[0], device=model.device)
-    return metric.score(logits[rows, metric.positions.to(model.device)], rows)
+    return metric.score(logits[rows, metric.positions.to(model.device)].float(), rows)

@@ -112,7 +112,7 @@ def _metric_total(scorer, logits: Tensor) -> Tensor:
     """A scalar whose gradient gives every example's metric gradient (examples are independent)."""
     if isinstance(scorer, PositionalScorer):
         rows = torch.arange(logits.shape[0], device=logits.device)
-        return scorer.metric.score(logits[rows, scorer.positions.to(logits.device)], rows).sum()
+        return scorer.metric.score(logits[rows, scorer.positions.to(logits.device)].float(), rows).sum()
     (fn,) = scorer.metrics.values()
     return torch.as_tensor(fn(logits)).sum()
 
@@ -121,7 +121,7 @@ def _linear_estimates(cells: list[PatchSite], delta: dict[str, Tensor], grads: d
     """AtP: ``sum over the cell's slice of (source - base) * gradient``, ``[cell, batch]``,
     for all cells at once (accumulated in float32)."""
     table = CellTable(cells)
-    products = torch.stack([(delta[name] * grads[name]).float() for name in table.hooks])
+    products = torch.stack([delta[name].float() * grads[name].float() for name in table.hooks])
     return table.slice_sums(products)
 
 
@@ -157,7 +157,7 @@ class _QKFix:
             return attn.pattern(attn.scores(queries[:, :, heads], keys[:, :, kv_heads], self.context))
 
         new, old = pattern(q, k), pattern(self.base[q_name], self.base[k_name])
-        return ((new - old) * pattern_grad[:, heads]).float().sum(dim=(1, 2, 3))
+        return ((new.float() - old.float()) * pattern_grad[:, heads].float()).sum(dim=(1, 2, 3))
 
 
 @torch.no_grad()
