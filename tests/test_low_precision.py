@@ -15,7 +15,6 @@ from mechinterp.metrics import LogitDifference
 from mechinterp.models.tiny import tiny_hf_model
 from mechinterp.patching import Receiver, SweepSpec, attribution_patch, patch_sweep, path_patch
 
-
 GRADIENT_METHODS = ("atp*", "eap")
 
 
