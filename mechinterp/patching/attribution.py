@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.engine import site_index
+from mechinterp.patching.engine import CellTable, site_index
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
@@ -112,19 +112,17 @@ def _metric_total(scorer, logits: Tensor) -> Tensor:
     """A scalar whose gradient gives every example's metric gradient (examples are independent)."""
     if isinstance(scorer, PositionalScorer):
         rows = torch.arange(logits.shape[0], device=logits.device)
-        return scorer.metric.score(logits[rows, scorer.positions.to(logits.device)], rows).sum()
+        return scorer.metric.score(logits[rows, scorer.positions.to(logits.device)].float(), rows).sum()
     (fn,) = scorer.metrics.values()
     return torch.as_tensor(fn(logits)).sum()
 
 
 def _linear_estimates(cells: list[PatchSite], delta: dict[str, Tensor], grads: dict[str, Tensor]) -> Tensor:
-    """AtP: ``sum over the cell's slice of (source - base) * gradient``, ``[cell, batch]``."""
-    out = []
-    for site in cells:
-        index = (slice(None), *site_index(site))
-        product = (delta[site.hook_name][index] * grads[site.hook_name][index]).float()
-        out.append(product.reshape(product.shape[0], -1).sum(1))
-    return torch.stack(out)
+    """AtP: ``sum over the cell's slice of (source - base) * gradient``, ``[cell, batch]``,
+    for all cells at once (accumulated in float32)."""
+    table = CellTable(cells)
+    products = torch.stack([delta[name].float() * grads[name].float() for name in table.hooks])
+    return table.slice_sums(products)
 
 
 class _QKFix:
@@ -159,7 +157,7 @@ class _QKFix:
             return attn.pattern(attn.scores(queries[:, :, heads], keys[:, :, kv_heads], self.context))
 
         new, old = pattern(q, k), pattern(self.base[q_name], self.base[k_name])
-        return ((new - old) * pattern_grad[:, heads]).float().sum(dim=(1, 2, 3))
+        return ((new.float() - old.float()) * pattern_grad[:, heads].float()).sum(dim=(1, 2, 3))
 
 
 @torch.no_grad()
