@@ -74,7 +74,8 @@ class Embed(nn.Module):
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         if self.scale is None:
             return self.W_E[tokens]
-        return self.W_E[tokens] * torch.tensor(self.scale, dtype=torch.float32).to(self.W_E.dtype)
+        scale = torch.tensor(self.scale, dtype=torch.float32, device=self.W_E.device).to(self.W_E.dtype)
+        return self.W_E[tokens] * scale
 
 
 class PosEmbed(nn.Module):
