@@ -427,24 +427,36 @@ class BatchedPatcher:
 
 class _PendingCells:
     """Assembles full logits per cell from its rows, then scores the cell (full-logit
-    metrics are called once per cell, as in TransformerLens)."""
+    metrics are called once per cell, as in TransformerLens). A chunk's rows get their
+    unpatched prefix in one operation; a cell's logits are then its rows stacked (views
+    until the cell is complete)."""
 
     def __init__(self, patcher: BatchedPatcher, cells: Tensor):
         self.patcher = patcher
-        self.logits: dict[int, Tensor] = {}
+        self.rows: dict[int, dict[int, Tensor]] = defaultdict(dict)  # cell -> example -> [pos, vocab]
         self.remaining: dict[int, int] = defaultdict(int)
         for c in cells.tolist():
             self.remaining[c] += 1
 
     def add(self, cells: Tensor, examples: Tensor, logits: Tensor, start: int, values: Tensor) -> None:
+        base = self.patcher.base_logits
+        full = torch.cat([base[examples.to(base.device), :start], logits], dim=1)  # [row, pos, vocab]
         for i, (c, example) in enumerate(zip(cells.tolist(), examples.tolist(), strict=True)):
-            if c not in self.logits:
-                self.logits[c] = self.patcher.base_logits.clone()
-            self.logits[c][example, start:] = logits[i]
+            self.rows[c][example] = full[i]
             self.remaining[c] -= 1
             if self.remaining[c] == 0:
-                values[c] = self.patcher.scorer.run_values(self.logits.pop(c))
+                values[c] = self.patcher.scorer.run_values(self._cell_logits(self.rows.pop(c)))
+
+    def _cell_logits(self, rows: dict[int, Tensor]) -> Tensor:
+        base = self.patcher.base_logits
+        if len(rows) == base.shape[0] == 1:
+            return rows[0][None]
+        if len(rows) == base.shape[0]:
+            return torch.stack([rows[example] for example in range(base.shape[0])])
+        logits = base.clone()  # examples the patch cannot change keep the unpatched logits
+        logits[list(rows)] = torch.stack(list(rows.values()))
+        return logits
 
     def finish(self) -> None:
-        if self.logits:
-            raise RuntimeError(f"cells {sorted(self.logits)} never received all their rows")
+        if self.rows:
+            raise RuntimeError(f"cells {sorted(self.rows)} never received all their rows")
