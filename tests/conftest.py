@@ -8,7 +8,9 @@ import torch
 import mechinterp
 from mechinterp.models.tiny import tiny_hf_model
 
-# (family, n_kv_heads): MHA and GQA variants of every supported family.
+# (family, n_kv_heads): MHA and GQA variants of every supported family. Adding a family: add
+# its tiny config (mechinterp/models/tiny.py) and a row here; every test taking tiny_pair
+# (HF and bridge parity, engine vs reference, TL patching, lenses, DLA) then covers it.
 TINY_VARIANTS = [
     ("gpt2", None),
     ("llama", None),
@@ -16,6 +18,12 @@ TINY_VARIANTS = [
     ("mistral", 2),
     ("qwen2", 2),
     ("gpt_neox", None),
+    ("gemma2", 2),
+    ("gemma3", 2),
+    ("qwen3", 2),
+    ("olmo2", 2),
+    ("phi3", 2),
+    ("gptj", None),
 ]
 TINY_IDS = [f"{family}-{'gqa' if kv else 'mha'}" for family, kv in TINY_VARIANTS]
 
@@ -23,7 +31,16 @@ TINY_IDS = [f"{family}-{'gqa' if kv else 'mha'}" for family, kv in TINY_VARIANTS
 @pytest.fixture(scope="session", params=TINY_VARIANTS, ids=TINY_IDS)
 def tiny_pair(request):
     """``(native HookedLM, HF reference model)`` for one tiny family variant."""
-    family, n_kv_heads = request.param
+    return _tiny_pair(*request.param)
+
+
+@pytest.fixture(scope="session", params=TINY_VARIANTS[:6], ids=TINY_IDS[:6])
+def core_pair(request):
+    """``tiny_pair`` of the first families only, for the most expensive reference loops."""
+    return _tiny_pair(*request.param)
+
+
+def _tiny_pair(family: str, n_kv_heads: int | None):
     hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=n_kv_heads)
     return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu"), hf_model
 

@@ -129,6 +129,9 @@ def test_accumulated_resid_and_head_results(tiny_pair, random_tokens):
     torch.testing.assert_close(stack[1], cache["blocks.1.hook_resid_pre"])
     heads = cache.stack_head_results(layer=1)  # [head (layer 0), batch, pos, d_model]
     attn_out = heads.sum(0) + model.blocks[0].attn.b_O
+    post_norm = model.blocks[0].ln1_post  # TL's head results are z @ W_O, before a post-norm
+    if post_norm is not None:
+        attn_out = attn_out * post_norm.w / cache["blocks.0.ln1_post.hook_scale"]
     torch.testing.assert_close(attn_out, cache["blocks.0.hook_attn_out"], atol=1e-4, rtol=0)
 
 

@@ -10,9 +10,10 @@ from mechinterp.models.embedded import EMBEDDED_MODELS, embedded_model_dir, gguf
 from mechinterp.models.tiny import tiny_hf_model
 
 
+@pytest.mark.parametrize("family", ["qwen2", "gemma3", "phi3"])  # gemma3: per-type RoPE; phi3: longrope
 @torch.no_grad()
-def test_local_hf_directory(tmp_path, random_tokens):
-    hf_model, tokenizer = tiny_hf_model("qwen2", n_kv_heads=2)
+def test_local_hf_directory(tmp_path, random_tokens, family):
+    hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=2)
     hf_model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     model = mechinterp.load_model(tmp_path, device="cpu")

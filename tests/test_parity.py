@@ -7,6 +7,8 @@ import torch
 from transformer_lens import patching
 from transformer_lens.model_bridge import TransformerBridge
 
+import mechinterp
+from mechinterp.models.tiny import tiny_hf_model
 from tests.conftest import IOI_PROMPT, assert_close_to_scale
 
 SHARED_HOOKS = (
@@ -46,6 +48,15 @@ def test_tiny_logits_match_hf(tiny_pair, random_tokens):
 
 
 @torch.no_grad()
+def test_llama3_rope_scaling_matches_hf(random_tokens):
+    """Llama 3.x's frequency-dependent RoPE scaling (the checkpoint's own frequencies)."""
+    hf_model, tokenizer = tiny_hf_model("llama3", n_kv_heads=2)
+    model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+    tokens = random_tokens(n_pos=40)  # past the scaling's original context (16)
+    assert max_diff(model(tokens), hf_model(tokens).logits) <= 1e-4
+
+
+@torch.no_grad()
 def test_tiny_loss_matches_hf(tiny_pair, random_tokens):
     model, hf_model = tiny_pair
     tokens = random_tokens()
@@ -64,6 +75,8 @@ def test_tiny_hooks_match_bridge(tiny_pair, random_tokens):
             name = f"blocks.{layer}.{hook}"
             if hook == "hook_resid_mid" and model.architecture.parallel_attn_mlp:
                 continue  # a parallel block has no residual between attention and MLP
+            if hook == "ln1.hook_scale" and model.architecture.block_norms == "post":
+                continue  # OLMo 2 normalises sublayer outputs only: there is no ln1
             assert_close_to_scale(ours[name], theirs[name], TINY_REL, name=name)
 
 

@@ -22,6 +22,22 @@ def three_layer_model(request):
     return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
 
 
+# the other families (post-norms, QK-norms, soft-caps, sliding windows, interleaved rotary)
+MORE_FAMILIES = [("gemma2", 2), ("gemma3", 2), ("qwen3", 2), ("olmo2", 2), ("phi3", 2), ("gptj", None)]
+
+
+@pytest.fixture(scope="module", params=MORE_FAMILIES, ids=[family for family, _ in MORE_FAMILIES])
+def family_model(request):
+    family, kv = request.param
+    hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=kv, n_layers=3)
+    return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+
+
+def test_every_family_batched_equals_reference_and_activation_patching(family_model):
+    test_batched_equals_reference(family_model, "denoise")
+    test_every_input_as_receiver_equals_activation_patching(family_model, "z")
+
+
 def pair():
     generator = torch.Generator().manual_seed(0)
     clean = torch.randint(3, 98, (2, 7), generator=generator)

@@ -28,7 +28,20 @@ def test_every_public_tl_sweep_has_a_drop_in():
     ids=["llama-gqa", "gpt2", "gpt_neox"],
 )
 def setup(request):
-    family, kv = request.param
+    return patching_setup(*request.param)
+
+
+# the other families, on the head-by-position sweep
+MORE_FAMILIES = [("gemma2", 2), ("gemma3", 2), ("qwen3", 2), ("olmo2", 2), ("phi3", 2), ("gptj", None)]
+HEAD_BY_POSITION = ["get_act_patch_attn_head_out_by_pos"]
+
+
+@pytest.fixture(scope="module", params=MORE_FAMILIES, ids=[family for family, _ in MORE_FAMILIES])
+def family_setup(request):
+    return patching_setup(*request.param)
+
+
+def patching_setup(family, kv):
     hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=kv)
     model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
     generator = torch.Generator().manual_seed(0)
@@ -51,6 +64,11 @@ def test_drop_in_equals_transformer_lens(setup, name):
     theirs = getattr(tl_patching, name)(model, corrupt, cache, metric)
     assert ours.shape == theirs.shape
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", HEAD_BY_POSITION)
+def test_head_by_position_drop_ins_equal_transformer_lens_on_every_family(family_setup, name):
+    test_drop_in_equals_transformer_lens(family_setup, name)
 
 
 def test_per_example_results_baselines_and_metric_mappings(setup):

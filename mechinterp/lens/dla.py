@@ -9,6 +9,12 @@ anyway). Each component's attribution is then ``center?(c) / scale * w . (W_U[:,
 W_U[:, incorrect])``, and the attributions plus the constant term (norm bias and unembedding
 bias) sum exactly to the true logit difference.
 
+Models with a norm after each sublayer (Gemma 2/3, OLMo 2) get the same treatment there:
+each part of a sublayer's output is read through that norm's frozen ``w / scale`` (heads:
+``Attention.head_outputs``' shares). Models with a final-logit soft-cap (Gemma 2) are
+explained before the cap, which is not linear: ``logit_diff`` is then the difference of
+the uncapped logits.
+
 Example:
     >>> dla = direct_logit_attribution(model, prompts, correct=[" Mary"], incorrect=[" John"])
     >>> dla.by_head().mean(-1)          # [layer, head]
@@ -103,17 +109,21 @@ def direct_logit_attribution(
     arch = model.architecture
     if granularity == "neuron" and arch.attn_only:
         raise ValueError(f"granularity='neuron' needs MLPs; {arch.model_name} is attention-only")
-    logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
+    _, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
     rows = torch.arange(batch, device=model.device)
-    logit_diff = logits[rows, positions, ids[0]] - logits[rows, positions, ids[1]]
+    final = cache[f"blocks.{arch.n_layers - 1}.hook_resid_post"][rows, positions]
+    logits = model.unembed.uncapped(model.ln_final(final)).float()  # the soft-cap is not linear
+    logit_diff = logits[rows, ids[0]] - logits[rows, ids[1]]
 
-    direction = (model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.w  # [batch, d_model]
+    # attributions are accumulated in float32 whatever the model dtype
+    unembed = model.W_U.float()
+    direction = (unembed[:, ids[0]] - unembed[:, ids[1]]).T * model.ln_final.w.float()  # [batch, d_model]
     if arch.norm == "layernorm":  # (c - mean c) . u == c . (u - mean u)
         direction = direction - direction.mean(-1, keepdim=True)
-    reader = direction / cache["ln_final.hook_scale"][rows, positions]  # [batch, d_model]
+    reader = direction / cache["ln_final.hook_scale"][rows, positions].float()  # [batch, d_model]
 
     def at(name: str) -> Tensor:
-        return cache[name][rows, positions]
+        return cache[name][rows, positions].float()
 
     values, labels, kinds, layers = [], [], [], []
 
@@ -127,29 +137,34 @@ def direct_logit_attribution(
     if model.pos_embed is not None:
         add((at("hook_pos_embed") * reader).sum(-1), "pos_embed", "pos_embed", None)
     for layer, block in enumerate(model.blocks):
+        z = cache[f"blocks.{layer}.attn.hook_z"][rows, positions][:, None]  # [batch, 1, head, d_head]
+        attn_bias = block.attn.bias_share(z)[:, 0].float()  # b_O, or its share under a post-norm
         if granularity == "layer":
-            attn = at(f"blocks.{layer}.hook_attn_out") - block.attn.b_O
+            attn = at(f"blocks.{layer}.hook_attn_out") - attn_bias
             add((attn * reader).sum(-1), f"L{layer} attn", "attn", layer)
         else:
-            head_readers = torch.einsum("hdm,bm->bhd", block.attn.W_O, reader)
-            per_head = (at(f"blocks.{layer}.attn.hook_z") * head_readers).sum(-1)  # [batch, head]
+            per_head = (block.attn.head_outputs(z)[:, 0].float() * reader[:, None]).sum(-1)  # [batch, head]
             for head in range(arch.n_heads):
                 add(per_head[:, head], f"L{layer} H{head}", "head", layer)
-        add((block.attn.b_O * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
+        add((attn_bias * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
         if arch.attn_only:
             continue
+        mlp_reader = reader  # the raw MLP output's reader: through the post-norm's frozen w / scale
+        if block.ln2_post is not None:
+            mlp_reader = reader * block.ln2_post.w.float() / at(f"blocks.{layer}.ln2_post.hook_scale")
         if granularity == "neuron":
-            neuron_readers = reader @ block.mlp.W_out.T  # [batch, d_mlp]
+            neuron_readers = mlp_reader @ block.mlp.W_out.float().T  # [batch, d_mlp]
             per_neuron = at(f"blocks.{layer}.mlp.hook_post") * neuron_readers
             for neuron in range(arch.d_mlp):
                 add(per_neuron[:, neuron], f"L{layer} N{neuron}", "neuron", layer)
         else:
-            mlp = at(f"blocks.{layer}.hook_mlp_out") - block.mlp.b_out
-            add((mlp * reader).sum(-1), f"L{layer} MLP", "mlp", layer)
-        add((block.mlp.b_out * reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
-    constant = model.b_U[ids[0]] - model.b_U[ids[1]]
+            mlp = (at(f"blocks.{layer}.hook_mlp_out") * reader).sum(-1)
+            add(mlp - (block.mlp.b_out.float() * mlp_reader).sum(-1), f"L{layer} MLP", "mlp", layer)
+        add((block.mlp.b_out.float() * mlp_reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
+    bias = model.b_U.float()
+    constant = bias[ids[0]] - bias[ids[1]]
     if model.ln_final.b is not None:
-        constant = constant + ((model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.b).sum(-1)
+        constant = constant + ((unembed[:, ids[0]] - unembed[:, ids[1]]).T * model.ln_final.b.float()).sum(-1)
     add(constant, "norm and unembedding biases", "constant", None)
     return DLAResult(
         values=torch.stack(values).cpu(),

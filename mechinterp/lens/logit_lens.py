@@ -48,7 +48,7 @@ def _final_log_probs(model, residual: Tensor, vocab_chunk: int) -> Tensor:
     return (
         torch.cat(
             [
-                normed @ model.W_U[:, i : i + vocab_chunk] + model.b_U[i : i + vocab_chunk]
+                model.unembed.columns(normed, i, i + vocab_chunk)
                 for i in range(0, model.architecture.d_vocab, vocab_chunk)
             ],
             dim=-1,
@@ -67,13 +67,13 @@ def _decode_layer(model, normed: Tensor, final_probs: Tensor, targets: Tensor | 
     if targets is not None:  # from the same chunked products as below, so ranks are exact
         target_logit = torch.zeros(normed.shape[:2], device=normed.device)
         for first in (targets // chunk * chunk).unique().tolist():
-            logits = (normed @ model.W_U[:, first : first + chunk] + model.b_U[first : first + chunk]).float()
+            logits = model.unembed.columns(normed, first, first + chunk).float()
             rows = (targets // chunk * chunk == first).nonzero().flatten()
             target_logit[rows] = logits[rows, :, targets[rows] - first]
         rank = torch.zeros_like(target_logit, dtype=torch.long)
     for start in range(0, model.architecture.d_vocab, chunk):
         stop = min(start + chunk, model.architecture.d_vocab)
-        logits = (normed @ model.W_U[:, start:stop] + model.b_U[start:stop]).float()
+        logits = model.unembed.columns(normed, start, stop).float()
         chunk_norm = logits.logsumexp(-1)
         log_norm = chunk_norm if log_norm is None else torch.logaddexp(log_norm, chunk_norm)
         cross += (final_probs[..., start:stop] * logits).sum(-1)

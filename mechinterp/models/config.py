@@ -39,7 +39,22 @@ class ArchitectureConfig:
             ``hook_resid_mid`` and no MLP hooks, as in TransformerLens' attention-only models).
             Needs ``d_mlp=0``; ``act_fn`` and ``mlp`` are then unused.
         sliding_window: attend to at most this many previous positions (Mistral); ``None`` = off.
-        attn_scale: multiplier on q.k; ``None`` means ``d_head ** -0.5``.
+        layer_types: per layer, ``"sliding"`` (uses ``sliding_window``) or ``"full"`` attention
+            (Gemma 2/3, Qwen3 with ``max_window_layers``); ``None`` means every layer slides when
+            ``sliding_window`` is set.
+        attn_scale: multiplier on q.k; ``None`` means ``d_head ** -0.5`` (Gemma:
+            ``query_pre_attn_scalar ** -0.5``).
+        attn_softcap: attention scores become ``c * tanh(scores / c)`` before masking (Gemma 2).
+        final_softcap: logits become ``c * tanh(logits / c)`` (Gemma 2).
+        qk_norm: RMSNorm on queries and keys before rotary: over each head's ``d_head``
+            (``"head"``: Qwen3, Gemma 3) or over the whole projection (``"projection"``: OLMo 2).
+        block_norms: where the sublayer norms sit: ``"pre"`` (``x + f(ln(x))``), ``"sandwich"``
+            (``x + ln_post(f(ln(x)))``, Gemma 2/3) or ``"post"`` (``x + ln_post(f(x))``, OLMo 2).
+        embed_scale: multiplier on token embeddings (Gemma: ``sqrt(d_model)``); ``None`` = 1.
+        rotary_style: ``"half"`` (rotate halves, Llama/NeoX) or ``"interleaved"`` (rotate
+            adjacent pairs, GPT-J).
+        rotary_base_local: RoPE base of the sliding layers when it differs from the full
+            layers' (Gemma 3); ``None`` = the same tables everywhere.
         model_name: a label for reprs and result metadata.
     """
 
@@ -61,7 +76,15 @@ class ArchitectureConfig:
     parallel_attn_mlp: bool = False
     attn_only: bool = False
     sliding_window: int | None = None
+    layer_types: tuple[Literal["full", "sliding"], ...] | None = None
     attn_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    qk_norm: Literal["head", "projection"] | None = None
+    block_norms: Literal["pre", "sandwich", "post"] = "pre"
+    embed_scale: float | None = None
+    rotary_style: Literal["half", "interleaved"] = "half"
+    rotary_base_local: float | None = None
     model_name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -74,6 +97,19 @@ class ArchitectureConfig:
                 f"an attention-only model has no MLP: use d_mlp=0 and parallel_attn_mlp=False "
                 f"(got d_mlp={self.d_mlp}, parallel_attn_mlp={self.parallel_attn_mlp})"
             )
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.n_layers:
+                raise ValueError(
+                    f"layer_types has {len(self.layer_types)} entries for {self.n_layers} layers"
+                )
+            if "sliding" in self.layer_types and self.sliding_window is None:
+                raise ValueError("layer_types has sliding layers but sliding_window is None")
+
+    def window(self, layer: int) -> int | None:
+        """The sliding window of ``layer``'s attention (``None``: it sees every earlier position)."""
+        if self.layer_types is not None and self.layer_types[layer] == "full":
+            return None
+        return self.sliding_window
 
     @property
     def kv_heads(self) -> int:

@@ -3,7 +3,14 @@
 Each ``Family`` says which HF ``model_type`` values it covers, how to read an
 ``ArchitectureConfig`` from the HF config (``fixed`` values plus ``from_hf`` readers), and
 where each of our weights comes from (``WeightRule``: our name, the HF name, a layout
-conversion). Adding a family means adding a table entry, not a branch in the loader.
+conversion). Adding a family means adding a table entry, not a branch in the loader
+(README: "Adding a model family"); math no existing field covers becomes a field of
+``ArchitectureConfig`` implemented once in ``attention.py`` / ``block.py`` / ``layers.py``.
+
+Families: GPT-2; Llama-style (Llama 3.x, Mistral, Qwen2); Qwen3 (QK-norm); Gemma 2 and
+Gemma 3 text (scaled embeddings, ``1 + w`` norms folded at load, sandwich norms, soft-caps,
+per-layer windows and rotary bases); OLMo 2 (post-norms, QK-norm over the projection);
+Phi-3 (fused projections split at load, longrope); GPT-NeoX; GPT-J (interleaved rotary).
 
 Example:
     >>> family_for("qwen2").name
@@ -76,6 +83,31 @@ def neox_qkv(part: int, bias: bool = False) -> Convert:
     return convert
 
 
+def plus_one(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
+    """Gemma's RMSNorm multiplies by ``1 + w``: store the effective scale ``1 + w``."""
+    return 1 + w
+
+
+def fused_rows(
+    sizes: Callable[[ArchitectureConfig], tuple[int, ...]], part: int, then: Convert = keep
+) -> Convert:
+    """Rows ``part`` of an ``nn.Linear`` weight whose output stacks pieces of ``sizes(cfg)`` rows
+    (Phi-3's ``qkv_proj`` and ``gate_up_proj``), converted by ``then``."""
+
+    def convert(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
+        return then(w.split(list(sizes(cfg)), dim=0)[part], cfg)
+
+    return convert
+
+
+def _qkv_sizes(cfg: ArchitectureConfig) -> tuple[int, ...]:
+    return (cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head, cfg.kv_heads * cfg.d_head)
+
+
+def _gate_up_sizes(cfg: ArchitectureConfig) -> tuple[int, ...]:
+    return (cfg.d_mlp, cfg.d_mlp)
+
+
 # -------------------------------------------------------------------- the tables
 @dataclass(frozen=True)
 class WeightRule:
@@ -119,6 +151,118 @@ def _rope(hf_config: Any, key: str, default: Any) -> Any:
 
 def _head_dim(c: Any) -> int:
     return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+
+
+_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
+
+
+def _layer_types(c: Any) -> tuple[str, ...] | None:
+    """HF ``layer_types`` (``"sliding_attention"`` / ``"full_attention"``) in our spelling."""
+    types = getattr(c, "layer_types", None)
+    if types is None:
+        return None
+    unknown = sorted(set(types) - set(_LAYER_TYPES))
+    if unknown:
+        raise UnsupportedArchitectureError(
+            f"layer types {unknown} are not supported (known: {', '.join(_LAYER_TYPES)})"
+        )
+    return tuple(_LAYER_TYPES[t] for t in types)
+
+
+def _rope_theta(c: Any, layer_type: str) -> float:
+    """RoPE base of one layer type (Gemma 3 keeps one ``rope_parameters`` entry per type)."""
+    params = getattr(c, "rope_parameters", None) or {}
+    if layer_type in params:
+        return params[layer_type]["rope_theta"]
+    return _rope(c, "rope_theta", 10000.0)
+
+
+def _rotary_dim(c: Any) -> int:
+    return int(_head_dim(c) * _rope(c, "partial_rotary_factor", 1.0))
+
+
+def _context(c: Any) -> int:
+    """Phi-3's long-context RoPE switches every frequency once a sequence passes
+    ``original_max_position_embeddings``; we keep the short-context frequencies and
+    refuse longer sequences rather than silently differ from HF."""
+    if _rope(c, "rope_type", "default") == "longrope":
+        return _rope(c, "original_max_position_embeddings", c.max_position_embeddings)
+    return c.max_position_embeddings
+
+
+# Llama-style decoder fields: Llama, Mistral, Qwen2/3, Gemma 2/3, OLMo 2, Phi-3.
+_DECODER_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "n_layers": lambda c: c.num_hidden_layers,
+    "d_model": lambda c: c.hidden_size,
+    "n_heads": lambda c: c.num_attention_heads,
+    "n_kv_heads": lambda c: getattr(c, "num_key_value_heads", None),
+    "d_head": _head_dim,
+    "d_mlp": lambda c: c.intermediate_size,
+    "d_vocab": lambda c: c.vocab_size,
+    "n_ctx": _context,
+    "act_fn": lambda c: c.hidden_act,
+    "norm_eps": lambda c: c.rms_norm_eps,
+    "rotary_base": lambda c: _rope_theta(c, "full_attention"),
+    "sliding_window": lambda c: getattr(c, "sliding_window", None),
+    "layer_types": _layer_types,
+}
+
+_GEMMA_FIELDS: dict[str, Callable[[Any], Any]] = {
+    **_DECODER_FIELDS,
+    "act_fn": lambda c: c.hidden_activation,
+    "attn_scale": lambda c: c.query_pre_attn_scalar**-0.5,
+    "attn_softcap": lambda c: getattr(c, "attn_logit_softcapping", None),
+    "final_softcap": lambda c: getattr(c, "final_logit_softcapping", None),
+    "embed_scale": lambda c: c.hidden_size**0.5,
+}
+
+
+def _layer(name: str) -> str:
+    return f"model.layers.{{l}}.{name}"
+
+
+def _separate_qkv_rules() -> tuple[WeightRule, ...]:
+    """``q_proj``/``k_proj``/``v_proj``/``o_proj`` with optional biases (Llama layout)."""
+    return (
+        *(
+            WeightRule(_attn_param("W", x.upper()), _layer(f"self_attn.{x}_proj.weight"), linear_to_heads)
+            for x in "qkv"
+        ),
+        *(
+            WeightRule(
+                _attn_param("b", x.upper()),
+                _layer(f"self_attn.{x}_proj.bias"),
+                bias_to_heads,
+                optional=True,
+            )
+            for x in "qkv"
+        ),
+        WeightRule("blocks.{l}.attn.W_O", _layer("self_attn.o_proj.weight"), linear_out_to_heads),
+        WeightRule("blocks.{l}.attn.b_O", _layer("self_attn.o_proj.bias"), optional=True),
+    )
+
+
+def _gated_mlp_rules() -> tuple[WeightRule, ...]:
+    return (
+        WeightRule("blocks.{l}.mlp.W_gate", _layer("mlp.gate_proj.weight"), transpose),
+        WeightRule("blocks.{l}.mlp.W_in", _layer("mlp.up_proj.weight"), transpose),
+        WeightRule("blocks.{l}.mlp.b_in", _layer("mlp.up_proj.bias"), optional=True),
+        WeightRule("blocks.{l}.mlp.W_out", _layer("mlp.down_proj.weight"), transpose),
+        WeightRule("blocks.{l}.mlp.b_out", _layer("mlp.down_proj.bias"), optional=True),
+    )
+
+
+def _ends(norm: Convert = keep) -> tuple[WeightRule, ...]:
+    """Embedding, final norm and unembedding (tied checkpoints reuse the embedding)."""
+    return (
+        WeightRule("embed.W_E", "model.embed_tokens.weight"),
+        WeightRule("ln_final.w", "model.norm.weight", norm),
+        WeightRule("unembed.W_U", ("lm_head.weight", "model.embed_tokens.weight"), transpose),
+    )
+
+
+def _norms(*pairs: tuple[str, str], convert: Convert = keep) -> tuple[WeightRule, ...]:
+    return tuple(WeightRule(f"blocks.{{l}}.{ours}.w", _layer(f"{hf}.weight"), convert) for ours, hf in pairs)
 
 
 _GPT2 = Family(
@@ -168,53 +312,115 @@ _LLAMA = Family(
     name="llama",
     hf_model_types=("llama", "mistral", "qwen2"),
     fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated"},
-    from_hf={
-        "n_layers": lambda c: c.num_hidden_layers,
-        "d_model": lambda c: c.hidden_size,
-        "n_heads": lambda c: c.num_attention_heads,
-        "n_kv_heads": lambda c: getattr(c, "num_key_value_heads", None),
-        "d_head": _head_dim,
-        "d_mlp": lambda c: c.intermediate_size,
-        "d_vocab": lambda c: c.vocab_size,
-        "n_ctx": lambda c: c.max_position_embeddings,
-        "act_fn": lambda c: c.hidden_act,
-        "norm_eps": lambda c: c.rms_norm_eps,
-        "rotary_base": lambda c: _rope(c, "rope_theta", 10000.0),
-        # Mistral always slides; Qwen2 only when use_sliding_window is set.
-        "sliding_window": lambda c: (
-            c.sliding_window if getattr(c, "use_sliding_window", c.model_type == "mistral") else None
-        ),
-    },
+    from_hf=_DECODER_FIELDS,
     weights=(
-        WeightRule("embed.W_E", "model.embed_tokens.weight"),
-        WeightRule("blocks.{l}.ln1.w", "model.layers.{l}.input_layernorm.weight"),
-        WeightRule("blocks.{l}.ln2.w", "model.layers.{l}.post_attention_layernorm.weight"),
+        *_norms(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
+        *_separate_qkv_rules(),
+        *_gated_mlp_rules(),
+        *_ends(),
+    ),
+)
+
+_QWEN3 = Family(
+    name="qwen3",
+    hf_model_types=("qwen3",),
+    fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated", "qk_norm": "head"},
+    from_hf=_DECODER_FIELDS,
+    weights=(
+        *_norms(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
+        *_norms(("attn.q_norm", "self_attn.q_norm"), ("attn.k_norm", "self_attn.k_norm")),
+        *_separate_qkv_rules(),
+        *_gated_mlp_rules(),
+        *_ends(),
+    ),
+)
+
+_OLMO2 = Family(
+    name="olmo2",
+    hf_model_types=("olmo2",),
+    fixed={
+        "norm": "rmsnorm",
+        "positional": "rotary",
+        "mlp": "gated",
+        "qk_norm": "projection",
+        "block_norms": "post",
+    },
+    from_hf=_DECODER_FIELDS,
+    weights=(
+        *_norms(("ln1_post", "post_attention_layernorm"), ("ln2_post", "post_feedforward_layernorm")),
+        *_norms(("attn.q_norm", "self_attn.q_norm"), ("attn.k_norm", "self_attn.k_norm")),
+        *_separate_qkv_rules(),
+        *_gated_mlp_rules(),
+        *_ends(),
+    ),
+)
+
+_GEMMA_NORMS = (
+    ("ln1", "input_layernorm"),
+    ("ln1_post", "post_attention_layernorm"),
+    ("ln2", "pre_feedforward_layernorm"),
+    ("ln2_post", "post_feedforward_layernorm"),
+)
+
+_GEMMA2 = Family(
+    name="gemma2",
+    hf_model_types=("gemma2",),
+    fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated", "block_norms": "sandwich"},
+    from_hf=_GEMMA_FIELDS,
+    weights=(
+        *_norms(*_GEMMA_NORMS, convert=plus_one),
+        *_separate_qkv_rules(),
+        *_gated_mlp_rules(),
+        *_ends(plus_one),
+    ),
+)
+
+_GEMMA3 = Family(
+    name="gemma3",
+    hf_model_types=("gemma3_text",),
+    fixed={
+        "norm": "rmsnorm",
+        "positional": "rotary",
+        "mlp": "gated",
+        "block_norms": "sandwich",
+        "qk_norm": "head",
+    },
+    from_hf={**_GEMMA_FIELDS, "rotary_base_local": lambda c: _rope_theta(c, "sliding_attention")},
+    weights=(
+        *_norms(*_GEMMA_NORMS, convert=plus_one),
+        *_norms(("attn.q_norm", "self_attn.q_norm"), ("attn.k_norm", "self_attn.k_norm"), convert=plus_one),
+        *_separate_qkv_rules(),
+        *_gated_mlp_rules(),
+        *_ends(plus_one),
+    ),
+)
+
+_PHI3 = Family(
+    name="phi3",
+    hf_model_types=("phi3",),
+    fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated"},
+    from_hf={**_DECODER_FIELDS, "rotary_dim": _rotary_dim},
+    weights=(
+        *_norms(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
         *(
             WeightRule(
-                _attn_param("W", x.upper()),
-                f"model.layers.{{l}}.self_attn.{x}_proj.weight",
-                linear_to_heads,
+                _attn_param("W", x),
+                _layer("self_attn.qkv_proj.weight"),
+                fused_rows(_qkv_sizes, i, linear_to_heads),
             )
-            for x in "qkv"
+            for i, x in enumerate("QKV")
         ),
-        *(
-            WeightRule(
-                _attn_param("b", x.upper()),
-                f"model.layers.{{l}}.self_attn.{x}_proj.bias",
-                bias_to_heads,
-                optional=True,
-            )
-            for x in "qkv"
+        WeightRule("blocks.{l}.attn.W_O", _layer("self_attn.o_proj.weight"), linear_out_to_heads),
+        WeightRule(
+            "blocks.{l}.mlp.W_gate",
+            _layer("mlp.gate_up_proj.weight"),
+            fused_rows(_gate_up_sizes, 0, transpose),
         ),
-        WeightRule("blocks.{l}.attn.W_O", "model.layers.{l}.self_attn.o_proj.weight", linear_out_to_heads),
-        WeightRule("blocks.{l}.attn.b_O", "model.layers.{l}.self_attn.o_proj.bias", optional=True),
-        WeightRule("blocks.{l}.mlp.W_gate", "model.layers.{l}.mlp.gate_proj.weight", transpose),
-        WeightRule("blocks.{l}.mlp.W_in", "model.layers.{l}.mlp.up_proj.weight", transpose),
-        WeightRule("blocks.{l}.mlp.b_in", "model.layers.{l}.mlp.up_proj.bias", optional=True),
-        WeightRule("blocks.{l}.mlp.W_out", "model.layers.{l}.mlp.down_proj.weight", transpose),
-        WeightRule("blocks.{l}.mlp.b_out", "model.layers.{l}.mlp.down_proj.bias", optional=True),
-        WeightRule("ln_final.w", "model.norm.weight"),
-        WeightRule("unembed.W_U", "lm_head.weight", transpose),
+        WeightRule(
+            "blocks.{l}.mlp.W_in", _layer("mlp.gate_up_proj.weight"), fused_rows(_gate_up_sizes, 1, transpose)
+        ),
+        WeightRule("blocks.{l}.mlp.W_out", _layer("mlp.down_proj.weight"), transpose),
+        *_ends(),
     ),
 )
 
@@ -275,7 +481,57 @@ _NEOX = Family(
     ),
 )
 
-FAMILIES: tuple[Family, ...] = (_GPT2, _LLAMA, _NEOX)
+_GPTJ = Family(
+    name="gptj",
+    hf_model_types=("gptj",),
+    # one LayerNorm feeds attention and MLP: ln1 and ln2 both hold ln_1's weights
+    fixed={
+        "norm": "layernorm",
+        "positional": "rotary",
+        "mlp": "standard",
+        "parallel_attn_mlp": True,
+        "rotary_style": "interleaved",
+    },
+    from_hf={
+        "n_layers": lambda c: c.n_layer,
+        "d_model": lambda c: c.n_embd,
+        "n_heads": lambda c: c.n_head,
+        "d_head": lambda c: c.n_embd // c.n_head,
+        "d_mlp": lambda c: c.n_inner or 4 * c.n_embd,
+        "d_vocab": lambda c: c.vocab_size,
+        "n_ctx": lambda c: c.n_positions,
+        "act_fn": lambda c: c.activation_function,
+        "norm_eps": lambda c: c.layer_norm_epsilon,
+        "rotary_dim": lambda c: c.rotary_dim,
+    },
+    weights=(
+        WeightRule("embed.W_E", "transformer.wte.weight"),
+        *(
+            WeightRule(f"blocks.{{l}}.{ln}.{p}", f"transformer.h.{{l}}.ln_1.{hf}")
+            for ln in ("ln1", "ln2")
+            for p, hf in (("w", "weight"), ("b", "bias"))
+        ),
+        *(
+            WeightRule(
+                _attn_param("W", x.upper()),
+                f"transformer.h.{{l}}.attn.{x}_proj.weight",
+                linear_to_heads,
+            )
+            for x in "qkv"
+        ),
+        WeightRule("blocks.{l}.attn.W_O", "transformer.h.{l}.attn.out_proj.weight", linear_out_to_heads),
+        WeightRule("blocks.{l}.mlp.W_in", "transformer.h.{l}.mlp.fc_in.weight", transpose),
+        WeightRule("blocks.{l}.mlp.b_in", "transformer.h.{l}.mlp.fc_in.bias"),
+        WeightRule("blocks.{l}.mlp.W_out", "transformer.h.{l}.mlp.fc_out.weight", transpose),
+        WeightRule("blocks.{l}.mlp.b_out", "transformer.h.{l}.mlp.fc_out.bias"),
+        WeightRule("ln_final.w", "transformer.ln_f.weight"),
+        WeightRule("ln_final.b", "transformer.ln_f.bias"),
+        WeightRule("unembed.W_U", "lm_head.weight", transpose),
+        WeightRule("unembed.b_U", "lm_head.bias"),
+    ),
+)
+
+FAMILIES: tuple[Family, ...] = (_GPT2, _LLAMA, _QWEN3, _GEMMA2, _GEMMA3, _OLMO2, _PHI3, _NEOX, _GPTJ)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.hf_model_types)
 
 
@@ -292,9 +548,12 @@ def family_for(model_type: str) -> Family:
     for family in FAMILIES:
         if model_type in family.hf_model_types:
             return family
+    supported = "; ".join(f"{f.name} ({', '.join(f.hf_model_types)})" for f in FAMILIES)
     raise UnsupportedArchitectureError(
-        f"model_type {model_type!r} has no native mechinterp family; supported: "
-        f"{', '.join(SUPPORTED_MODEL_TYPES)}. Fallback: wrap the HF model with "
-        "transformer_lens.model_bridge.TransformerBridge.boot_transformers(name, hf_model=model) "
-        "(hooks and TL utilities work, but no layer skipping and no batched patching engine)."
+        f"model_type {model_type!r} has no native mechinterp family. Supported families "
+        f"(HF model_type): {supported}. To add one, declare it in mechinterp/models/families.py "
+        "and extend the family-parametrised tests (README: 'Adding a model family'). Fallback: "
+        "wrap the HF model with transformer_lens.model_bridge.TransformerBridge.boot_transformers("
+        "name, hf_model=model) (hooks and TL utilities work, but no layer skipping and no batched "
+        "patching engine)."
     )

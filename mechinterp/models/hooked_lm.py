@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
-from mechinterp.models.attention import Rotary
+from mechinterp.models.attention import AttentionContext, Rotary
 from mechinterp.models.block import AttentionOnlyBlock, TransformerBlock
 from mechinterp.models.cache import HookedLMCache
 from mechinterp.models.config import ArchitectureConfig
@@ -60,7 +60,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         self.hook_pos_embed = HookPoint() if learned else None
         self.rotary = None if learned else Rotary(architecture)
         block = AttentionOnlyBlock if architecture.attn_only else TransformerBlock
-        self.blocks = nn.ModuleList(block(architecture) for _ in range(architecture.n_layers))
+        self.blocks = nn.ModuleList(block(architecture, layer) for layer in range(architecture.n_layers))
         self.ln_final = Norm(architecture)
         self.unembed = Unembed(architecture)
         self.setup()
@@ -199,12 +199,10 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if past is not None and past.batch != batch:
             raise ValueError(f"past holds {past.batch} rows but the input has {batch}")
         mask = self._check_mask(attention_mask, batch, offset + n_pos)
-        positions, allowed, rotary = self.attention_inputs(mask, offset)
+        context = self.attention_context(mask, n_pos=offset + n_pos, offset=offset)
         if residual is None:
-            residual = self.embed_tokens(tokens, positions)
-        for index in range(start, stop):
-            layer_past = None if past is None else past.layer(index)
-            residual = self.blocks[index](residual, allowed, rotary, layer_past)
+            residual = self.embed_tokens(tokens, context.positions)
+        residual = self.run_blocks(residual, context, start=start, stop=stop, past=past)
         if stop_at_layer is not None:
             return residual
         if return_type is None:
@@ -225,19 +223,62 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         """The residual stream entering block 0 (token plus learned position embeddings)."""
         residual = self.hook_embed(self.embed(tokens))
         if self.pos_embed is not None:
+            positions = positions.expand(tokens.shape[0], -1)  # a shared row serves every example
             residual = residual + self.hook_pos_embed(self.pos_embed(positions))
         return residual
 
-    def attention_inputs(
-        self, mask: Int[Tensor, "batch pos"], offset: int = 0
-    ) -> tuple[Tensor, Bool[Tensor, "batch 1 q_pos k_pos"], tuple[Tensor, Tensor] | None]:
+    def attention_context(
+        self, mask: Int[Tensor, "batch pos"] | None, *, n_pos: int | None = None, offset: int = 0
+    ) -> AttentionContext:
         """Positions, allowed query-key pairs and rotary tables for the queries at positions
-        ``offset:`` of a run with attention mask ``mask`` (what each block needs besides
-        the residual stream). Low-level: the patching engine runs blocks with these."""
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, offset:]
-        allowed = self._allowed_attention(mask)[:, :, offset:]
+        ``offset:`` of a run with attention mask ``mask`` (``None``: no padding; then give
+        ``n_pos``, and one shared row serves every example). What every block needs besides
+        the residual stream."""
+        if mask is None:
+            if n_pos is None:
+                raise ValueError("attention_context needs n_pos when mask is None")
+            positions = torch.arange(offset, n_pos, device=self.device)[None]
+            allowed = self._allowed_attention(n_pos, None)[:, :, offset:]
+        else:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, offset:]
+            allowed = self._allowed_attention(mask.shape[1], mask)[:, :, offset:]
         rotary = self.rotary(positions) if self.rotary is not None else None
-        return positions, allowed, rotary
+        return AttentionContext(positions, allowed, rotary)
+
+    def run_blocks(
+        self,
+        residual: Float[Tensor, "batch pos d_model"] | None,
+        context: AttentionContext,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        past: KeyValuePrefix | None = None,
+        entering: dict[int, Tensor] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Run blocks ``start`` to ``stop - 1``: the one block loop of the model, used by
+        ``forward`` and by every batched executor.
+
+        ``entering`` maps a layer to rows ``[n, pos, d_model]`` appended to the batch just
+        before that layer (``stop`` included: rows entering after the last block run);
+        rows that enter late skip the earlier blocks. ``context`` and ``past`` describe all
+        rows, in the order they end up in (the rows present first, then each entering
+        group), so a block running ``n`` rows uses their first ``n``.
+
+        Example:
+            >>> context = model.attention_context(None, n_pos=tokens.shape[1])
+            >>> resid = model.run_blocks(model.embed_tokens(tokens, context.positions), context, stop=4)
+        """
+        stop = self.architecture.n_layers if stop is None else stop
+        entering = entering or {}
+        for layer in range(start, stop + 1):
+            if layer in entering:
+                residual = entering[layer] if residual is None else torch.cat([residual, entering[layer]])
+            if layer == stop:
+                break
+            n = residual.shape[0]
+            layer_past = None if past is None else past.layer(layer, rows=n)
+            residual = self.blocks[layer](residual, context.rows(n), layer_past)
+        return residual
 
     def _layer_index(self, value: int | None, name: str, *, default: int) -> int:
         if value is None:
@@ -271,32 +312,34 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             raise ValueError(f"residual dtype {residual.dtype} differs from the model's {self.dtype}")
         return residual.to(self.device)
 
-    def _check_mask(self, mask: Tensor | None, batch: int, n_pos: int) -> Int[Tensor, "batch pos"]:
+    def _check_mask(self, mask: Tensor | None, batch: int, n_pos: int) -> Int[Tensor, "batch pos"] | None:
         if n_pos > self.architecture.n_ctx:
             raise ValueError(
                 f"sequence of {n_pos} tokens is longer than the context ({self.architecture.n_ctx})"
             )
         if mask is None:
-            return torch.ones(batch, n_pos, dtype=torch.long, device=self.device)
+            return None
         if tuple(mask.shape) != (batch, n_pos):
             raise ValueError(
                 f"attention_mask shape {tuple(mask.shape)} does not match input {(batch, n_pos)}"
             )
         return mask.to(self.device, torch.long)
 
-    def _allowed_attention(self, mask: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
-        n_pos = mask.shape[1]
-        idx = torch.arange(n_pos, device=mask.device)
-        allowed = idx[None, :] <= idx[:, None]
-        window = self.architecture.sliding_window
-        if window is not None:
-            allowed = allowed & (idx[:, None] - idx[None, :] < window)
-        return allowed[None, None] & mask.bool()[:, None, None, :]
+    def _allowed_attention(
+        self, n_pos: int, mask: Int[Tensor, "batch pos"] | None
+    ) -> Bool[Tensor, "batch 1 q_pos k_pos"]:
+        """Causal pairs, and real keys only where ``mask`` is given; ``[1, 1, q, k]``
+        without a mask. Sliding windows are per layer (``AttentionContext.score_bias``)."""
+        idx = torch.arange(n_pos, device=self.device)
+        allowed = (idx[None, :] <= idx[:, None])[None, None]
+        return allowed if mask is None else allowed & mask.bool()[:, None, None, :]
 
     @staticmethod
-    def _next_token_loss(logits: Tensor, tokens: Tensor | None, mask: Tensor) -> Tensor:
+    def _next_token_loss(logits: Tensor, tokens: Tensor | None, mask: Tensor | None) -> Tensor:
         if tokens is None:
             raise ValueError("return_type='loss' with start_at_layer needs tokens=... for the targets")
+        if mask is None:
+            mask = torch.ones_like(tokens)
         predicted = logits[:, :-1].flatten(0, 1)
         keep = (mask[:, :-1] * mask[:, 1:]).flatten().bool()
         return F.cross_entropy(predicted[keep], tokens[:, 1:].flatten()[keep])

@@ -185,11 +185,20 @@ def from_hf_model(
 
 
 def _copy_rotary(hf_model: Any, model: HookedLM) -> None:
-    """Take the checkpoint's own RoPE frequencies (covers Llama-3, YaRN and other scalings)."""
+    """Take the checkpoint's own RoPE frequencies (covers Llama-3, YaRN, longrope and other
+    scalings); Gemma 3 keeps one set per layer type (``full_attention_inv_freq``, ...)."""
+    rotary = model.rotary
     for module in hf_model.modules():
         if hasattr(module, "inv_freq"):
-            model.rotary.inv_freq = module.inv_freq.detach().float().clone()
-            model.rotary.attention_scaling = float(getattr(module, "attention_scaling", 1.0))
+            rotary.inv_freq = module.inv_freq.detach().float().clone()
+            rotary.attention_scaling = float(getattr(module, "attention_scaling", 1.0))
+            return
+        if hasattr(module, "full_attention_inv_freq"):
+            rotary.inv_freq = module.full_attention_inv_freq.detach().float().clone()
+            rotary.attention_scaling = float(module.full_attention_attention_scaling)
+            if rotary.inv_freq_local is not None:
+                rotary.inv_freq_local = module.sliding_attention_inv_freq.detach().float().clone()
+                rotary.attention_scaling_local = float(module.sliding_attention_attention_scaling)
             return
 
 

@@ -35,8 +35,11 @@ class KeyValuePrefix:
     def batch(self) -> int:
         return self.keys[0].shape[0]
 
-    def layer(self, index: int) -> tuple[Tensor, Tensor]:
-        return self.keys[index], self.values[index]
+    def layer(self, index: int, rows: int | None = None) -> tuple[Tensor, Tensor]:
+        """One layer's keys and values, of the first ``rows`` rows (all by default)."""
+        if rows is None or rows == self.batch:
+            return self.keys[index], self.values[index]
+        return self.keys[index][:rows], self.values[index][:rows]
 
     def truncate(self, length: int) -> KeyValuePrefix:
         """The first ``length`` positions (views, no copy)."""
@@ -45,7 +48,14 @@ class KeyValuePrefix:
         )
 
     def select(self, examples: Tensor) -> KeyValuePrefix:
-        """One prefix row per entry of ``examples`` (indices into this prefix's batch)."""
+        """One prefix row per entry of ``examples`` (indices into this prefix's batch); a
+        prefix of one example is expanded (a view, no copy)."""
+        if self.batch == 1:
+            rows = len(examples)
+            return KeyValuePrefix(
+                tuple(k.expand(rows, *k.shape[1:]) for k in self.keys),
+                tuple(v.expand(rows, *v.shape[1:]) for v in self.values),
+            )
         return KeyValuePrefix(
             tuple(k.index_select(0, examples) for k in self.keys),
             tuple(v.index_select(0, examples) for v in self.values),
