@@ -212,13 +212,14 @@ def compare_methods(
         "attention_rollout",
     ),
     steps: int | None = None,
+    rule: IntegrationRule | None = None,
     baseline: Baseline | None = None,
     **arguments,
 ) -> MethodComparison:
     """Run several methods on the same input and objective, side by side.
 
-    ``steps`` goes to integrated gradients, ``baseline`` to the methods that take one
-    (integrated gradients, occlusion); every other keyword goes to all methods.
+    ``steps`` and ``rule`` go to integrated gradients, ``baseline`` to the methods that
+    take one (integrated gradients, occlusion); every other keyword goes to all methods.
 
     Example:
         >>> comparison = compare_methods(model, "The Eiffel Tower is in the city of", correct=" Paris")
@@ -229,8 +230,8 @@ def compare_methods(
     for method in methods:
         extra = {}
         if method == "integrated_gradients":
-            extra = {"steps": steps, "baseline": baseline}
-        elif method == "occlusion":
-            extra = {"baseline": baseline}
+            extra = {"steps": steps, "rule": rule}
+        if method in BASELINE_METHODS:
+            extra["baseline"] = baseline
         found[method] = attribute_tokens(model, input, method=method, **extra, **arguments)
     return MethodComparison(found)

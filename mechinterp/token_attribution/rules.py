@@ -8,9 +8,12 @@ gradients at points ``a_k`` with weights ``w_k``:
   ``2 * steps - 1``, so it converges much faster than Riemann sums (captum's default);
 - ``riemann_left`` / ``riemann_right`` / ``riemann_middle``: equal weights ``1 / steps`` at the
   left ends, right ends or midpoints of ``steps`` equal intervals;
-- ``riemann_trapezoid``: ``steps`` equally spaced points from 0 to 1, the two ends at half weight.
+- ``riemann_trapezoid``: ``steps`` equally spaced points from 0 to 1, weight ``1 / (steps - 1)``,
+  the two ends at half weight.
 
-The points and weights are captum 0.9's, so the same rule and step count give the same sum.
+The points and weights are captum 0.9's, so the same rule and step count give the same sum,
+except for the trapezoid rule: captum weights its points ``1 / steps`` (ends halved), which
+sum to ``1 - 1 / steps``, so its trapezoid attributions are ours times ``(steps - 1) / steps``.
 
 Example:
     >>> alphas, weights = integration_points("gauss_legendre", 4)
@@ -51,12 +54,13 @@ def integration_points(
         return torch.from_numpy(0.5 * (1 + nodes)), torch.from_numpy(0.5 * weights)
     if rule not in RULES:
         raise ValueError(f"unknown integration rule {rule!r}; choose one of {', '.join(RULES)}")
-    weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
     if rule == "riemann_trapezoid":
         if steps < 2:
             raise ValueError("the riemann_trapezoid rule needs steps >= 2 (it evaluates both ends)")
+        weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
         weights[0] /= 2
         weights[-1] /= 2
         return torch.linspace(0, 1, steps, dtype=torch.float64), weights
+    weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
     first = {"riemann_left": 0.0, "riemann_right": 1.0 / steps, "riemann_middle": 0.5 / steps}[rule]
     return first + torch.arange(steps, dtype=torch.float64) / steps, weights
