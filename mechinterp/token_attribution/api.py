@@ -23,7 +23,6 @@ from mechinterp.token_attribution.inputs import (
     answer_positions,
     baseline_tokens,
     objective_for,
-    pairs_arguments,
     prompt_tokens,
     warn_zero_baseline,
 )
@@ -96,19 +95,19 @@ def attribute_tokens(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if isinstance(input, PromptPairs):
-        given = {"correct": correct, "incorrect": incorrect, "positions": positions, "baseline": baseline}
-        given["attention_mask"] = attention_mask
-        arguments = pairs_arguments(input)
-        if method not in BASELINE_METHODS:
-            arguments["baseline"] = None  # the corrupt prompts are only a baseline where one is used
-        for key, value in given.items():
-            if value is not None:
-                arguments[key] = value
-        input, attention_mask = arguments["input"], arguments["attention_mask"]
-        correct, incorrect = arguments["correct"], arguments["incorrect"]
-        positions, baseline = arguments["positions"], arguments["baseline"]
-    if method != "integrated_gradients":
+    if isinstance(input, PromptPairs):  # clean prompts; answers, positions and baseline from the pairs
+        pairs, input = input, input.clean
+        attention_mask = pairs.attention_mask if attention_mask is None else attention_mask
+        correct = pairs.correct if correct is None else correct
+        incorrect = pairs.incorrect if incorrect is None else incorrect
+        positions = pairs.positions if positions is None and target == "logit" else positions
+        if baseline is None and method in BASELINE_METHODS:
+            baseline = pairs.corrupt
+    if method == "integrated_gradients":
+        rule = rule or "gauss_legendre"
+        steps = DEFAULT_STEPS if steps is None else steps
+        alphas, weights = integration_points(rule, steps)
+    else:
         for name, value in (("steps", steps), ("rule", rule)):
             if value is not None:
                 raise ValueError(f"{name}= only applies to integrated_gradients, not {method}")
@@ -122,7 +121,7 @@ def attribute_tokens(
         found = rollout_positions(target, positions, mask)
         values = attention_rollout(model, tokens, mask, found)
         metadata["positions"] = found.tolist()
-        return _result(model, values, tokens, mask, method, "attention rollout", metadata)
+        return _result(model, values, tokens, mask, method, "blocks.*.attn.hook_pattern", metadata)
     if correct is None:
         raise ValueError(f"{method} explains an answer: pass correct= (and optionally incorrect=)")
     objective, found = objective_for(model, target, correct, incorrect, positions, mask)
@@ -151,15 +150,19 @@ def attribute_tokens(
             score = objective_at(runner, actual, chunk)
             values = occlusion(runner, actual, reference, mask, score, chunk)
             return _result(model, values, tokens, mask, method, site, metadata, score=score)
-        rule = rule or "gauss_legendre"
-        steps = DEFAULT_STEPS if steps is None else steps
-        alphas, weights = integration_points(rule, steps)
         metadata |= {"steps": steps, "rule": rule}
-        path = integrated_gradients(runner, actual, reference, alphas, weights, chunk)
-        values = path.values * keep.squeeze(-1) if path.values.ndim == 3 else path.values * mask
-        completeness = Completeness(values.flatten(1).sum(1), path.score - path.baseline_score)
+        path = integrated_gradients(runner, actual, reference, alphas, weights, chunk)  # zero at padding
+        completeness = Completeness(path.values.flatten(1).sum(1), path.score - path.baseline_score)
         return _result(
-            model, values, tokens, mask, method, site, metadata, score=path.score, completeness=completeness
+            model,
+            path.values,
+            tokens,
+            mask,
+            method,
+            site,
+            metadata,
+            score=path.score,
+            completeness=completeness,
         )
 
 

@@ -248,19 +248,6 @@ def warn_zero_baseline(model, site: str) -> None:
         )
 
 
-def pairs_arguments(pairs: PromptPairs) -> dict:
-    """``attribute_tokens`` arguments taken from prompt pairs (clean input, corrupt baseline)."""
-    mask = pairs.attention_mask if pairs.attention_mask is not None else torch.ones_like(pairs.clean)
-    return {
-        "input": pairs.clean,
-        "attention_mask": mask,
-        "correct": pairs.correct,
-        "incorrect": pairs.incorrect,
-        "positions": pairs.positions,
-        "baseline": pairs.corrupt,
-    }
-
-
 def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"

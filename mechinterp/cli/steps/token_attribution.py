@@ -54,8 +54,9 @@ def run(step: TokenAttributionStep, context, out: Path) -> StepOutput:
         attribution.save(out / method)
         figures[method] = attribution.figure()
         frame = attribution.to_dataframe()
-        frame = frame[frame["example"] == 0].reindex(frame["value"].abs().sort_values(ascending=False).index)
-        top_rows += [frame.head(5).assign(method=method)]
+        frame = frame[frame["example"] == 0]
+        top = frame.loc[frame["value"].abs().sort_values(ascending=False).index].head(5)
+        top_rows.append(top.assign(method=method))
     first = next(iter(comparison.attributions.values()))
     summary = {"examples": first.values.shape[0], "methods": len(comparison.attributions)}
     tables = []
