@@ -137,12 +137,12 @@ def continuation_tokens(model, answer: Answer, batch: int, name: str) -> tuple[T
     if not all(rows):
         raise ValueError(f"{name}: a continuation needs at least one token")
     width = max(len(row) for row in rows)
-    tokens = torch.zeros(batch, width, dtype=torch.long)
-    mask = torch.zeros(batch, width, dtype=torch.long)
+    tokens = torch.zeros(batch, width, dtype=torch.long, device=model.device)
+    mask = torch.zeros(batch, width, dtype=torch.long, device=model.device)
     for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=model.device)
         mask[i, : len(row)] = 1
-    return tokens.to(model.device), mask.to(model.device)
+    return tokens, mask
 
 
 def objective_for(

@@ -39,7 +39,7 @@ RULES: tuple[str, ...] = IntegrationRule.__args__
 def integration_points(
     rule: IntegrationRule, steps: int
 ) -> tuple[Float[Tensor, " step"], Float[Tensor, " step"]]:
-    """Points ``alpha`` in [0, 1] and their weights (float64) for ``steps`` evaluations.
+    """Points ``alpha`` in [0, 1] and their weights (float64, on the CPU) for ``steps`` evaluations.
 
     Raises:
         ValueError: ``steps < 1`` (``< 2`` for the trapezoid rule, which needs both ends), or
@@ -57,10 +57,10 @@ def integration_points(
     if rule == "riemann_trapezoid":
         if steps < 2:
             raise ValueError("the riemann_trapezoid rule needs steps >= 2 (it evaluates both ends)")
-        weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
+        weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64, device="cpu")
         weights[0] /= 2
         weights[-1] /= 2
-        return torch.linspace(0, 1, steps, dtype=torch.float64), weights
-    weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+        return torch.linspace(0, 1, steps, dtype=torch.float64, device="cpu"), weights
+    weights = torch.full((steps,), 1.0 / steps, dtype=torch.float64, device="cpu")
     first = {"riemann_left": 0.0, "riemann_right": 1.0 / steps, "riemann_middle": 0.5 / steps}[rule]
-    return first + torch.arange(steps, dtype=torch.float64) / steps, weights
+    return first + torch.arange(steps, dtype=torch.float64, device="cpu") / steps, weights
