@@ -105,7 +105,7 @@ def _scores_from_gradients(
         grad = grads[group.hook][:, start:]  # per head: [batch, pos, slot, d] -> [slot, batch*pos*d]
         rows.append(grad.permute(2, 0, 1, 3).flatten(1) if group.per_head else grad.flatten()[None])
     table = (torch.cat(rows) @ delta[:, :, start:].flatten(1).T).float().cpu()  # [all slots, source]
-    scores = torch.zeros(len(graph.edges), dtype=torch.float32)
+    scores = torch.zeros(len(graph.edges), dtype=torch.float32, device="cpu")
     first = 0
     for group in groups:
         slots = group.edge_ids.shape[0]

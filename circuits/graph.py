@@ -141,8 +141,8 @@ class Graph:
             for node in [Node("head", edge.target.layer, h) for h in heads] if heads else [edge.target]:
                 pair_edge.append(e)
                 pair_target.append(index[node])
-        source = torch.tensor([index[edge.source] for edge in self.edges])
-        return source, torch.tensor(pair_edge), torch.tensor(pair_target)
+        source = torch.tensor([index[edge.source] for edge in self.edges], device="cpu")
+        return source, torch.tensor(pair_edge, device="cpu"), torch.tensor(pair_target, device="cpu")
 
     @cached_property
     def channel_tables(self) -> tuple[tuple[int | None, Channel, Tensor], ...]:
@@ -158,7 +158,9 @@ class Graph:
             )
         result = []
         for (layer, channel), table in tables.items():
-            edge_ids = torch.full((1 + max(s for s, _ in table), 1 + max(src for _, src in table)), -1)
+            edge_ids = torch.full(
+                (1 + max(s for s, _ in table), 1 + max(src for _, src in table)), -1, device="cpu"
+            )
             for (slot, source), index in table.items():
                 edge_ids[slot, source] = index
             result.append((layer, channel, edge_ids))

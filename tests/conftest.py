@@ -65,3 +65,21 @@ def induction_model(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MECHINTERP_CACHE", str(tmp_path_factory.mktemp("mechinterp-cache")))
         return mechinterp.load_model("toy-induction-2l", device="cpu")
+
+
+def assert_close_to_scale(
+    actual: torch.Tensor, expected: torch.Tensor, rel: float, *, dim: int | None = -1, name: str = ""
+) -> None:
+    """``|actual - expected| <= rel * scale``, ``scale`` the largest ``|expected|`` along ``dim``
+    (``None``: the whole tensor). Float error that accumulates over layers grows with the
+    magnitude of what it sits on (a residual stream of norm ~30, a BOS row of ~2.5e4), so
+    comparisons of deep computations are relative to that magnitude, not absolute."""
+    assert actual.shape == expected.shape, (
+        f"{name}: shapes differ: {tuple(actual.shape)} vs {tuple(expected.shape)}"
+    )
+    magnitude = expected.abs()
+    scale = magnitude.amax() if dim is None or expected.ndim == 0 else magnitude.amax(dim, keepdim=True)
+    error = (actual - expected).abs()
+    allowed = rel * scale + torch.finfo(expected.dtype).tiny
+    worst = (error / allowed).max().item()
+    assert worst <= 1, f"{name}: error {error.max().item():.3g} exceeds {rel:g} x magnitude (by {worst:.2f}x)"

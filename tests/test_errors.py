@@ -116,3 +116,20 @@ def test_model_without_tokenizer():
     model = mechinterp.load_model(hf_model, device="cpu")
     with pytest.raises(ValueError, match="this model has no tokenizer: pass token ids"):
         model("hello")
+
+
+def test_hub_id_without_the_hub_names_the_offline_models(monkeypatch):
+    from mechinterp.models import hf_sources
+
+    def offline(*args, **kwargs):
+        raise OSError(
+            "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them"
+        )
+
+    monkeypatch.setattr(hf_sources, "from_pretrained", offline)
+    with pytest.raises(
+        OSError,
+        match=r"'smollm2':.*did you mean 'smollm2-135m'.*smollm2-135m, toy-induction-2l.*"
+        r"not a local path.*hub cannot be reached",
+    ):
+        mechinterp.load_model("smollm2")

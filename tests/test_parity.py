@@ -7,7 +7,7 @@ import torch
 from transformer_lens import patching
 from transformer_lens.model_bridge import TransformerBridge
 
-from tests.conftest import IOI_PROMPT
+from tests.conftest import IOI_PROMPT, assert_close_to_scale
 
 SHARED_HOOKS = (
     "hook_resid_pre",
@@ -31,16 +31,18 @@ def bridge_for(hf_model, tokenizer) -> TransformerBridge:
     )
 
 
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
-    return (a - b).abs().max().item()
+# Tiny models (2-3 layers) and SmolLM2 (30 layers of fp32 in two implementations: errors of ~5e-5
+# of the magnitude were seen, 1.6e-3 on a residual stream of ~30; its BOS residual reaches ~2.5e4,
+# where one fp32 ulp is ~2e-3). Tolerances are relative to the magnitude compared.
+TINY_REL = 5e-5
+SMOLLM2_REL = 2e-4
 
 
 @torch.no_grad()
 def test_tiny_logits_match_hf(tiny_pair, random_tokens):
     model, hf_model = tiny_pair
     tokens = random_tokens()
-    assert max_diff(model(tokens), hf_model(tokens).logits) <= 1e-4
+    assert_close_to_scale(model(tokens), hf_model(tokens).logits, TINY_REL)
 
 
 @torch.no_grad()
@@ -62,7 +64,7 @@ def test_tiny_hooks_match_bridge(tiny_pair, random_tokens):
             name = f"blocks.{layer}.{hook}"
             if hook == "hook_resid_mid" and model.architecture.parallel_attn_mlp:
                 continue  # a parallel block has no residual between attention and MLP
-            assert max_diff(ours[name], theirs[name]) <= 1e-4, name
+            assert_close_to_scale(ours[name], theirs[name], TINY_REL, name=name)
 
 
 @torch.no_grad()
@@ -79,7 +81,7 @@ def test_tl_patching_on_native_equals_bridge(tiny_pair, random_tokens):
         _, cache = runner.run_with_cache(clean)
         results.append(patching.get_act_patch_resid_pre(runner, corrupt, cache, metric))
     assert results[0].shape == (model.cfg.n_layers, 6)
-    assert max_diff(*results) <= 1e-4
+    assert_close_to_scale(*results, TINY_REL, dim=None)
 
 
 @pytest.mark.slow
@@ -87,13 +89,7 @@ def test_tl_patching_on_native_equals_bridge(tiny_pair, random_tokens):
 def test_smollm2_logits_match_hf(smollm2):
     model, hf_model = smollm2
     tokens = model.to_tokens([IOI_PROMPT, "The Eiffel Tower is located in the city of"])
-    assert max_diff(model(tokens), hf_model(tokens).logits) <= 1e-3
-
-
-def within(ours: torch.Tensor, theirs: torch.Tensor) -> bool:
-    """<= 1e-3 absolute, or 1e-5 relative: SmolLM2's BOS residual reaches ~2.5e4, where one
-    fp32 ulp is ~2e-3, so only a relative bound is meaningful there."""
-    return bool(((ours - theirs).abs() <= 1e-3 + 1e-5 * theirs.abs()).all())
+    assert_close_to_scale(model(tokens), hf_model(tokens).logits, SMOLLM2_REL)
 
 
 @pytest.mark.slow
@@ -107,10 +103,7 @@ def test_smollm2_hooks_match_bridge(smollm2):
     for layer in range(model.cfg.n_layers):
         for hook in SHARED_HOOKS:
             name = f"blocks.{layer}.{hook}"
-            assert within(ours[name], theirs[name]), name
-    non_bos = slice(1, None)
-    resid = "blocks.29.hook_resid_post"
-    assert max_diff(ours[resid][:, non_bos], theirs[resid][:, non_bos]) <= 1e-3
+            assert_close_to_scale(ours[name], theirs[name], SMOLLM2_REL, name=name)
 
 
 @pytest.mark.slow
@@ -130,4 +123,4 @@ def test_smollm2_tl_patching_equals_bridge(smollm2):
     for runner in (model, bridge):
         _, cache = runner.run_with_cache(clean)
         results.append(patching.get_act_patch_resid_pre(runner, corrupt, cache, metric))
-    assert max_diff(*results) <= 1e-3
+    assert_close_to_scale(*results, SMOLLM2_REL, dim=None)

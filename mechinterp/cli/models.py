@@ -60,8 +60,8 @@ def pull(name: str) -> Path:
     if name in EMBEDDED_MODELS:
         return embedded_model_dir(name)
     if name == TOY_NAME:
-        from mechinterp.models.toy import load_induction_model
+        from mechinterp.models.toy import InductionTraining, load_induction_model
 
-        load_induction_model()
-        return next((cache_root() / TOY_NAME).glob("*/config.json")).parent
+        load_induction_model()  # the default settings' folder (others may be cached beside it)
+        return cache_root() / TOY_NAME / InductionTraining().key()
     raise UnknownModelError(f"unknown model {name!r}; models that can be pulled: {', '.join(known_names())}")

@@ -94,13 +94,15 @@ def direct_logit_attribution(
         answers = (
             answers
             if isinstance(answers, Tensor)
-            else torch.tensor([model.to_single_token(a) for a in answers])
+            else torch.tensor([model.to_single_token(a) for a in answers], device=model.device)
         )
         if answers.shape != (batch,):
             raise ValueError(f"need one answer per example ({batch}), got shape {tuple(answers.shape)}")
         ids.append(answers.to(model.device))
     positions = last_positions(attention_mask) if positions is None else positions.to(model.device)
     arch = model.architecture
+    if granularity == "neuron" and arch.attn_only:
+        raise ValueError(f"granularity='neuron' needs MLPs; {arch.model_name} is attention-only")
     logits, cache = model.run_with_cache(tokens, attention_mask=attention_mask)
     rows = torch.arange(batch, device=model.device)
     logit_diff = logits[rows, positions, ids[0]] - logits[rows, positions, ids[1]]
@@ -134,6 +136,8 @@ def direct_logit_attribution(
             for head in range(arch.n_heads):
                 add(per_head[:, head], f"L{layer} H{head}", "head", layer)
         add((block.attn.b_O * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
+        if arch.attn_only:
+            continue
         if granularity == "neuron":
             neuron_readers = reader @ block.mlp.W_out.T  # [batch, d_mlp]
             per_neuron = at(f"blocks.{layer}.mlp.hook_post") * neuron_readers

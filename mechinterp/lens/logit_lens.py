@@ -118,12 +118,17 @@ def logit_lens(
     batch = tokens.shape[0]
     if targets is not None:
         if not isinstance(targets, Tensor):
-            targets = torch.tensor([model.to_single_token(t) for t in targets])
+            targets = torch.tensor([model.to_single_token(t) for t in targets], device=model.device)
         if targets.shape != (batch,):
             raise ValueError(
                 f"targets must give one token per example ({batch}), got shape {tuple(targets.shape)}"
             )
         targets = targets.to(model.device)
+    if include_mid and model.architecture.attn_only:
+        raise ValueError(
+            f"include_mid=True reads resid_mid, between attention and MLP; {model.architecture.model_name} "
+            "is attention-only (no MLP, no resid_mid): use include_mid=False"
+        )
     names = []
     labels = []
     for layer in range(model.architecture.n_layers):
@@ -151,10 +156,12 @@ def logit_lens(
             t_logits.append(target_logit.cpu())
             t_probs.append((target_logit - log_norm).exp().cpu())
             t_ranks.append(rank.cpu())
-    str_tokens = [model.to_str_tokens(row) for row in tokens]
+    # models without a tokenizer (token-id toys) are labelled by token id
+    decode = model.to_string if model.tokenizer is not None else str
+    str_tokens = [[decode(int(t)) for t in row] for row in tokens]
     top_tokens = torch.stack(tops)
     table = [
-        [[[model.to_string(int(t)) for t in position] for position in example] for example in layer]
+        [[[decode(int(t)) for t in position] for position in example] for example in layer]
         for layer in top_tokens
     ]
     return LensResult(

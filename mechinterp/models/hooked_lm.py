@@ -25,16 +25,16 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
-from transformer_lens.ActivationCache import ActivationCache
-from transformer_lens.config import TransformerLensConfig
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechinterp.models.attention import Rotary
 from mechinterp.models.block import AttentionOnlyBlock, TransformerBlock
+from mechinterp.models.cache import HookedLMCache
 from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.layers import Embed, Norm, PosEmbed, Unembed
 from mechinterp.models.prefix import KeyValuePrefix
+from mechinterp.models.tl_config import ModelConfigView
 from mechinterp.models.tokenization import TextInput, TokenizationMixin
 from mechinterp.models.weights import WeightsMixin
 
@@ -75,11 +75,16 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         return self.embed.W_E.dtype
 
     @property
-    def cfg(self) -> TransformerLensConfig:
-        """The TransformerLens config view that ``ActivationCache`` and ``patching`` read."""
+    def cfg(self) -> ModelConfigView:
+        """The TransformerLens config view that ``ActivationCache`` and ``patching`` read.
+
+        Writes to TL's runtime switches take effect (``model.cfg.use_attn_result = True``
+        calls ``set_use_attn_result``); writes to any other field raise (see ``tl_config``).
+        """
         arch = self.architecture
         rms = arch.norm == "rmsnorm"
-        return TransformerLensConfig(
+        return ModelConfigView(
+            self,
             d_model=arch.d_model,
             d_head=arch.d_head,
             n_layers=arch.n_layers,
@@ -156,8 +161,8 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         """Run the model.
 
         Args:
-            input: text, token ids ``[batch, pos]``, or, with ``start_at_layer``, the
-                residual stream ``[batch, pos, d_model]`` entering that block.
+            input: text, token ids ``[batch, pos]``, or, with ``start_at_layer`` (0
+                included), the residual stream ``[batch, pos, d_model]`` entering that block.
             return_type: ``"logits"``, ``"loss"`` (mean next-token cross-entropy over real
                 tokens), ``"both"`` (a ``(logits, loss)`` tuple) or ``None``.
             start_at_layer: first block to run; blocks before it are not run at all.
@@ -184,7 +189,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             raise ValueError(f"stop_at_layer ({stop}) is before start_at_layer ({start})")
         if isinstance(input, (str, list)):
             input, attention_mask = self.encode(input, prepend_bos=prepend_bos, padding_side=padding_side)
-        if start == 0:
+        if start == 0 and not (start_at_layer is not None and input.is_floating_point()):
             tokens = self._check_tokens(input)
             residual = None
         else:
@@ -203,6 +208,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if stop_at_layer is not None:
             return residual
         if return_type is None:
+            self.ln_final(residual)  # as in TL: ln_final's hooks fire (its scale is cached)
             return None
         if logit_positions is not None:
             if return_type != "logits":
@@ -297,11 +303,30 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
 
     # ------------------------------------------------------------------ hooks and caching
     def check_hook_name(self, name: str) -> None:
-        """Raise ``ValueError`` naming the closest valid hook names if ``name`` is not a hook."""
+        """Raise ``ValueError`` if ``name`` is not a hook (naming the closest valid names) or
+        is an opt-in hook that is switched off (saying how to switch it on)."""
         if name not in self.hook_dict:
             close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
             hint = f"; closest: {', '.join(close)}" if close else ""
             raise ValueError(f"unknown hook name {name!r}{hint}")
+        switch = self._opt_in_switch(name)
+        if switch is not None:
+            raise ValueError(
+                f"hook {name!r} is switched off, so a hook on it would never fire; switch it on with "
+                f"model.{switch}(True) (or for one block of code: with model.per_head_hooks(...):)"
+            )
+
+    def _opt_in_switch(self, name: str) -> str | None:
+        """The setter that turns on opt-in hook ``name``, if it is switched off."""
+        block = self.blocks[int(name.split(".")[1])] if name.startswith("blocks.") else None
+        if block is None:
+            return None
+        if name.endswith(".attn.hook_result") and not block.attn.use_attn_result:
+            return "set_use_attn_result"
+        split = (".hook_q_input", ".hook_k_input", ".hook_v_input")
+        if name.endswith(split) and not block.use_split_qkv_input:
+            return "set_use_split_qkv_input"
+        return None
 
     def add_hook(self, name: str | Callable, hook: Callable, *args: Any, **kwargs: Any) -> None:
         if isinstance(name, str):
@@ -322,8 +347,9 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
 
     def run_with_cache(
         self, *model_args: Any, names_filter: Any = None, remove_batch_dim: bool = False, **kwargs: Any
-    ) -> tuple[Any, ActivationCache]:
-        """Run the model and return ``(output, transformer_lens.ActivationCache)``.
+    ) -> tuple[Any, HookedLMCache]:
+        """Run the model and return ``(output, cache)``, the cache a TransformerLens
+        ``ActivationCache`` (``HookedLMCache``).
 
         Accepts TransformerLens' ``names_filter`` (name, list of names or predicate),
         ``device``, ``pos_slice``, ``remove_batch_dim`` and ``incl_bwd``; every other
@@ -336,10 +362,13 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if isinstance(names, (list, tuple)):
             for name in names:
                 self.check_hook_name(name)
+        else:  # None or a predicate: all matching hooks that fire (switched-off ones never would)
+            wanted = names_filter if names_filter is not None else (lambda name: True)
+            names_filter = lambda name: wanted(name) and self._opt_in_switch(name) is None  # noqa: E731
         output, cache_dict = super().run_with_cache(
             *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
         )
-        return output, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return output, HookedLMCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -352,12 +381,16 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         temperature: float = 1.0,
         top_k: int | None = None,
         stop_at_eos: bool = True,
+        use_past_kv_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> Int[Tensor, "batch new_pos"] | str | list[str]:
-        """Greedy (default) or sampled continuation; text in gives text out.
+        """Greedy (default) or sampled continuation; text in gives text out (a list of
+        prompts is left-padded into one batch).
 
-        Each step reruns the whole prefix (no key/value cache yet), which is fine for the
-        short continuations interpretability work needs.
+        With ``use_past_kv_cache`` (default, TransformerLens' name) the prompt runs once and
+        every step runs only the new token, reading earlier keys and values from a cache;
+        hooks then see the prompt once and each new position on its own. Without it each
+        step reruns the whole sequence. Both give the same tokens.
 
         Example:
             >>> model.generate("The capital of France is", max_new_tokens=3)
@@ -368,16 +401,13 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             tokens, mask = self._check_tokens(input), torch.ones_like(input, device=self.device)
         eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
+        step = _CachedSteps(self) if use_past_kv_cache else None
         for _ in range(max_new_tokens):
-            logits = self(tokens, attention_mask=mask)[:, -1].float()
-            if do_sample:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            if step is None:
+                logits = self(tokens, attention_mask=mask)[:, -1].float()
             else:
-                next_token = logits.argmax(-1)
+                logits = step(tokens, mask).float()
+            next_token = self._next_token(logits, do_sample, temperature, top_k, generator)
             was_finished = finished.clone()
             if eos is not None and stop_at_eos:
                 next_token = torch.where(was_finished, eos, next_token)
@@ -393,3 +423,62 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             for row, m in zip(tokens, mask, strict=True)
         ]
         return texts[0] if isinstance(input, str) else texts
+
+    @staticmethod
+    def _next_token(
+        logits: Float[Tensor, "batch d_vocab"],
+        do_sample: bool,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+    ) -> Int[Tensor, " batch"]:
+        if not do_sample:
+            return logits.argmax(-1)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+class _CachedSteps:
+    """Next-token logits for a growing sequence, computing only positions not seen before.
+
+    Each call runs the positions after the cached ones with ``past=`` (a ``KeyValuePrefix``)
+    and records their keys (after rotary) and values from the attention hooks, as the
+    hooks left them, so a hook that edits keys or values also edits what later steps read.
+    """
+
+    def __init__(self, model: HookedLM):
+        self.model = model
+        self.past: KeyValuePrefix | None = None
+
+    def __call__(self, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]) -> Tensor:
+        model = self.model
+        done = 0 if self.past is None else self.past.length
+        new = tokens[:, done:]
+        keys: list[Tensor] = []
+        values: list[Tensor] = []
+        key_hook = KeyValuePrefix.key_hook(model).split(".")[-1]
+        handles = []
+        try:
+            for block in model.blocks:
+                handles.append(getattr(block.attn, key_hook).register_forward_hook(_keep(keys)))
+                handles.append(block.attn.hook_v.register_forward_hook(_keep(values)))
+            last = torch.full((new.shape[0], 1), new.shape[1] - 1, device=model.device)
+            logits = model(new, attention_mask=mask, past=self.past, logit_positions=last)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.past is not None:
+            keys = [torch.cat([old, k], dim=1) for old, k in zip(self.past.keys, keys, strict=True)]
+            values = [torch.cat([old, v], dim=1) for old, v in zip(self.past.values, values, strict=True)]
+        self.past = KeyValuePrefix(tuple(keys), tuple(values))
+        return logits[:, -1]
+
+
+def _keep(store: list[Tensor]) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+        store.append(output)
+
+    return hook

@@ -280,10 +280,10 @@ class BatchedPatcher:
                         torch.cuda.empty_cache()
                     continue
                 self.chunks_run += 1
-                examples = torch.tensor([r.example for r in batch])
+                examples = torch.tensor([r.example for r in batch], device="cpu")
                 if positional:  # keep the read position only; unembed all rows at the end
                     read = self.scorer.logit_positions(examples, start)[:, 0].to(residual.device)
-                    read_residuals.append(residual[torch.arange(len(batch)), read])
+                    read_residuals.append(residual[torch.arange(len(batch), device=residual.device), read])
                 else:
                     pending.add(batch, self.model.unembed(self.model.ln_final(residual)), start, values)
                 done += len(batch)
@@ -299,8 +299,8 @@ class BatchedPatcher:
         self, rows: list[_Row], residual: Tensor, values: Tensor, block: int = 1024
     ) -> None:
         """Unembed the read positions of all rows (in blocks of rows) and score them."""
-        examples = torch.tensor([r.example for r in rows])
-        cells = torch.tensor([r.cell for r in rows])
+        examples = torch.tensor([r.example for r in rows], device="cpu")
+        cells = torch.tensor([r.cell for r in rows], device="cpu")
         for first in range(0, len(rows), block):
             part = slice(first, first + block)
             logits = self.model.unembed(self.model.ln_final(residual[part][:, None]))

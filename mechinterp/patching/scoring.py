@@ -46,7 +46,7 @@ class PositionalScorer:
 
     def run_values(self, logits: Tensor) -> Tensor:
         """Per-example values of a whole run's logits ``[batch, pos, d_vocab]``."""
-        rows = torch.arange(logits.shape[0])
+        rows = torch.arange(logits.shape[0], device=logits.device)
         return self._values(logits[rows, self.positions.to(logits.device)], rows)
 
     def row_values(self, logits: Tensor, examples: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass
 from typing import Literal
@@ -38,6 +39,15 @@ HOOKS: dict[str, str] = {
 }
 HEAD_KINDS = frozenset({"z", "q", "k", "v", "pattern"})
 KV_KINDS = frozenset({"k", "v"})
+MLP_KINDS = frozenset({"resid_mid", "mlp_out", "mlp_post"})  # absent from attention-only models
+
+
+def check_kind(kind: str) -> None:
+    """Raise ``ValueError`` naming the closest valid kinds if ``kind`` is not a site kind."""
+    if kind not in HOOKS:
+        close = difflib.get_close_matches(kind, list(HOOKS), n=3, cutoff=0.4)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown site kind {kind!r}{hint} (valid kinds: {', '.join(HOOKS)})")
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,12 @@ class PatchSite:
     def validate(self, model, n_pos: int) -> None:
         """Raise ``ValueError`` if the site names a layer, head or position that does not exist."""
         arch = model.architecture
-        if self.kind not in HOOKS:
-            raise ValueError(f"unknown site kind {self.kind!r}; choose from {', '.join(HOOKS)}")
+        check_kind(self.kind)
+        if arch.attn_only and self.kind in MLP_KINDS:
+            raise ValueError(
+                f"{self}: {arch.model_name} is attention-only (no MLP, no resid_mid); "
+                f"patch {', '.join(k for k in HOOKS if k not in MLP_KINDS)} instead"
+            )
         if not 0 <= self.layer < arch.n_layers:
             raise ValueError(f"{self}: layer {self.layer} does not exist (model has {arch.n_layers} layers)")
         n_heads = arch.kv_heads if self.kind in KV_KINDS else arch.n_heads
@@ -122,6 +136,9 @@ class SweepSpec:
     layers: tuple[int, ...] | None = None
     positions: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
 
     def axes(self) -> tuple[str, ...]:
         """Result axes, in TransformerLens order."""

@@ -42,7 +42,7 @@ def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> d
         raise ValueError(
             f"{n} examples are too few for splits {fractions}: sizes would be {sizes} (need >= 2 each)"
         )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed), device="cpu")
     return dict(zip(SPLITS, torch.split(order, sizes), strict=True))
 
 
@@ -52,7 +52,7 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = torch.tensor(pd.Series(scores.double().numpy()).rank(method="average").to_numpy())
+    ranks = torch.tensor(pd.Series(scores.double().numpy()).rank(method="average").to_numpy(), device="cpu")
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -79,7 +79,8 @@ def _fit(
     """
     n_layers, _, d = x.shape
     initial = [
-        torch.randn(d, n_out, generator=torch.Generator().manual_seed(seed * 100_003 + layer)) * 0.01
+        torch.randn(d, n_out, generator=torch.Generator().manual_seed(seed * 100_003 + layer), device="cpu")
+        * 0.01
         for layer in layer_ids
     ]
     best_weight = torch.stack(initial).to(x.device)
@@ -100,7 +101,7 @@ def _fit(
         """d(mean loss)/d(out): softmax minus one-hot (logistic) or 2 (out - y) (squared error)."""
         if kind == "logistic":
             gradient = out.softmax(-1)
-            gradient[:, torch.arange(len(target)), target] -= 1
+            gradient[:, torch.arange(len(target), device=target.device), target] -= 1
         else:
             gradient = 2 * (out - target[:, None])
         return gradient / len(target)
@@ -108,7 +109,7 @@ def _fit(
     def losses(name: str, weight: Tensor, bias: Tensor) -> Tensor:  # [active layer]
         out, target = outputs(name, weight, bias), data[name][1]
         if kind == "logistic":
-            return -out.log_softmax(-1)[:, torch.arange(len(target)), target].mean(1)
+            return -out.log_softmax(-1)[:, torch.arange(len(target), device=target.device), target].mean(1)
         return ((out[..., 0] - target) ** 2).mean(1)
 
     for step in range(1, max_epochs + 1):
@@ -257,13 +258,15 @@ def _evaluate(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, kind: ProbeKin
         accuracy = (out.argmax(-1) == target).float().mean(1)
         if out.shape[-1] == 2:
             margin = out[..., 1] - out[..., 0]
-            auc = torch.tensor([roc_auc(margin[layer].cpu(), target.cpu()) for layer in range(n_layers)])
+            auc = torch.tensor(
+                [roc_auc(margin[layer].cpu(), target.cpu()) for layer in range(n_layers)], device="cpu"
+            )
         else:
-            auc = torch.full((n_layers,), float("nan"))
-        return accuracy.cpu(), auc, torch.full((n_layers,), float("nan"))
+            auc = torch.full((n_layers,), float("nan"), device="cpu")
+        return accuracy.cpu(), auc, torch.full((n_layers,), float("nan"), device="cpu")
     residual = ((out[..., 0] - target) ** 2).sum(1)
     total = ((target - target.mean()) ** 2).sum()
-    nan = torch.full((n_layers,), float("nan"))
+    nan = torch.full((n_layers,), float("nan"), device="cpu")
     return nan, nan, (1 - residual / total).cpu()
 
 
@@ -305,7 +308,7 @@ def train_probes(
         classes = labels.unique()
         if len(classes) < 2:
             raise ValueError(f"labels have a single class ({classes.tolist()}); a probe needs at least two")
-        if not torch.equal(classes, torch.arange(len(classes))):
+        if not torch.equal(classes, torch.arange(len(classes), device=classes.device)):
             raise ValueError(f"class labels must be 0..K-1, got {classes.tolist()}")
     else:
         labels = labels.float()
@@ -330,7 +333,8 @@ def train_probes(
     weight, bias, scores = _train_and_score(x, y, split, kind, n_out, layer_ids, options)
     shuffled = control = None
     if controls:
-        permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1)).to(device)
+        permutation = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + 1), device="cpu")
+        permutation = permutation.to(device)
         _, _, shuffled_scores = _train_and_score(x, y[permutation], split, kind, n_out, layer_ids, options)
         shuffled = shuffled_scores["test"][0 if kind == "logistic" else 2]
         if kind == "logistic":
@@ -344,7 +348,9 @@ def train_probes(
         accuracy={name: s[0] for name, s in scores.items()},
         auc={name: s[1] for name, s in scores.items()},
         r2={name: s[2] for name, s in scores.items()},
-        shuffled=shuffled if shuffled is not None else torch.full((len(activations.layers),), float("nan")),
+        shuffled=shuffled
+        if shuffled is not None
+        else torch.full((len(activations.layers),), float("nan"), device="cpu"),
         control=control,
         weight=weight.cpu(),
         bias=bias.cpu(),
@@ -362,10 +368,10 @@ def _control_task(type_ids: Tensor, labels: Tensor, seed: int) -> Tensor:
     task's label distribution, so a probe can only succeed by memorising word identity."""
     generator = torch.Generator().manual_seed(seed + 2)
     types = type_ids.unique()
-    frequencies = torch.bincount(labels).float()
+    frequencies = torch.bincount(labels).float().cpu()  # the generator is a CPU one
     assigned = torch.multinomial(frequencies, len(types), replacement=True, generator=generator)
     lookup = dict(zip(types.tolist(), assigned.tolist(), strict=True))
-    return torch.tensor([lookup[t] for t in type_ids.tolist()])
+    return torch.tensor([lookup[t] for t in type_ids.tolist()], device="cpu")
 
 
 @dataclass(frozen=True, eq=False)
