@@ -375,3 +375,35 @@ def test_cli_config_names_the_library_choices():
         validate({"steps": [step]})
     with pytest.raises(ConfigError, match="prompts need correct"):
         validate({"steps": [{"kind": "token_attribution", "prompts": ["a b"]}]})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "integrated_gradients", "steps": 4},
+        {"method": "integrated_gradients", "steps": 4, "rule": "riemann_trapezoid", "baseline": "zero"},
+        {"method": "gradient_x_input"},
+        {"method": "saliency", "layer": "blocks.1.attn.hook_z"},
+        {"method": "occlusion", "layer": "blocks.0.hook_resid_post"},
+        {"method": "attention_rollout", "correct": None},
+        {
+            "method": "integrated_gradients",
+            "steps": 4,
+            "target": "continuation",
+            "correct": "ab",
+            "incorrect": "c",
+        },
+    ],
+    ids=["ig", "ig-zero-trapezoid", "gxi", "saliency-heads", "occlusion-resid", "rollout", "ig-continuation"],
+)
+def test_no_tensor_is_created_on_the_default_device(tiny_llama, options):
+    """As in tests/test_devices.py: with ``meta`` as the default device, a tensor created
+    without ``device=`` would meet the model's CPU tensors and fail."""
+    from tests.test_devices import DefaultDeviceMeta
+
+    options = {"correct": "l", **options}
+    tokens, mask = tiny_llama.encode(["hello wor", "ab"], padding_side="left")  # encode is not under test
+    with DefaultDeviceMeta(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ZeroBaselineWarning)
+        a = attribute_tokens(tiny_llama, tokens, attention_mask=mask, **options)
+    assert a.values.device.type == "cpu" and torch.isfinite(a.values).all()
