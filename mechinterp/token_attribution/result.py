@@ -35,7 +35,8 @@ class Completeness:
 
     @property
     def gap(self) -> Tensor:
-        """``|total - change| / |change|`` per example (relative to the change explained)."""
+        """``|total - change| / |change|`` per example (relative to the change explained;
+        ``inf`` or ``nan`` for an example whose input and baseline score the same)."""
         return (self.total - self.change).abs() / self.change.abs()
 
     @property
