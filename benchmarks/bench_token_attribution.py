@@ -13,7 +13,9 @@ to the input embeddings, from the pad-token baseline, with ``--steps`` Gauss-Leg
   same checkpoint (``mechinterp.load_hf``), ``internal_batch_size=32``.
 
 Prints the best-of-``--repeats`` wall time of each, their ratio, and how far apart the
-attributions are (relative to the largest one). Compare ratios, not seconds.
+attributions are (relative to the largest one). Compare ratios, not seconds. ``--flops``
+also counts floating-point operations (matrix products, attention; a dispatch-level count,
+independent of the machine's load).
 """
 
 from __future__ import annotations
@@ -23,12 +25,37 @@ import time
 
 import torch
 from captum.attr import IntegratedGradients
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 import mechinterp
 from mechinterp.models.tiny import tiny_hf_model
 from mechinterp.token_attribution import attribute_tokens
 
 PROMPT = "The Eiffel Tower is in the city of"
+
+
+class CountFlops(TorchDispatchMode):
+    """Floating-point operations of every op torch's flop counter knows (matmuls, attention,
+    convolutions). ``torch.utils.flop_counter.FlopCounterMode`` cannot be used here: its module
+    hooks reject ``torch.autograd.grad`` on a leaf tensor, which both sides call."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func._overloadpacket in flop_registry:
+            self.total += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
+        return out
+
+
+def flops(run) -> int:
+    with CountFlops() as counter:
+        run()
+    return counter.total
 
 
 def best_time(run, repeats: int):
@@ -49,6 +76,7 @@ def main() -> None:
     parser.add_argument("--internal-batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of SmolLM2")
+    parser.add_argument("--flops", action="store_true", help="also count floating-point operations")
     args = parser.parse_args()
 
     if args.tiny:
@@ -94,6 +122,12 @@ def main() -> None:
     print(
         f"  max |ours - captum| / max |captum|: {gap:.2e}; completeness gap {attribution.completeness.max_gap:.4f}"
     )
+    if args.flops:
+        ours_flops, captum_flops = flops(ours), flops(theirs)
+        print(
+            f"  GFLOP: ours {ours_flops / 1e9:.1f}, captum {captum_flops / 1e9:.1f} "
+            f"(captum / ours {captum_flops / ours_flops:.2f}x)"
+        )
 
 
 if __name__ == "__main__":
