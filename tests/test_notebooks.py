@@ -68,6 +68,17 @@ EXPECTED = {
         ],
         1,
     ),
+    "06_token_attribution.ipynb": (
+        [
+            r"most positive token: '.+' \(\+\d+\.\d+\)",
+            r"zero baseline: relative completeness gap \d+\.\d+",
+            r"all of the change sits on ' \w+' at position \d+",
+            r"\('batch', 'pos', 'head'\) \(1, \d+, 9\)",
+            r"log p\(' Paris, France' \| prompt\) = -\d+\.\d+",
+            r"error: correct ' Paris, France' is 3 tokens",
+        ],
+        4,
+    ),
 }
 
 

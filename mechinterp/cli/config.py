@@ -41,6 +41,12 @@ ExportFormat = Literal["json", "eap-ig", "neuronpedia", "graphml", "dot", "html"
 ProbeData = Literal["number_agreement", "entity_category"]
 ExplainUnit = Literal["neuron", "head_output", "head_attention"]
 ScoreMethod = Literal["detection", "fuzzing", "simulation"]
+TokenMethod = Literal[
+    "integrated_gradients", "gradient_x_input", "saliency", "occlusion", "attention_rollout"
+]
+IntegrationRule = Literal[
+    "gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"
+]
 ProbeHook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
 
 
@@ -221,8 +227,58 @@ class ExplainStep(_StepBase):
     scorer: ChatEndpoint = ChatEndpoint()
 
 
+class TokenAttributionStep(_StepBase):
+    """Which input tokens drove each answer (``mechinterp.token_attribution``), by several
+    methods side by side.
+
+    With ``prompts`` (and ``correct``: one answer per prompt, or one for all; ``incorrect``
+    optional), those prompts are explained; without, the run's prompt pairs (the first
+    ``n``), with the corrupt prompts as the baseline (``baseline: corrupt``)."""
+
+    kind: Literal["token_attribution"]
+    prompts: list[str] | None = Field(default=None, min_length=1)
+    correct: list[str] | None = Field(default=None, min_length=1)
+    incorrect: list[str] | None = Field(default=None, min_length=1)
+    target: Literal["logit", "continuation"] = "logit"
+    methods: list[TokenMethod] = Field(
+        default=["integrated_gradients", "gradient_x_input", "occlusion", "attention_rollout"], min_length=1
+    )
+    steps: PositiveInt = 64
+    rule: IntegrationRule = "gauss_legendre"
+    baseline: Literal["pad", "zero", "corrupt"] | NonNegativeInt | None = None
+    layer: str | None = None
+    n: PositiveInt = 4
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenAttributionStep:
+        if self.prompts is None:
+            if self.correct is not None or self.incorrect is not None:
+                raise ValueError("correct / incorrect go with prompts; prompt pairs carry their own answers")
+        else:
+            if self.correct is None:
+                raise ValueError("prompts need correct: one answer per prompt, or one for all")
+            if self.baseline == "corrupt":
+                raise ValueError(
+                    "baseline 'corrupt' needs the run's prompt pairs: drop prompts, or use pad / zero / a token id"
+                )
+            for key in ("correct", "incorrect"):
+                answers = getattr(self, key)
+                if answers is not None and len(answers) not in (1, len(self.prompts)):
+                    raise ValueError(f"{key}: {len(answers)} answers for {len(self.prompts)} prompts")
+        if self.layer is not None and "attention_rollout" in self.methods:
+            raise ValueError("methods: attention_rollout has no layer variant; drop it or drop layer")
+        return self
+
+
 Step = Annotated[
-    PatchingStep | AttributionStep | CircuitStep | LogitLensStep | ProbeStep | ExportStep | ExplainStep,
+    PatchingStep
+    | AttributionStep
+    | CircuitStep
+    | LogitLensStep
+    | ProbeStep
+    | ExportStep
+    | ExplainStep
+    | TokenAttributionStep,
     Field(discriminator="kind"),
 ]
 PAIR_STEPS = ("patching", "attribution", "circuit")

@@ -16,6 +16,7 @@ from mechinterp.plotting.lens import (
     probe_accuracy,
 )
 from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
+from mechinterp.plotting.token_attribution import method_comparison_heatmap, token_attribution_heatmap
 
 __all__ = [
     "attention_heatmap",
@@ -28,8 +29,10 @@ __all__ = [
     "faithfulness_figure",
     "lens_heatmap",
     "lens_trajectory",
+    "method_comparison_heatmap",
     "patch_heatmap",
     "probe_accuracy",
     "roc_figure",
+    "token_attribution_heatmap",
     "write_explanation_dashboard",
 ]

@@ -3,7 +3,16 @@ out_dir) -> StepOutput`` function. Steps use only the public API of mechinterp a
 
 from collections.abc import Callable
 
-from mechinterp.cli.steps import attribution, circuit, explain, export, logit_lens, patching, probe
+from mechinterp.cli.steps import (
+    attribution,
+    circuit,
+    explain,
+    export,
+    logit_lens,
+    patching,
+    probe,
+    token_attribution,
+)
 from mechinterp.cli.steps.output import StepOutput, table
 
 STEPS: dict[str, Callable[..., StepOutput]] = {
@@ -14,6 +23,7 @@ STEPS: dict[str, Callable[..., StepOutput]] = {
     "probe": probe.run,
     "export": export.run,
     "explain": explain.run,
+    "token_attribution": token_attribution.run,
 }
 
 __all__ = ["STEPS", "StepOutput", "table"]
