@@ -121,6 +121,11 @@ class AttentionContext:
         allowed = self.allowed if self.shared else self.allowed[:n]
         return AttentionContext(self.positions[:n], allowed, rotary, self._bias if self.shared else {})
 
+    def to(self, device: torch.device) -> AttentionContext:
+        """The same context on ``device`` (for a block on another device)."""
+        rotary = None if self.rotary is None else (self.rotary[0].to(device), self.rotary[1].to(device))
+        return AttentionContext(self.positions.to(device), self.allowed.to(device), rotary)
+
     def score_bias(self, n_heads: int, dtype: torch.dtype) -> Float[Tensor, "rows q_pos k_pos"]:
         """The additive mask of head-major scores ``[head*batch or 1, q_pos, k_pos]``: 0 where
         a query may read a key, the dtype's most negative number elsewhere. Made once per

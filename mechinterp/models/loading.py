@@ -11,6 +11,7 @@ from mechinterp.models import hf_sources
 from mechinterp.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from mechinterp.models.families import family_for
 from mechinterp.models.hooked_lm import HookedLM
+from mechinterp.models.placement import DeviceMap
 from mechinterp.models.toy import TOY_MODELS
 
 ModelSource = str | Path | Any  # a name, a path, or a transformers PreTrainedModel
@@ -22,6 +23,7 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     tokenizer: Any | None = None,
+    device_map: DeviceMap | None = None,
 ) -> HookedLM:
     """Load a causal LM as a native hooked model.
 
@@ -33,6 +35,10 @@ def load_model(
         dtype: parameter dtype (``torch.float32`` default; ``"bfloat16"`` etc. accepted).
         device: where to put the model; default CUDA when available, else CPU.
         tokenizer: the tokenizer for an HF model object (other sources bring their own).
+        device_map: spread the blocks over devices, for models larger than one device:
+            ``"auto"`` (balanced over every GPU) or ``{block_index: device}``; see
+            ``HookedLM.place``. Exclusive with ``device``. The model is built on the CPU
+            first, so the CPU must hold it once.
 
     Example:
         >>> model = load_model("smollm2-135m")
@@ -40,6 +46,13 @@ def load_model(
         ['<|im_start|>', 'Hello', ' world']
     """
     dtype = _check_dtype(dtype)
+    if device_map is not None:
+        if device is not None:
+            raise ValueError("pass device or device_map, not both (device_map names every block's device)")
+        if not isinstance(device_map, str):
+            device_map = {block: _check_device(d) for block, d in dict(device_map).items()}
+        model = load_model(source, dtype=dtype, device="cpu", tokenizer=tokenizer)
+        return model.place(device_map)
     device = _check_device(device)
     if not _is_location(source):
         return from_hf_model(source, tokenizer, dtype=dtype, device=device)

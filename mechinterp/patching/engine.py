@@ -236,7 +236,7 @@ class BatchedPatcher:
                 for first, end, site in segments[hook_name]:
                     target = (slice(None), *site_index(site, start))
                     values = source[examples[first:end]][(slice(None), *site_index(site, start, source=True))]
-                    activation[first:end][target] = values.to(activation.dtype)
+                    activation[first:end][target] = values.to(activation.device, activation.dtype)
                 return activation
 
             return patch

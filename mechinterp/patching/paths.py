@@ -125,7 +125,7 @@ def _receiver_hooks(model, receivers, senders, rows_sender: Tensor, delta: Tenso
         def add(activation: Tensor, hook) -> Tensor:
             n = activation.shape[0]  # rows join at their entry layer: the active rows come first
             for receiver, feeds in entries:
-                change = delta[:n, start:] * feeds[:n, None, None]
+                change = (delta[:n, start:] * feeds[:n, None, None]).to(activation.device)
                 if receiver.kind == "mlp":
                     activation = activation + change
                 else:
