@@ -106,9 +106,41 @@ class RunContext:
     """What steps share: the model and prompt pairs (loaded on first use), the metric, and
     the folders of earlier steps."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, console: Console):
+    def __init__(self, config: RunConfig, run_dir: Path, console: Console, ray: dict | None = None):
         self.config, self.run_dir, self.console = config, run_dir, console
         self.step_dirs: dict[str, Path] = {}
+        self.ray = ray
+        self._executor = None
+
+    @property
+    def executor(self):
+        """The ``RayExecutor`` sweeps shard their pairs over (``--ray``), else ``None``;
+        started on first use, stopped by ``close``."""
+        if self.ray is None:
+            return None
+        if self._executor is None:
+            from mechinterp.distributed import ModelSpec, RayExecutor
+
+            model = self.config.model
+            device = None if model.device == "auto" else model.device
+            spec = ModelSpec(source=model.name, options={"dtype": model.dtype, "device": device})
+            self._executor = RayExecutor(spec, **self.ray)
+            self._executor.start()
+            import ray
+
+            where = ray.get_runtime_context().gcs_address
+            self.console.print(f"using Ray: cluster {where}, {self.ray['num_workers']} workers")
+            _ = self.model  # loaded here first: environment.json exists
+            info = json.loads((self.run_dir / "environment.json").read_text())
+            info["ray"] = {"version": ray.__version__, "cluster": where, **self.ray}
+            atomic_write_text(self.run_dir / "environment.json", json.dumps(info, indent=1))
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the Ray workers, if any were started."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     @cached_property
     def model(self):
@@ -236,11 +268,14 @@ def _remove_stale(steps_dir: Path, keep: set[str]) -> None:
             shutil.rmtree(entry)
 
 
-def run_config(config: RunConfig, run_dir: Path, console: Console | None = None) -> list[SummaryRow]:
+def run_config(
+    config: RunConfig, run_dir: Path, console: Console | None = None, *, ray: dict | None = None
+) -> list[SummaryRow]:
     """Run (or resume) ``config`` in ``run_dir``; returns one summary row per step.
 
     A failing step is reported in its row (status ``failed``, the error message); the steps
-    after it are ``not run``. ``report.html`` is written either way.
+    after it are ``not run``. ``report.html`` is written either way. ``ray``: ``RayExecutor``
+    keywords (``address``, ``num_workers``, ...) to shard patching sweeps over Ray workers.
     """
     from mechinterp.cli.report import write_report
 
@@ -254,7 +289,18 @@ def run_config(config: RunConfig, run_dir: Path, console: Console | None = None)
     )
     folders = [steps_dir / step_dir_name(i, step.label) for i, step in enumerate(config.steps)]
     _remove_stale(steps_dir, {folder.name for folder in folders})
-    context = RunContext(config, run_dir, console)
+    context = RunContext(config, run_dir, console, ray)
+    try:
+        rows = _run_steps(config, context, folders, console)
+    finally:
+        context.close()
+    write_report(run_dir)
+    return rows
+
+
+def _run_steps(
+    config: RunConfig, context: RunContext, folders: list[Path], console: Console
+) -> list[SummaryRow]:
     rows: list[SummaryRow] = []
     resuming = True
     for index, (step, folder) in enumerate(zip(config.steps, folders, strict=True)):
@@ -276,5 +322,4 @@ def run_config(config: RunConfig, run_dir: Path, console: Console | None = None)
                 console.print(f"[red]{heading} failed: {message}[/red]")
                 rows.append(SummaryRow(index, step.label, step.kind, "failed", error=message))
         context.step_dirs[step.label] = folder
-    write_report(run_dir)
     return rows
