@@ -105,6 +105,7 @@ def test_split_across_cuda_and_cpu(models):
     expected = patch_sweep(whole, clean, corrupt, spec, metric, progress=False).values
     got = patch_sweep(split, clean, corrupt, spec, metric, progress=False).values
     torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(split.W_Q.cpu(), whole.W_Q)  # stacked weights come to the home device
     graph = Graph.from_model(split)
     edges = patch_edges(split, clean, corrupt, graph, torch.ones(1, len(graph.edges)), metric)
     torch.testing.assert_close(

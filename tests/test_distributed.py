@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechinterp.distributed import LocalExecutor, ModelSpec, RayExecutor
+from mechinterp.distributed import Checkpointed, LocalExecutor, ModelSpec, RayExecutor
 from mechinterp.metrics import KLDivergence, LogitDifference, Normalized
 from mechinterp.models.tiny import tiny_hf_model
 from mechinterp.patching import SweepSpec, patch_sweep
@@ -69,6 +69,32 @@ def test_local_shards_equal_the_single_process_run(model):
         KLDivergence(metric.positions, reference),
     ):
         assert_same(sweep(model, LocalExecutor(pairs_per_shard=4), nested), sweep(model, metric=nested))
+
+
+class CountingExecutor:
+    """A ``LocalExecutor`` that counts the shards it runs."""
+
+    def __init__(self):
+        self.inner, self.ran = LocalExecutor(pairs_per_shard=3), []
+
+    def shard_size(self, n_items: int) -> int:
+        return self.inner.shard_size(n_items)
+
+    def map(self, model, task, shards, **kwargs):
+        self.ran.append(len(shards))
+        return self.inner.map(model, task, shards, **kwargs)
+
+
+def test_checkpointed_shards_are_not_run_again(model, tmp_path):
+    counting = CountingExecutor()
+    expected = sweep(model, Checkpointed(counting, tmp_path))
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert counting.ran == [4] and len(files) == 4
+    files[1].unlink()  # as if the run was killed before this shard finished
+    assert_same(sweep(model, Checkpointed(counting, tmp_path)), expected)
+    assert counting.ran == [4, 1]
+    sweep(model, Checkpointed(counting, tmp_path), direction="noise")  # another sweep: other keys
+    assert counting.ran == [4, 1, 4]
 
 
 def test_unsplittable_sweeps_raise(model):

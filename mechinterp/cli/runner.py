@@ -9,6 +9,7 @@ Layout of a run folder::
     RUN_DIR/steps/NN_name/           one folder per step: results, figures, tables.json,
                                      done.json (written last)
     RUN_DIR/report.html              every step's figures and tables on one offline page
+    RUN_DIR/shards/name/             with --ray: finished shards of a step still running
 
 A step runs in a hidden staging folder next to its final place; ``done.json`` is written
 there last and the folder is then renamed into place, so a killed run never leaves a step
@@ -136,6 +137,20 @@ class RunContext:
             atomic_write_text(self.run_dir / "environment.json", json.dumps(info, indent=1))
         return self._executor
 
+    def shard_folder(self, label: str) -> Path:
+        """Where step ``label`` keeps finished shards until it is done (with ``--ray``)."""
+        return self.run_dir / "shards" / label
+
+    def sweep_executor(self, label: str):
+        """The executor step ``label``'s sweeps take: ``None`` without ``--ray``; else the
+        Ray executor with finished shards kept in ``shard_folder(label)``, so a killed run
+        resumes without redoing them."""
+        if self.ray is None:
+            return None
+        from mechinterp.distributed import Checkpointed
+
+        return Checkpointed(self.executor, self.shard_folder(label))
+
     def close(self) -> None:
         """Stop the Ray workers, if any were started."""
         if self._executor is not None:
@@ -256,6 +271,10 @@ def execute_step(context: RunContext, index: int, final: Path) -> SummaryRow:
             final.rename(retired)
             shutil.rmtree(retired)
         staging.rename(final)
+        shards = context.shard_folder(step.label)
+        shutil.rmtree(shards, ignore_errors=True)  # the step is done
+        if shards.parent.is_dir() and not any(shards.parent.iterdir()):
+            shards.parent.rmdir()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return SummaryRow(index, step.label, step.kind, "ran", seconds, output.summary)

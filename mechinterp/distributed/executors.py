@@ -57,9 +57,10 @@ class Executor(Protocol):
         sizes: Sequence[int],
         progress: bool,
         description: str,
+        on_result: Callable[[int, Result], None] | None = None,
     ) -> list[Result]:
         """``[task(model, shard) for shard in shards]``; ``sizes`` (items per shard) drive
-        the progress bar."""
+        the progress bar; ``on_result(index, result)`` is called as each shard finishes."""
         ...
 
 
@@ -87,11 +88,14 @@ class LocalExecutor:
         sizes: Sequence[int],
         progress: bool,
         description: str,
+        on_result: Callable[[int, Result], None] | None = None,
     ) -> list[Result]:
         results = []
         with tqdm(total=sum(sizes), desc=description, unit="pair", disable=not progress) as bar:
             for shard, size in zip(shards, sizes, strict=True):
                 results.append(task(model, shard))
+                if on_result is not None:
+                    on_result(len(results) - 1, results[-1])
                 bar.update(size)
         return results
 
@@ -215,6 +219,7 @@ class RayExecutor:
         sizes: Sequence[int],
         progress: bool,
         description: str,
+        on_result: Callable[[int, Result], None] | None = None,
     ) -> list[Result]:
         ray = _import_ray()
         self.start()
@@ -244,6 +249,8 @@ class RayExecutor:
                     continue
                 except ray.exceptions.RayTaskError as error:  # the task itself raised: not a fault
                     raise error.as_instanceof_cause() from None
+                if on_result is not None:
+                    on_result(index, results[index])
                 bar.update(sizes[index])
                 idle.append(actor)
         return results

@@ -217,10 +217,11 @@ class Attention(nn.Module):
     def head_outputs(
         self, z: Float[Tensor, "batch pos head d_head"]
     ) -> Float[Tensor, "batch pos head d_model"]:
-        """Each head's output ``z[:, :, h] @ W_O[h]`` (no bias): ``hook_result``'s values."""
+        """Each head's output ``z[:, :, h] @ W_O[h]`` (no bias): ``hook_result``'s values, on
+        ``z``'s device (analyses of a model placed across devices hold ``z`` on its home device)."""
         batch, n_pos, heads, d_head = z.shape
-        out = torch.bmm(_heads_first(z).reshape(heads, batch * n_pos, d_head), self.W_O)
-        return _heads_last(out.view(heads, batch, n_pos, -1))
+        out = torch.bmm(_heads_first(z.to(self.W_O.device)).reshape(heads, batch * n_pos, d_head), self.W_O)
+        return _heads_last(out.view(heads, batch, n_pos, -1)).to(z.device)
 
     def output(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
         """The layer's output: heads' outputs summed plus ``b_O`` (through ``hook_result``
