@@ -161,8 +161,7 @@ def test_a_killed_worker_is_replaced_and_the_results_are_unchanged(model, ray_ex
     assert_same(result, sweep(model))
 
 
-def test_a_spec_of_another_model_is_refused(model, ray_executor):
+def test_workers_refuse_a_model_other_than_their_spec(ray_executor):
     other = ModelSpec(source=tiny_hf_model, args=("llama",), kwargs={"seed": 1}, options={"device": "cpu"})
-    executor = RayExecutor(other, num_workers=1, num_cpus_per_worker=0)  # joins the running cluster
-    with executor, pytest.raises(ValueError, match="give RayExecutor the spec"):
-        sweep(model, executor)
+    with pytest.raises(ValueError, match="give RayExecutor the spec"):
+        sweep(other.build(), ray_executor)
