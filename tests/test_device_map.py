@@ -39,17 +39,25 @@ def inputs():
     return clean, corrupt, metric
 
 
-def test_every_algorithm_gives_the_unsplit_numbers(models):
-    whole, split = models
+def algorithms():
+    """Every algorithm's result tensor on a model, for comparing placements."""
     clean, corrupt, metric = inputs()
-    assert split.block_devices == (torch.device("cpu"),) * 3
-    with torch.no_grad():
-        torch.testing.assert_close(split(clean), whole(clean), rtol=0, atol=0)
-    spec = SweepSpec(kind="resid_pre")
-    for run in (
-        lambda m: patch_sweep(m, clean, corrupt, spec, metric, progress=False).values,
-        lambda m: attribution_patch(m, clean, corrupt, metric, SweepSpec(kind="z")).values,
-        lambda m: (
+
+    def edges(m):
+        graph = Graph.from_model(m)
+        return patch_edges(m, clean, corrupt, graph, torch.ones(1, len(graph.edges)), metric)
+
+    return {
+        "forward": lambda m: m(clean),
+        "stacked weights": lambda m: m.W_Q,
+        "patch_sweep": lambda m: (
+            patch_sweep(m, clean, corrupt, SweepSpec(kind="resid_pre"), metric, progress=False).values
+        ),
+        "attribution": lambda m: attribution_patch(m, clean, corrupt, metric, SweepSpec(kind="z")).values,
+        "atp*": lambda m: (
+            attribution_patch(m, clean, corrupt, metric, SweepSpec(kind="q"), method="atp*").values
+        ),
+        "path patching": lambda m: (
             path_patch(
                 m,
                 clean,
@@ -60,18 +68,23 @@ def test_every_algorithm_gives_the_unsplit_numbers(models):
                 progress=False,
             ).values
         ),
-        lambda m: patch_edges(
-            m, clean, corrupt, Graph.from_model(m), torch.ones(1, len(Graph.from_model(m).edges)), metric
-        ),
-        lambda m: eap_scores(m, clean, corrupt, Graph.from_model(m), metric),
-        lambda m: logit_lens(m, ["hello there"], targets=["e"]).target_logit,
-        lambda m: (
+        "edge patching": edges,
+        "eap": lambda m: eap_scores(m, clean, corrupt, Graph.from_model(m), metric),
+        "logit lens": lambda m: logit_lens(m, ["hello there"], targets=["e"]).target_logit,
+        "dla": lambda m: (
             direct_logit_attribution(
                 m, ["hello there", "abc d"], correct=["a", "b"], incorrect=["c", "d"]
             ).values
         ),
-    ):
-        torch.testing.assert_close(run(split), run(whole), rtol=0, atol=0)
+    }
+
+
+def test_every_algorithm_gives_the_unsplit_numbers(models):
+    whole, split = models
+    assert split.block_devices == (torch.device("cpu"),) * 3
+    with torch.no_grad():
+        for name, run in algorithms().items():
+            torch.testing.assert_close(run(split), run(whole), rtol=0, atol=0, msg=name)
 
 
 def test_balanced_map_gives_contiguous_runs_of_equal_size():
@@ -100,17 +113,9 @@ def test_split_across_cuda_and_cpu(models):
     whole, _ = models
     hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2, n_layers=3)
     split = mechinterp.load_model(hf_model, tokenizer=tokenizer, device_map={0: "cuda", 1: "cpu", 2: "cuda"})
-    clean, corrupt, metric = inputs()
-    spec = SweepSpec(kind="resid_pre")
-    expected = patch_sweep(whole, clean, corrupt, spec, metric, progress=False).values
-    got = patch_sweep(split, clean, corrupt, spec, metric, progress=False).values
-    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(split.W_Q.cpu(), whole.W_Q)  # stacked weights come to the home device
-    graph = Graph.from_model(split)
-    edges = patch_edges(split, clean, corrupt, graph, torch.ones(1, len(graph.edges)), metric)
-    torch.testing.assert_close(
-        edges.cpu(),
-        patch_edges(whole, clean, corrupt, graph, torch.ones(1, len(graph.edges)), metric),
-        rtol=1e-4,
-        atol=1e-4,
-    )
+    assert split.device.type == "cuda" and split.block_devices[1].type == "cpu"
+    with torch.no_grad():
+        for name, run in algorithms().items():
+            got, expected = run(split), run(whole)
+            assert got.device == split.device or got.device.type == "cpu", name  # results come home
+            torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4, msg=name)
