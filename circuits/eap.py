@@ -83,7 +83,7 @@ def _destination_gradients(
                 logit_positions=positions[:, None],
             )
             examples = torch.arange(batch, device=model.device).repeat(steps)
-            total = metric.score(logits[:, 0], examples).sum() / steps
+            total = metric.score(logits[:, 0].float(), examples).sum() / steps
             names = [g.hook for g in groups]
             grads = torch.autograd.grad(total, [inputs[n] for n in names])
     return {
@@ -104,7 +104,7 @@ def _scores_from_gradients(
     for group in groups:
         grad = grads[group.hook][:, start:]  # per head: [batch, pos, slot, d] -> [slot, batch*pos*d]
         rows.append(grad.permute(2, 0, 1, 3).flatten(1) if group.per_head else grad.flatten()[None])
-    table = (torch.cat(rows) @ delta[:, :, start:].flatten(1).T).float().cpu()  # [all slots, source]
+    table = (torch.cat(rows).float() @ delta[:, :, start:].flatten(1).float().T).cpu()  # [all slots, source]
     scores = torch.zeros(len(graph.edges), dtype=torch.float32)
     first = 0
     for group in groups:

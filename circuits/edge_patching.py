@@ -39,6 +39,8 @@ from torch import Tensor
 from circuits.graph import Channel, Graph, Node
 from mechinterp.metrics import PositionalMetric
 from mechinterp.models.prefix import KeyValuePrefix
+from mechinterp.patching.memory import bytes_per_row
+from mechinterp.patching.rows import RowSet, run_rows
 
 Ablation = Literal["resample", "zero", "mean"]
 ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
@@ -239,11 +241,6 @@ class _MaskedRun:
         return value
 
 
-def _row_chunk(rows: int, ablated: Tensor, budget_bytes: int) -> int:
-    per_row = ablated.numel() * ablated.element_size()
-    return max(1, min(rows, budget_bytes // max(per_row, 1)))
-
-
 def first_difference(clean: Tensor, corrupt: Tensor, ablation: Ablation) -> int:
     """The first position where the clean and ablated runs can differ: where any example's
     clean and corrupt tokens first differ (resample ablation), else 0."""
@@ -292,15 +289,17 @@ def patch_edges(
     ablation: Ablation = "resample",
     attention_mask: Tensor | None = None,
     start_layer: int = 0,
-    buffer_bytes: int = 2**31,
+    max_memory: int | None = None,
+    progress: bool = False,
 ) -> Float[Tensor, "row batch"]:
     """Metric values ``[row, batch]`` of the clean run with each row's masked edges patched.
 
     ``masks``: ``[row, edge]`` weights in ``[0, 1]`` (1 = the edge carries the ablated
-    source). Every row runs the whole clean batch; rows run together in as few forwards as
-    fit ``buffer_bytes`` of source outputs (from the first position where clean and corrupt
-    tokens differ, before which every patch is zero). When all rows agree on the edges into blocks
-    before ``start_layer``, those blocks run once for all rows (ACDC's case).
+    source). Every row runs the whole clean batch; rows run on the patching row runner
+    (``mechinterp.patching.rows``) in as few forwards as fit ``max_memory`` bytes (default:
+    half the free device memory), computing positions from the first one where clean and
+    corrupt tokens differ (before it every patch is zero). When all rows agree on the edges
+    into blocks before ``start_layer``, those blocks run once for all rows (ACDC's case).
     """
     if masks.ndim != 2 or masks.shape[1] != len(graph.edges):
         raise ValueError(f"masks must be [row, {len(graph.edges)}], got {tuple(masks.shape)}")
@@ -312,21 +311,22 @@ def patch_edges(
     masks = masks.to(model.device, model.dtype)
     ablated = ablated_outputs(model, graph, clean, corrupt, ablation, mask)
     groups = destination_groups(graph)
-    batch, positions = clean.shape[0], metric.positions.to(model.device)
+    batch, n_pos, positions = clean.shape[0], clean.shape[1], metric.positions.to(model.device)
     # positions before the first differing token are the same in every row: their keys and
     # values are computed once, and only later positions run (and are patched) per row
     start = min(first_difference(clean, corrupt, ablation), int(positions.min()))
     past, inputs, ablated = _clean_prefix(model, clean, mask, start), clean[:, start:], ablated[:, :, start:]
-    values = []
+    values = torch.empty(len(masks), batch, dtype=torch.float32, device=model.device)
     with model.per_head_hooks(results=True, split_inputs=True):
         prefix = None
         if start_layer > 0:
             inputs, prefix = _shared_prefix(
                 graph, groups, masks, inputs, past, mask, ablated, start_layer, model
             )
-        for chunk in masks.split(_row_chunk(len(masks), ablated, buffer_bytes)):
-            run = _MaskedRun(graph, groups, chunk, ablated)
-            rows = chunk.shape[0]
+
+        def run_chunk(chunk: Tensor, _start: int) -> None:
+            run = _MaskedRun(graph, groups, masks[chunk.to(model.device)], ablated)
+            rows = len(chunk)
             examples = torch.arange(batch, device=model.device).repeat(rows)
             if prefix is not None:
                 run.buffer[:, : prefix.shape[0]] = prefix
@@ -338,8 +338,23 @@ def patch_edges(
                     attention_mask=None if mask is None else mask.repeat(rows, 1),
                     logit_positions=(positions - start).repeat(rows)[:, None],
                 )
-            values.append(metric.score(logits[:, 0], examples).reshape(rows, batch))
-    return torch.cat(values)
+            values[chunk.to(model.device)] = metric.score(logits[:, 0].float(), examples).reshape(rows, batch)
+
+        buffer_row = ablated.numel() * ablated.element_size()
+        run_rows(
+            RowSet(
+                layer=torch.full((len(masks),), start_layer, dtype=torch.long),
+                start=torch.full((len(masks),), start, dtype=torch.long),
+            ),
+            run_chunk,
+            row_bytes=lambda computed: buffer_row + 2 * batch * bytes_per_row(model, computed, 1, n_pos),
+            n_positions=n_pos,
+            device=model.device,
+            max_memory=max_memory,
+            progress=progress,
+            description="edge patching",
+        )
+    return values
 
 
 @torch.no_grad()
@@ -394,4 +409,4 @@ def reference_patch_edges(
         hooks = [(name, record) for name in record_names] + [(name, patch) for name in sorted(patch_names)]
         logits = model.run_with_hooks(clean, fwd_hooks=hooks)
     rows = torch.arange(clean.shape[0], device=model.device)
-    return metric.score(logits[rows, metric.positions.to(model.device)], rows)
+    return metric.score(logits[rows, metric.positions.to(model.device)].float(), rows)

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mechinterp.models import ArchitectureConfig, HookedLM, load_hf, load_model
+    from mechinterp.precision import tf32_matmuls
 
-__all__ = ["ArchitectureConfig", "HookedLM", "load_hf", "load_model"]
+__all__ = ["ArchitectureConfig", "HookedLM", "load_hf", "load_model", "tf32_matmuls"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
     if name in __all__:
-        return getattr(importlib.import_module("mechinterp.models"), name)
+        module = "mechinterp.precision" if name == "tf32_matmuls" else "mechinterp.models"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'mechinterp' has no attribute {name!r}")

@@ -77,7 +77,7 @@ def test_atp_star_fixes_saturated_attention(linear_tail_model, spec):
         atp = attribution_patch(model, clean, corrupt, metric, spec)
         star = attribution_patch(model, clean, corrupt, metric, spec, method="atp*")
     assert (atp.values - exact).abs().max() > 0.1  # AtP is measurably wrong here
-    torch.testing.assert_close(star.values, exact, atol=1e-5, rtol=0)
+    torch.testing.assert_close(star.values, exact, atol=1e-5, rtol=1e-5)  # float32 rounding of a ~3 metric
 
 
 def test_graddrop_equals_atp_magnitude_in_the_last_layer(tiny_llama):

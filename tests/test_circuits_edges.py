@@ -130,7 +130,7 @@ def test_rows_split_into_chunks_give_the_same_values(model):
     graph = Graph.from_model(model)
     masks = (torch.rand(5, len(graph.edges), generator=torch.Generator().manual_seed(3)) > 0.5).float()
     together = patch_edges(model, clean, corrupt, graph, masks, metric)
-    one_row_at_a_time = patch_edges(model, clean, corrupt, graph, masks, metric, buffer_bytes=1)
+    one_row_at_a_time = patch_edges(model, clean, corrupt, graph, masks, metric, max_memory=1)
     torch.testing.assert_close(together, one_row_at_a_time, atol=1e-5, rtol=0)
 
 

@@ -37,6 +37,22 @@ def test_cache_is_keyed_by_settings(tmp_path, monkeypatch):
     assert InductionTraining(steps=4).key() != settings.key()
 
 
+def test_cache_written_before_the_grouped_rename_loads(tmp_path, monkeypatch):
+    """Older caches store ``attn.W_K`` etc. for what is now ``attn.W_K_grouped``."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("MECHINTERP_CACHE", str(tmp_path))
+    settings = InductionTraining(steps=2)
+    trained = load_induction_model(settings)
+    path = tmp_path / "toy-induction-2l" / settings.key() / "model.safetensors"
+    legacy = {name.removesuffix("_grouped"): tensor for name, tensor in load_file(path).items()}
+    assert "blocks.0.attn.W_K" in legacy
+    save_file(legacy, path)
+    cached = load_induction_model(settings)
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(cached.state_dict()[name], tensor), name
+
+
 def test_attention_only_structure(induction_model):
     assert induction_model.architecture.attn_only and induction_model.tokenizer is None
     assert not any("mlp" in name or "resid_mid" in name for name in induction_model.hook_dict)

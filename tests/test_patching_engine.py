@@ -113,14 +113,14 @@ def test_out_of_memory_halves_the_chunk_and_retries(tiny_llama, monkeypatch):
     clean, corrupt = pair(batch=2)
     spec = SweepSpec(kind="resid_pre")
     expected = patch_sweep(tiny_llama, clean, corrupt, spec, logit_diff(), progress=False)
-    original = engine_module.BatchedPatcher._forward_rows
+    original = engine_module.BatchedPatcher._run_chunk
 
-    def fails_above_two_rows(self, rows):
-        if len(rows) > 2:
+    def fails_above_two_rows(self, cells, examples, layers, start):
+        if len(cells) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(self, rows)
+        return original(self, cells, examples, layers, start)
 
-    monkeypatch.setattr(engine_module.BatchedPatcher, "_forward_rows", fails_above_two_rows)
+    monkeypatch.setattr(engine_module.BatchedPatcher, "_run_chunk", fails_above_two_rows)
     result = patch_sweep(tiny_llama, clean, corrupt, spec, logit_diff(), max_batch_rows=64, progress=False)
     torch.testing.assert_close(result.values, expected.values, atol=1e-5, rtol=0)
     assert result.metadata["rows_per_chunk"] == 2

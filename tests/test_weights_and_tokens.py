@@ -15,11 +15,11 @@ def test_stacked_weight_shapes(tiny_llama):
     }
     assert shapes == {
         "W_Q": (2, 4, 64, 16),
-        "W_K": (2, 2, 64, 16),
-        "W_V": (2, 2, 64, 16),
+        "W_K": (2, 4, 64, 16),
+        "W_V": (2, 4, 64, 16),
         "W_O": (2, 4, 16, 64),
         "b_Q": (2, 4, 16),
-        "b_K": (2, 2, 16),
+        "b_K": (2, 4, 16),
         "W_in": (2, 64, 128),
         "W_gate": (2, 64, 128),
         "W_out": (2, 128, 64),
@@ -35,10 +35,10 @@ def test_ov_circuit_matches_the_model(tiny_llama):
     """Head 3 shares kv head 1 (GQA groups of 2): OV[0, 3] must use W_V[0, 1]."""
     ov = tiny_llama.OV
     assert ov.shape == (2, 4, 64, 64)
-    expected = tiny_llama.W_V[0, 1] @ tiny_llama.W_O[0, 3]
+    expected = tiny_llama.W_V_grouped[0, 1] @ tiny_llama.W_O[0, 3]
     torch.testing.assert_close(ov[0, 3].AB, expected)
     qk = tiny_llama.QK
-    torch.testing.assert_close(qk[1, 2].AB, tiny_llama.W_Q[1, 2] @ tiny_llama.W_K[1, 1].T)
+    torch.testing.assert_close(qk[1, 2].AB, tiny_llama.W_Q[1, 2] @ tiny_llama.W_K_grouped[1, 1].T)
 
 
 def test_accumulated_bias_gpt2():

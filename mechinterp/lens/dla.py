@@ -105,13 +105,15 @@ def direct_logit_attribution(
     rows = torch.arange(batch, device=model.device)
     logit_diff = logits[rows, positions, ids[0]] - logits[rows, positions, ids[1]]
 
-    direction = (model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.w  # [batch, d_model]
+    # attributions are accumulated in float32 whatever the model dtype
+    unembed = model.W_U.float()
+    direction = (unembed[:, ids[0]] - unembed[:, ids[1]]).T * model.ln_final.w.float()  # [batch, d_model]
     if arch.norm == "layernorm":  # (c - mean c) . u == c . (u - mean u)
         direction = direction - direction.mean(-1, keepdim=True)
-    reader = direction / cache["ln_final.hook_scale"][rows, positions]  # [batch, d_model]
+    reader = direction / cache["ln_final.hook_scale"][rows, positions].float()  # [batch, d_model]
 
     def at(name: str) -> Tensor:
-        return cache[name][rows, positions]
+        return cache[name][rows, positions].float()
 
     values, labels, kinds, layers = [], [], [], []
 
@@ -126,26 +128,37 @@ def direct_logit_attribution(
         add((at("hook_pos_embed") * reader).sum(-1), "pos_embed", "pos_embed", None)
     for layer, block in enumerate(model.blocks):
         if granularity == "layer":
-            attn = at(f"blocks.{layer}.hook_attn_out") - block.attn.b_O.to(reader.device)
+            attn = at(f"blocks.{layer}.hook_attn_out") - block.attn.b_O.float().to(reader.device)
             add((attn * reader).sum(-1), f"L{layer} attn", "attn", layer)
         else:
-            z = at(f"blocks.{layer}.attn.hook_z")[:, None]  # [batch, 1, head, d_head]
-            per_head = (block.attn.head_outputs(z)[:, 0] * reader[:, None]).sum(-1)  # [batch, head]
+            z = cache[f"blocks.{layer}.attn.hook_z"][rows, positions][:, None]  # [batch, 1, head, d_head]
+            per_head = (block.attn.head_outputs(z)[:, 0].float() * reader[:, None]).sum(-1)  # [batch, head]
             for head in range(arch.n_heads):
                 add(per_head[:, head], f"L{layer} H{head}", "head", layer)
-        add((block.attn.b_O.to(reader.device) * reader).sum(-1), f"L{layer} attn bias", "attn_bias", layer)
+        add(
+            (block.attn.b_O.float().to(reader.device) * reader).sum(-1),
+            f"L{layer} attn bias",
+            "attn_bias",
+            layer,
+        )
         if granularity == "neuron":
-            neuron_readers = reader @ block.mlp.W_out.T.to(reader.device)  # [batch, d_mlp]
+            neuron_readers = reader @ block.mlp.W_out.float().to(reader.device).T  # [batch, d_mlp]
             per_neuron = at(f"blocks.{layer}.mlp.hook_post") * neuron_readers
             for neuron in range(arch.d_mlp):
                 add(per_neuron[:, neuron], f"L{layer} N{neuron}", "neuron", layer)
         else:
-            mlp = at(f"blocks.{layer}.hook_mlp_out") - block.mlp.b_out.to(reader.device)
+            mlp = at(f"blocks.{layer}.hook_mlp_out") - block.mlp.b_out.float().to(reader.device)
             add((mlp * reader).sum(-1), f"L{layer} MLP", "mlp", layer)
-        add((block.mlp.b_out.to(reader.device) * reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
-    constant = model.b_U[ids[0]] - model.b_U[ids[1]]
+        add(
+            (block.mlp.b_out.float().to(reader.device) * reader).sum(-1),
+            f"L{layer} MLP bias",
+            "mlp_bias",
+            layer,
+        )
+    bias = model.b_U.float()
+    constant = bias[ids[0]] - bias[ids[1]]
     if model.ln_final.b is not None:
-        constant = constant + ((model.W_U[:, ids[0]] - model.W_U[:, ids[1]]).T * model.ln_final.b).sum(-1)
+        constant = constant + ((unembed[:, ids[0]] - unembed[:, ids[1]]).T * model.ln_final.b.float()).sum(-1)
     add(constant, "norm and unembedding biases", "constant", None)
     return DLAResult(
         values=torch.stack(values).cpu(),

@@ -3,7 +3,9 @@
 Shapes follow TransformerLens: queries are ``[batch, pos, head, d_head]``; keys and values
 stay *grouped* ``[batch, pos, kv_head, d_head]`` in their hooks (each kv head is shared by
 ``n_heads // n_kv_heads`` consecutive query heads) and are expanded to query heads only
-inside the score computation. RoPE (Su et al. 2021) rotates the first ``rotary_dim``
+inside the score computation. The parameters follow the same split: ``W_K_grouped`` etc.
+hold one matrix per kv head, and ``W_K`` etc. are TransformerLens' per-query-head views
+of them (what TL's grouped-query attention also exposes under those names). RoPE (Su et al. 2021) rotates the first ``rotary_dim``
 dims of each head in the "rotate half" layout that Llama and GPT-NeoX checkpoints use.
 
 The attention math lives here once, as the methods of ``Attention``: ``queries`` /
@@ -143,6 +145,10 @@ class AttentionContext:
 class Attention(nn.Module):
     """Multi-head / grouped-query causal attention with TransformerLens hooks.
 
+    Parameters: ``W_Q`` ``[head, d_model, d_head]``, ``W_K_grouped`` / ``W_V_grouped``
+    ``[kv_head, d_model, d_head]``, ``W_O`` ``[head, d_head, d_model]`` and biases; ``W_K``,
+    ``W_V``, ``b_K``, ``b_V`` are derived per-query-head views (TransformerLens' layout).
+
     Hooks: ``hook_q``, ``hook_k``, ``hook_v`` (before rotary), ``hook_rot_q``, ``hook_rot_k``
     (rotary models), ``hook_attn_scores`` (scaled and masked), ``hook_pattern``,
     ``hook_z`` (pattern-weighted values), ``hook_result`` (per-head output; only fires
@@ -155,12 +161,12 @@ class Attention(nn.Module):
         self.cfg = cfg
         h, kv, m, d = cfg.n_heads, cfg.kv_heads, cfg.d_model, cfg.d_head
         self.W_Q = nn.Parameter(torch.zeros(h, m, d))
-        self.W_K = nn.Parameter(torch.zeros(kv, m, d))
-        self.W_V = nn.Parameter(torch.zeros(kv, m, d))
+        self.W_K_grouped = nn.Parameter(torch.zeros(kv, m, d))
+        self.W_V_grouped = nn.Parameter(torch.zeros(kv, m, d))
         self.W_O = nn.Parameter(torch.zeros(h, d, m))
         self.b_Q = nn.Parameter(torch.zeros(h, d))
-        self.b_K = nn.Parameter(torch.zeros(kv, d))
-        self.b_V = nn.Parameter(torch.zeros(kv, d))
+        self.b_K_grouped = nn.Parameter(torch.zeros(kv, d))
+        self.b_V_grouped = nn.Parameter(torch.zeros(kv, d))
         self.b_O = nn.Parameter(torch.zeros(m))
         self.use_attn_result = False
         for name in ("q", "k", "v", "attn_scores", "pattern", "z", "result"):
@@ -169,6 +175,27 @@ class Attention(nn.Module):
             self.hook_rot_q = HookPoint()
             self.hook_rot_k = HookPoint()
 
+    def per_query_head(self, grouped: Float[Tensor, "kv_head ..."]) -> Float[Tensor, "head ..."]:
+        """Repeat each kv head's tensor for the query heads that share it."""
+        return grouped.repeat_interleave(self.cfg.heads_per_kv_head, dim=0)
+
+    W_K = property(
+        lambda self: self.per_query_head(self.W_K_grouped),
+        doc="Keys per query head ``[head, d_model, d_head]`` (TL layout; read-only, from ``W_K_grouped``).",
+    )
+    W_V = property(
+        lambda self: self.per_query_head(self.W_V_grouped),
+        doc="Values per query head ``[head, d_model, d_head]`` (TL layout; read-only, from ``W_V_grouped``).",
+    )
+    b_K = property(
+        lambda self: self.per_query_head(self.b_K_grouped),
+        doc="Key biases per query head ``[head, d_head]`` (read-only, from ``b_K_grouped``).",
+    )
+    b_V = property(
+        lambda self: self.per_query_head(self.b_V_grouped),
+        doc="Value biases per query head ``[head, d_head]`` (read-only, from ``b_V_grouped``).",
+    )
+
     # ------------------------------------------------------------------ pieces
     def queries(self, x: Tensor) -> Float[Tensor, "batch pos head d_head"]:
         """Query projection of ``[batch, pos, d_model]`` (or per-head ``[batch, pos, head, d_model]``)."""
@@ -176,11 +203,11 @@ class Attention(nn.Module):
 
     def keys(self, x: Tensor) -> Float[Tensor, "batch pos kv_head d_head"]:
         """Key projection (grouped: one per kv head), before rotary."""
-        return _project(x, self.W_K, self.b_K)
+        return _project(x, self.W_K_grouped, self.b_K_grouped)
 
     def values(self, x: Tensor) -> Float[Tensor, "batch pos kv_head d_head"]:
         """Value projection (grouped: one per kv head)."""
-        return _project(x, self.W_V, self.b_V)
+        return _project(x, self.W_V_grouped, self.b_V_grouped)
 
     def scores(
         self,

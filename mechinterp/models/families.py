@@ -105,6 +105,13 @@ class Family:
         return ArchitectureConfig(**self.fixed, **read, model_name=model_name)
 
 
+def _attn_param(kind: str, part: str) -> str:
+    """Our name of a query/key/value weight (``kind`` "W") or bias ("b"); keys and values
+    are stored per kv head, under ``..._grouped``."""
+    suffix = "_grouped" if part in ("K", "V") else ""
+    return f"blocks.{{l}}.attn.{kind}_{part}{suffix}"
+
+
 def _rope(hf_config: Any, key: str, default: Any) -> Any:
     params = getattr(hf_config, "rope_parameters", None) or {}
     return params.get(key, getattr(hf_config, key, default))
@@ -138,13 +145,11 @@ _GPT2 = Family(
             for p, hf in (("w", "weight"), ("b", "bias"))
         ),
         *(
-            WeightRule(f"blocks.{{l}}.attn.W_{x}", "transformer.h.{l}.attn.c_attn.weight", gpt2_qkv(i))
+            WeightRule(_attn_param("W", x), "transformer.h.{l}.attn.c_attn.weight", gpt2_qkv(i))
             for i, x in enumerate("QKV")
         ),
         *(
-            WeightRule(
-                f"blocks.{{l}}.attn.b_{x}", "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True)
-            )
+            WeightRule(_attn_param("b", x), "transformer.h.{l}.attn.c_attn.bias", gpt2_qkv(i, bias=True))
             for i, x in enumerate("QKV")
         ),
         WeightRule("blocks.{l}.attn.W_O", "transformer.h.{l}.attn.c_proj.weight", conv1d_out_to_heads),
@@ -186,7 +191,7 @@ _LLAMA = Family(
         WeightRule("blocks.{l}.ln2.w", "model.layers.{l}.post_attention_layernorm.weight"),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.W_{x.upper()}",
+                _attn_param("W", x.upper()),
                 f"model.layers.{{l}}.self_attn.{x}_proj.weight",
                 linear_to_heads,
             )
@@ -194,7 +199,7 @@ _LLAMA = Family(
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.b_{x.upper()}",
+                _attn_param("b", x.upper()),
                 f"model.layers.{{l}}.self_attn.{x}_proj.bias",
                 bias_to_heads,
                 optional=True,
@@ -244,7 +249,7 @@ _NEOX = Family(
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.W_{x}",
+                _attn_param("W", x),
                 "gpt_neox.layers.{l}.attention.query_key_value.weight",
                 neox_qkv(i),
             )
@@ -252,7 +257,7 @@ _NEOX = Family(
         ),
         *(
             WeightRule(
-                f"blocks.{{l}}.attn.b_{x}",
+                _attn_param("b", x),
                 "gpt_neox.layers.{l}.attention.query_key_value.bias",
                 neox_qkv(i, bias=True),
             )

@@ -176,8 +176,8 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         """Run the model.
 
         Args:
-            input: text, token ids ``[batch, pos]``, or, with ``start_at_layer``, the
-                residual stream ``[batch, pos, d_model]`` entering that block.
+            input: text, token ids ``[batch, pos]``, or, with ``start_at_layer`` (0
+                included), the residual stream ``[batch, pos, d_model]`` entering that block.
             return_type: ``"logits"``, ``"loss"`` (mean next-token cross-entropy over real
                 tokens), ``"both"`` (a ``(logits, loss)`` tuple) or ``None``.
             start_at_layer: first block to run; blocks before it are not run at all.
@@ -204,7 +204,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             raise ValueError(f"stop_at_layer ({stop}) is before start_at_layer ({start})")
         if isinstance(input, (str, list)):
             input, attention_mask = self.encode(input, prepend_bos=prepend_bos, padding_side=padding_side)
-        if start == 0:
+        if start == 0 and not (start_at_layer is not None and input.is_floating_point()):
             tokens = self._check_tokens(input)
             residual = None
         else:
@@ -221,6 +221,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         if stop_at_layer is not None:
             return residual
         if return_type is None:
+            self.ln_final(residual)  # as in TL: ln_final's hooks fire (its scale is cached)
             return None
         if logit_positions is not None:
             if return_type != "logits":
@@ -430,12 +431,16 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         temperature: float = 1.0,
         top_k: int | None = None,
         stop_at_eos: bool = True,
+        use_past_kv_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> Int[Tensor, "batch new_pos"] | str | list[str]:
-        """Greedy (default) or sampled continuation; text in gives text out.
+        """Greedy (default) or sampled continuation; text in gives text out (a list of
+        prompts is left-padded into one batch).
 
-        Each step reruns the whole prefix (no key/value cache yet), which is fine for the
-        short continuations interpretability work needs.
+        With ``use_past_kv_cache`` (default, TransformerLens' name) the prompt runs once and
+        every step runs only the new token, reading earlier keys and values from a cache;
+        hooks then see the prompt once and each new position on its own. Without it each
+        step reruns the whole sequence. Both give the same tokens.
 
         Example:
             >>> model.generate("The capital of France is", max_new_tokens=3)
@@ -446,16 +451,13 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             tokens, mask = self._check_tokens(input), torch.ones_like(input, device=self.device)
         eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
         finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
+        step = _CachedSteps(self) if use_past_kv_cache else None
         for _ in range(max_new_tokens):
-            logits = self(tokens, attention_mask=mask)[:, -1].float()
-            if do_sample:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_token = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            if step is None:
+                logits = self(tokens, attention_mask=mask)[:, -1].float()
             else:
-                next_token = logits.argmax(-1)
+                logits = step(tokens, mask).float()
+            next_token = self._next_token(logits, do_sample, temperature, top_k, generator)
             was_finished = finished.clone()
             if eos is not None and stop_at_eos:
                 next_token = torch.where(was_finished, eos, next_token)
@@ -471,3 +473,62 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             for row, m in zip(tokens, mask, strict=True)
         ]
         return texts[0] if isinstance(input, str) else texts
+
+    @staticmethod
+    def _next_token(
+        logits: Float[Tensor, "batch d_vocab"],
+        do_sample: bool,
+        temperature: float,
+        top_k: int | None,
+        generator: torch.Generator | None,
+    ) -> Int[Tensor, " batch"]:
+        if not do_sample:
+            return logits.argmax(-1)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+class _CachedSteps:
+    """Next-token logits for a growing sequence, computing only positions not seen before.
+
+    Each call runs the positions after the cached ones with ``past=`` (a ``KeyValuePrefix``)
+    and records their keys (after rotary) and values from the attention hooks, as the
+    hooks left them, so a hook that edits keys or values also edits what later steps read.
+    """
+
+    def __init__(self, model: HookedLM):
+        self.model = model
+        self.past: KeyValuePrefix | None = None
+
+    def __call__(self, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]) -> Tensor:
+        model = self.model
+        done = 0 if self.past is None else self.past.length
+        new = tokens[:, done:]
+        keys: list[Tensor] = []
+        values: list[Tensor] = []
+        key_hook = KeyValuePrefix.key_hook(model).split(".")[-1]
+        handles = []
+        try:
+            for block in model.blocks:
+                handles.append(getattr(block.attn, key_hook).register_forward_hook(_keep(keys)))
+                handles.append(block.attn.hook_v.register_forward_hook(_keep(values)))
+            last = torch.full((new.shape[0], 1), new.shape[1] - 1, device=model.device)
+            logits = model(new, attention_mask=mask, past=self.past, logit_positions=last)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if self.past is not None:
+            keys = [torch.cat([old, k], dim=1) for old, k in zip(self.past.keys, keys, strict=True)]
+            values = [torch.cat([old, v], dim=1) for old, v in zip(self.past.values, values, strict=True)]
+        self.past = KeyValuePrefix(tuple(keys), tuple(values))
+        return logits[:, -1]
+
+
+def _keep(store: list[Tensor]) -> Callable[..., None]:
+    def hook(module: nn.Module, args: Any, output: Tensor) -> None:
+        store.append(output)
+
+    return hook

@@ -1,13 +1,15 @@
-"""``load_model``: any source -> native ``HookedLM`` with the checkpoint's exact weights."""
+"""``load_model``: any source -> native ``HookedLM`` with the checkpoint's weights (the final norm
+folded into the unembedding by default, see ``processing.py``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mechinterp.models import hf_sources
+from mechinterp.models import hf_sources, processing
 from mechinterp.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from mechinterp.models.families import family_for
 from mechinterp.models.hooked_lm import HookedLM
@@ -17,12 +19,40 @@ from mechinterp.models.toy import TOY_MODELS
 ModelSource = str | Path | Any  # a name, a path, or a transformers PreTrainedModel
 
 
+@dataclass(frozen=True, kw_only=True)
+class WeightProcessing:
+    """Which of TransformerLens' weight rewrites ``load_model`` applies (``processing.py``).
+
+    All keep the logits (``center_unembed``: the probabilities) unchanged; they run in
+    float32, before the model is cast to its dtype.
+    """
+
+    fold_final_norm: bool = True
+    fold_ln: bool = False
+    center_writing_weights: bool = False
+    center_unembed: bool = False
+
+    def apply(self, model: HookedLM) -> None:
+        if self.fold_ln:
+            processing.fold_layer_norm(model)
+        elif self.fold_final_norm:
+            processing.fold_final_norm(model)
+        if self.center_writing_weights:
+            processing.center_writing_weights(model)
+        if self.center_unembed:
+            processing.center_unembed(model)
+
+
 def load_model(
     source: ModelSource,
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     tokenizer: Any | None = None,
+    fold_final_norm: bool = True,
+    fold_ln: bool = False,
+    center_writing_weights: bool = False,
+    center_unembed: bool = False,
     device_map: DeviceMap | None = None,
 ) -> HookedLM:
     """Load a causal LM as a native hooked model.
@@ -35,6 +65,17 @@ def load_model(
         dtype: parameter dtype (``torch.float32`` default; ``"bfloat16"`` etc. accepted).
         device: where to put the model; default CUDA when available, else CPU.
         tokenizer: the tokenizer for an HF model object (other sources bring their own).
+        fold_final_norm: move the final norm's scale (and LayerNorm bias) into ``W_U``
+            (and ``b_U``), so ``ln_final.w`` is all ones. On by default: TransformerLens'
+            logit attribution (``cache.logit_attrs``, ``apply_ln_to_stack``,
+            ``decompose_resid(apply_ln=True)``, ``direct_logit_attribution``) assumes it.
+            Turn off to keep ``W_U`` equal to the checkpoint's ``lm_head``.
+        fold_ln: TransformerLens' ``fold_ln``: also fold every block's norms into the
+            weights that read them (implies ``fold_final_norm``).
+        center_writing_weights: TL's option: remove the ``d_model`` mean from weights that
+            write to the residual stream (LayerNorm models only).
+        center_unembed: TL's option: remove the vocabulary mean from ``W_U`` and ``b_U``
+            (logits shift by a constant per position; probabilities are unchanged).
         device_map: spread the blocks over devices, for models larger than one device:
             ``"auto"`` (balanced over every GPU) or ``{block_index: device}``; see
             ``HookedLM.place``. Exclusive with ``device``. The model is built on the CPU
@@ -51,15 +92,34 @@ def load_model(
             raise ValueError("pass device or device_map, not both (device_map names every block's device)")
         if not isinstance(device_map, str):
             device_map = {block: _check_device(d) for block, d in dict(device_map).items()}
-        model = load_model(source, dtype=dtype, device="cpu", tokenizer=tokenizer)
+        model = load_model(
+            source,
+            dtype=dtype,
+            device="cpu",
+            tokenizer=tokenizer,
+            fold_final_norm=fold_final_norm,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+        )
         return model.place(device_map)
     device = _check_device(device)
+    process = WeightProcessing(
+        fold_final_norm=fold_final_norm,
+        fold_ln=fold_ln,
+        center_writing_weights=center_writing_weights,
+        center_unembed=center_unembed,
+    )
     if not _is_location(source):
-        return from_hf_model(source, tokenizer, dtype=dtype, device=device)
+        return from_hf_model(source, tokenizer, dtype=dtype, device=device, weight_processing=process)
     if str(source) in TOY_MODELS:
-        return TOY_MODELS[str(source)]().to(device=device, dtype=dtype)
+        model = TOY_MODELS[str(source)]()
+        process.apply(model)
+        return model.to(device=device, dtype=dtype)
     hf_model, hf_tokenizer = load_hf(source, dtype=dtype)
-    return from_hf_model(hf_model, hf_tokenizer, dtype=dtype, device=device, model_name=str(source))
+    return from_hf_model(
+        hf_model, hf_tokenizer, dtype=dtype, device=device, model_name=str(source), weight_processing=process
+    )
 
 
 def load_hf(source: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
@@ -86,8 +146,10 @@ def from_hf_model(
     dtype: torch.dtype,
     device: torch.device,
     model_name: str | None = None,
+    weight_processing: WeightProcessing = WeightProcessing(),
 ) -> HookedLM:
-    """Convert a loaded HF causal LM (any supported family) to a ``HookedLM``."""
+    """Convert a loaded HF causal LM (any supported family) to a ``HookedLM``, then apply
+    ``weight_processing`` (by default: the final norm folded into the unembedding)."""
     config = hf_model.config
     family = family_for(config.model_type)
     name = model_name or getattr(config, "name_or_path", "") or config.model_type
@@ -114,6 +176,7 @@ def from_hf_model(
     model.load_state_dict(state)
     if model.rotary is not None:
         _copy_rotary(hf_model, model)
+    weight_processing.apply(model)
     return model.to(device=device, dtype=dtype).eval()
 
 

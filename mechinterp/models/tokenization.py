@@ -87,13 +87,20 @@ class TokenizationMixin:
             tokens = tokens.tolist()
         return tokenizer.decode(tokens if isinstance(tokens, list) else [tokens])
 
-    def to_str_tokens(self, text: str | Tensor, prepend_bos: bool | None = None) -> list[str]:
-        """One string per token of a single prompt (or of a 1-D / ``[1, pos]`` token tensor).
+    def to_str_tokens(
+        self, text: str | list[str] | Tensor, prepend_bos: bool | None = None
+    ) -> list[str] | list[list[str]]:
+        """One string per token of a single prompt (or of a 1-D / ``[1, pos]`` token tensor);
+        a list of prompts gives one such list per prompt (unpadded), as in TransformerLens.
 
         Example:
             >>> model.to_str_tokens("Hello world")
             ['<|im_start|>', 'Hello', ' world']
+            >>> model.to_str_tokens(["Hi", "Hello world"])
+            [['<|im_start|>', 'Hi'], ['<|im_start|>', 'Hello', ' world']]
         """
+        if isinstance(text, list):
+            return [self.to_str_tokens(item, prepend_bos=prepend_bos) for item in text]
         tokens = self.to_tokens(text, prepend_bos=prepend_bos)[0] if isinstance(text, str) else text
         if tokens.ndim == 2:
             if tokens.shape[0] != 1:

@@ -182,8 +182,21 @@ def load_induction_model(settings: InductionTraining = InductionTraining()) -> H
     target = cached_folder(cache_root() / INDUCTION_MODEL_NAME / settings.key(), train)
     config = json.loads((target / "config.json").read_text())
     model = HookedLM(ArchitectureConfig(**config["architecture"]))
-    model.load_state_dict(load_file(target / "model.safetensors"))
+    model.load_state_dict(_renamed_grouped_weights(load_file(target / "model.safetensors")))
     return model.eval()
+
+
+_GROUPED = ("W_K", "W_V", "b_K", "b_V")
+
+
+def _renamed_grouped_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Caches written before the grouped key/value weights were renamed store
+    ``attn.W_K`` etc.; today these are ``attn.W_K_grouped`` (same tensors)."""
+    renamed = {}
+    for name, tensor in state.items():
+        prefix, _, last = name.rpartition(".")
+        renamed[f"{name}_grouped" if prefix.endswith("attn") and last in _GROUPED else name] = tensor
+    return renamed
 
 
 TOY_MODELS = {INDUCTION_MODEL_NAME: load_induction_model}

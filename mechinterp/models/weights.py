@@ -1,7 +1,9 @@
 """Weight views of ``HookedLM`` stacked over layers, in TransformerLens layout.
 
-Keys and values are *grouped*: ``W_K`` and ``W_V`` are ``[layer, kv_head, d_model, d_head]``;
-``QK`` and ``OV`` expand them to one matrix per query head.
+As in TransformerLens, ``W_K``, ``W_V``, ``b_K`` and ``b_V`` have one entry per *query*
+head (on grouped-query models each kv head's weights are repeated for the query heads that
+share it), so ``model.W_K[layer, head]`` pairs with ``model.W_Q[layer, head]``. The stored,
+grouped tensors are ``W_K_grouped`` etc., ``[layer, kv_head, ...]``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,34 @@ class WeightsMixin:
         return torch.stack([getattr(getattr(block, first), attr).to(self.device) for block in self.blocks])
 
     W_Q = property(lambda self: self._stack("attn.W_Q"), doc="``[layer, head, d_model, d_head]``")
-    W_K = property(lambda self: self._stack("attn.W_K"), doc="``[layer, kv_head, d_model, d_head]``")
-    W_V = property(lambda self: self._stack("attn.W_V"), doc="``[layer, kv_head, d_model, d_head]``")
+    W_K = property(lambda self: self._stack("attn.W_K"), doc="``[layer, head, d_model, d_head]``")
+    W_V = property(lambda self: self._stack("attn.W_V"), doc="``[layer, head, d_model, d_head]``")
     W_O = property(lambda self: self._stack("attn.W_O"), doc="``[layer, head, d_head, d_model]``")
     b_Q = property(lambda self: self._stack("attn.b_Q"), doc="``[layer, head, d_head]``")
-    b_K = property(lambda self: self._stack("attn.b_K"), doc="``[layer, kv_head, d_head]``")
-    b_V = property(lambda self: self._stack("attn.b_V"), doc="``[layer, kv_head, d_head]``")
+    b_K = property(lambda self: self._stack("attn.b_K"), doc="``[layer, head, d_head]``")
+    b_V = property(lambda self: self._stack("attn.b_V"), doc="``[layer, head, d_head]``")
+    W_K_grouped = property(
+        lambda self: self._stack("attn.W_K_grouped"), doc="``[layer, kv_head, d_model, d_head]``"
+    )
+    W_V_grouped = property(
+        lambda self: self._stack("attn.W_V_grouped"), doc="``[layer, kv_head, d_model, d_head]``"
+    )
+    b_K_grouped = property(lambda self: self._stack("attn.b_K_grouped"), doc="``[layer, kv_head, d_head]``")
+    b_V_grouped = property(lambda self: self._stack("attn.b_V_grouped"), doc="``[layer, kv_head, d_head]``")
     b_O = property(lambda self: self._stack("attn.b_O"), doc="``[layer, d_model]``")
+
+    def tl_parameters(self) -> dict[str, Tensor]:
+        """Parameters under TransformerLens names, what ``SVDInterpreter`` reads: every
+        parameter, plus each layer's per-query-head ``attn.W_K|W_V|b_K|b_V``.
+
+        Example:
+            >>> model.tl_parameters()["blocks.0.attn.W_V"].shape     # [head, d_model, d_head]
+        """
+        params = dict(self.named_parameters())
+        for layer, block in enumerate(self.blocks):
+            for name in ("W_K", "W_V", "b_K", "b_V"):
+                params[f"blocks.{layer}.attn.{name}"] = getattr(block.attn, name)
+        return params
 
     def _stack_mlp(self, name: str) -> Tensor:
         if self.architecture.attn_only:
@@ -64,19 +87,16 @@ class WeightsMixin:
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         return self.unembed.b_U
 
-    def _per_query_head(self, grouped: Tensor) -> Tensor:
-        return grouped.repeat_interleave(self.architecture.heads_per_kv_head, dim=1)
-
     @property
     def QK(self) -> FactoredMatrix:
         """``W_Q @ W_K^T`` per layer and query head, ``[layer, head, d_model, d_model]``
         (ignores rotary, which makes QK position-dependent)."""
-        return FactoredMatrix(self.W_Q, self._per_query_head(self.W_K).transpose(-2, -1))
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
     @property
     def OV(self) -> FactoredMatrix:
         """``W_V @ W_O`` per layer and query head, ``[layer, head, d_model, d_model]``."""
-        return FactoredMatrix(self._per_query_head(self.W_V), self.W_O)
+        return FactoredMatrix(self.W_V, self.W_O)
 
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.engine import site_index
+from mechinterp.patching.engine import CellTable
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
@@ -113,24 +113,32 @@ def _metric_total(scorer, logits: Tensor) -> Tensor:
     """A scalar whose gradient gives every example's metric gradient (examples are independent)."""
     if isinstance(scorer, PositionalScorer):
         rows = torch.arange(logits.shape[0], device=logits.device)
-        return scorer.metric.score(logits[rows, scorer.positions.to(logits.device)], rows).sum()
+        return scorer.metric.score(logits[rows, scorer.positions.to(logits.device)].float(), rows).sum()
     (fn,) = scorer.metrics.values()
     return torch.as_tensor(fn(logits)).sum()
 
 
 def _linear_estimates(cells: list[PatchSite], delta: dict[str, Tensor], grads: dict[str, Tensor]) -> Tensor:
-    """AtP: ``sum over the cell's slice of (source - base) * gradient``, ``[cell, batch]``."""
-    out = []
-    for site in cells:
-        index = (slice(None), *site_index(site))
-        product = (delta[site.hook_name][index] * grads[site.hook_name][index]).float()
-        out.append(product.reshape(product.shape[0], -1).sum(1))
-    return torch.stack(out)
+    """AtP: ``sum over the cell's slice of (source - base) * gradient``, ``[cell, batch]``,
+    for all cells at once (accumulated in float32)."""
+    table = CellTable(cells)
+    products = torch.stack([delta[name].float() * grads[name].float() for name in table.hooks])
+    return table.slice_sums(products)
 
 
 class _QKFix:
-    """Exact attention-pattern change for query/key cells, linearised from the pattern on.
-    Scores and pattern come from the model's own ``Attention.scores`` / ``pattern``."""
+    """Exact attention-pattern change for query/key cells, linearised from the pattern on,
+    for all cells of a layer at once. Scores and pattern come from the model's own
+    ``Attention.scores`` / ``pattern``.
+
+    A query patched at position ``p`` changes only row ``p`` of its head's pattern, to the
+    row computed with the source query, so every query cell is a sum over rows of one
+    table per layer. A key patched at position ``p`` changes one score in every row of the
+    heads reading it; the row's softmax is then renormalised in closed form (computed in
+    log space): with ``P`` the base row and ``a = s'_p - logsumexp(s)``, the new row is
+    ``P / r`` off ``p`` and ``exp(a) / r`` at ``p``, ``r = 1 - P_p + exp(a)``. A key patched at
+    every position gives the pattern computed with the source keys.
+    """
 
     def __init__(self, model, mask: Tensor, base_rot: dict[str, Tensor], source_rot: dict[str, Tensor]):
         self.model = model
@@ -138,29 +146,59 @@ class _QKFix:
         self.base, self.source = base_rot, source_rot
         self.group = model.architecture.heads_per_kv_head
 
-    def estimate(self, site: PatchSite, pattern_grad: Tensor) -> Tensor:
-        layer = site.layer
+    def estimates(self, cells: list[PatchSite], grads: dict[str, Tensor]) -> Tensor:
+        """``[cell, batch]`` estimated metric changes (float32)."""
+        table = CellTable(cells)
+        per_position, whole = [], []
+        for hook in table.hooks:
+            layer = int(hook.split(".")[1])
+            changes = self._changes(layer, table.kind, grads[f"blocks.{layer}.attn.hook_pattern"].float())
+            per_position.append(changes[0])
+            whole.append(changes[1])
+        sums = table.slice_sums(torch.stack(per_position))
+        if table.kind == "q":
+            return sums
+        every_position = table.coords[:, table.position_axis] < 0
+        return torch.where(
+            every_position[:, None].to(sums.device), table.slice_sums(torch.stack(whole)), sums
+        )
+
+    def _changes(self, layer: int, kind: str, grad: Tensor) -> tuple[Tensor, Tensor]:
+        """Per layer, ``[batch, pos, head, 1]`` tables whose cell slices sum to the estimates:
+        one for single positions, one (keys only) for all positions at once (position 0
+        holds the value)."""
         attn = self.model.blocks[layer].attn
         q_name = f"blocks.{layer}.{_rotated('q', self.model)}"
         k_name = f"blocks.{layer}.{_rotated('k', self.model)}"
-        q, k = self.base[q_name].clone(), self.base[k_name].clone()
-        target = q if site.kind == "q" else k
-        source = self.source[q_name if site.kind == "q" else k_name]
-        index = (slice(None), *site_index(site))
-        target[index] = source[index]
-        if site.kind == "q" and site.head is not None:  # only this head's row of scores changes
-            heads = [site.head]
-        elif site.kind == "k" and site.head is not None:  # every query head reading this kv head
-            heads = list(range(site.head * self.group, (site.head + 1) * self.group))
-        else:
-            heads = list(range(self.model.architecture.n_heads))
-        kv_heads = [h // self.group for h in heads]  # one key head per query head
-
-        def pattern(queries: Tensor, keys: Tensor) -> Tensor:
-            return attn.pattern(attn.scores(queries[:, :, heads], keys[:, :, kv_heads], self.context))
-
-        new, old = pattern(q, k), pattern(self.base[q_name], self.base[k_name])
-        return ((new - old) * pattern_grad[:, heads]).float().sum(dim=(1, 2, 3))
+        q, k = self.base[q_name], self.base[k_name]
+        base_scores = attn.scores(q, k, self.context).float()  # [batch, head, q, k]
+        base = base_scores.softmax(-1)
+        kept = (base * grad).sum(-1)  # [batch, head, q]: sum_k P_k G_k
+        if kind == "q":
+            patched = attn.pattern(attn.scores(self.source[q_name], k, self.context)).float()
+            rows = ((patched - base) * grad).sum(-1)  # [batch, head, q]
+            return rows.transpose(1, 2)[..., None], rows.transpose(1, 2)[..., None]
+        # the closed-form renormalisation runs in float64: it equals a recomputed softmax
+        # to float32 rounding
+        source_scores = attn.scores(q, self.source[k_name], self.context).double()
+        base_scores, base, grad, kept = base_scores.double(), base.double(), grad.double(), kept.double()
+        log_total = base_scores.logsumexp(-1, keepdim=True)
+        shifted = source_scores - log_total  # log of the patched key's new unnormalised weight
+        allowed = self.context.allowed.expand_as(base)  # [batch, 1, q, k] -> per head
+        shifted = shifted.masked_fill(~allowed, float("-inf"))
+        log_r = torch.logaddexp(torch.log1p(-base.clamp(max=1 - 1e-7)), shifted)
+        new_p = (shifted - log_r).exp()
+        change = (kept[..., None] - base * grad) * (-log_r).exp() + new_p * grad - kept[..., None]
+        change = change.masked_fill(~allowed, 0).sum(2)  # [batch, head, key position]
+        everywhere = (
+            (attn.pattern(attn.scores(q, self.source[k_name], self.context)).float() - base) * grad
+        ).sum((2, 3))  # [batch, head]
+        batch, heads, n_pos = change.shape
+        per_kv = change.view(batch, heads // self.group, self.group, n_pos).sum(2).transpose(1, 2)
+        whole = everywhere.view(batch, heads // self.group, self.group).sum(2)
+        whole_table = per_kv.new_zeros(per_kv.shape)
+        whole_table[:, 0] = whole
+        return per_kv[..., None].float(), whole_table[..., None].float()
 
 
 @torch.no_grad()
@@ -214,9 +252,7 @@ def attribution_patch(
             {n: run.activations[n].detach().to(model.device) for n in rot_names},
             {n: source_cache[n] for n in rot_names},
         )
-        return torch.stack(
-            [fix.estimate(site, grads[f"blocks.{site.layer}.attn.hook_pattern"]) for site in grid.cells]
-        )
+        return fix.estimates(grid.cells, grads)
 
     values = estimates(None)
     if method == "atp*" and grad_drop:

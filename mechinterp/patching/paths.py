@@ -29,11 +29,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.engine import BaseRun, site_index
+from mechinterp.patching.memory import bytes_per_row
 from mechinterp.patching.result import PatchResult
+from mechinterp.patching.rows import RowSet, run_rows
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
 from mechinterp.patching.sweep import Direction, TextOrTokens, axis_labels, base_and_source, prepare_pair
@@ -108,24 +109,21 @@ def sender_deltas(
     return torch.stack(deltas)
 
 
-def _receiver_hooks(model, receivers, senders, rows_sender: Tensor, delta: Tensor, start: int) -> list:
-    """Hooks adding each row's sender delta to the receivers that the sender feeds."""
+def _receiver_hooks(model, receivers, feeds: Tensor, delta: Tensor, start: int) -> list:
+    """Hooks adding each row's sender delta to the receivers that its sender feeds.
+
+    ``feeds``: ``[receiver, row]`` (1 where the row's sender writes into that receiver);
+    ``delta``: ``[row, pos, d_model]`` full-length sender changes."""
     by_hook: dict[str, list[tuple[Receiver, Tensor]]] = {}
-    for receiver in receivers:
-        if receiver.kind == "logits":
-            continue
-        feeds = torch.tensor(
-            [receiver.reads(senders[s], model) for s in rows_sender.tolist()],
-            dtype=delta.dtype,
-            device=delta.device,
-        )
-        by_hook.setdefault(receiver.hook_name(), []).append((receiver, feeds))
+    for i, receiver in enumerate(receivers):
+        if receiver.kind != "logits":
+            by_hook.setdefault(receiver.hook_name(), []).append((receiver, feeds[i]))
 
     def make(entries):
         def add(activation: Tensor, hook) -> Tensor:
             n = activation.shape[0]  # rows join at their entry layer: the active rows come first
-            for receiver, feeds in entries:
-                change = (delta[:n, start:] * feeds[:n, None, None]).to(activation.device)
+            for receiver, feed in entries:
+                change = (delta[:n, start:] * feed[:n, None, None]).to(activation.device)
                 if receiver.kind == "mlp":
                     activation = activation + change
                 else:
@@ -151,7 +149,8 @@ def path_patch(
     *,
     direction: Direction = "denoise",
     attention_mask: Tensor | None = None,
-    max_batch_rows: int = 256,
+    max_batch_rows: int | Literal["auto"] = "auto",
+    max_memory: int | None = None,
     progress: bool = True,
 ) -> PatchResult:
     """Path-patch every sender into ``receivers`` and measure ``metric`` (see module docstring).
@@ -163,6 +162,8 @@ def path_patch(
         metric: a positional metric (``mechinterp.metrics``).
         direction: ``"denoise"`` runs the corrupt prompt with clean sender values on the
             paths; ``"noise"`` the reverse (Wang et al.'s IOI setting).
+        max_batch_rows, max_memory: chunking of the rows (sender x example), as in
+            ``patch_sweep``.
 
     Returns:
         ``PatchResult`` over the senders' grid (values per example).
@@ -194,59 +195,79 @@ def path_patch(
     entries = [
         min((r.entry_layer(model) for r in receivers if r.reads(site, model)), default=None) for site in sites
     ]
-    base = BaseRun(model, base_tokens, mask, sender_hooks, {e for e in entries if e is not None})
-    source_logits, source_cache = model.run_with_cache(
-        source_tokens, attention_mask=mask, names_filter=list(sender_hooks)
+    base = BaseRun(
+        model,
+        base_tokens,
+        mask,
+        sender_hooks,
+        {e for e in entries if e is not None},
+        source_tokens=source_tokens,
     )
     deltas = sender_deltas(
-        model, sites, {n: base.cache[n] for n in sender_hooks}, {n: source_cache[n] for n in sender_hooks}
+        model,
+        sites,
+        {n: base.cache[n] for n in sender_hooks},
+        {n: base.source_cache[n] for n in sender_hooks},
     )
     base_value = scorer.run_values(base.logits)
     values = base_value.expand(len(sites), *base_value.shape).clone()
 
-    rows = []  # (sender, example, first position its delta is nonzero, entry layer)
-    for s in range(len(sites)):
-        if entries[s] is None:
-            continue
-        changed = deltas[s].abs().amax(-1) > 0  # [batch, pos]
-        for example in range(base_tokens.shape[0]):
-            if changed[example].any():
-                start = int(changed[example].int().argmax())
-                if scorer.can_change(example, start):
-                    rows.append((s, example, start, entries[s]))
-    rows.sort(key=lambda row: (row[2], row[3]))
+    # rows: (sender, example) pairs whose delta is nonzero somewhere the metric can see
+    changed = (deltas != 0).any(-1)  # [sender, batch, pos]
+    first = torch.where(changed.any(-1), changed.int().argmax(-1), -1).cpu()
+    entry = torch.tensor([-1 if e is None else e for e in entries], dtype=torch.long)
+    runnable = (first >= 0) & (first <= scorer.positions[None]) & (entry[:, None] >= 0)
+    sender, example = runnable.nonzero(as_tuple=True)
+    rows = RowSet(layer=entry[sender], start=first[sender, example])
+    feeds_table = torch.tensor(
+        [[receiver.reads(site, model) for site in sites] for receiver in receivers],
+        dtype=deltas.dtype,
+        device=deltas.device,
+    )  # [receiver, sender]
+    direct = any(receiver.kind == "logits" for receiver in receivers)
+    read_residuals, read_rows = [], []
+
+    def run_chunk(chunk: Tensor, start: int) -> None:
+        senders_idx, examples = sender[chunk], example[chunk]
+        on_device = senders_idx.to(deltas.device), examples.to(deltas.device)
+        delta = deltas[on_device]  # [row, pos, d_model]
+        hooks = _receiver_hooks(model, receivers, feeds_table[:, on_device[0]], delta, start)
+        residual = base.forward_rows(rows.layer[chunk].tolist(), examples, start, hooks)
+        if direct:
+            residual = residual + delta[:, start:]
+        read = (scorer.positions[examples] - start).to(residual.device)
+        read_residuals.append(residual[torch.arange(len(chunk), device=residual.device), read])
+        read_rows.append(chunk)
+
     previous_split = [block.use_split_qkv_input for block in model.blocks]
     for receiver in receivers:  # per-head inputs only where a head input receives
         if receiver.kind in ("q", "k", "v"):
             model.blocks[receiver.layer].use_split_qkv_input = True
     try:
-        with tqdm(total=len(rows), desc="path patching", unit="row", disable=not progress) as bar:
-            done = 0
-            while done < len(rows):
-                chunk = [r for r in rows[done : done + max_batch_rows] if r[2] == rows[done][2]]
-                start = chunk[0][2]
-                senders_idx = torch.tensor([r[0] for r in chunk])
-                examples = torch.tensor([r[1] for r in chunk], device=base_tokens.device)
-                delta = deltas[senders_idx, examples]  # [row, pos, d_model]
-                hooks = _receiver_hooks(model, receivers, sites, senders_idx, delta, start)
-                residual = base.forward_rows([r[3] for r in chunk], examples, start, hooks)
-                if any(receiver.kind == "logits" for receiver in receivers):
-                    residual = residual + delta[:, start:]
-                read = scorer.logit_positions(examples, start)[:, 0].to(residual.device)
-                final = residual[torch.arange(len(chunk), device=residual.device), read][:, None]
-                row_values = scorer.row_values(model.unembed(model.ln_final(final)), examples.cpu())
-                values[senders_idx, examples.cpu()] = row_values
-                done += len(chunk)
-                bar.update(len(chunk))
+        stats = run_rows(
+            rows,
+            run_chunk,
+            row_bytes=lambda computed: 2 * bytes_per_row(model, computed, 1, n_pos),
+            n_positions=n_pos,
+            device=model.device,
+            max_rows=max_batch_rows,
+            max_memory=max_memory,
+            progress=progress,
+            description="path patching",
+        )
     finally:
         for block, split in zip(model.blocks, previous_split, strict=True):
             block.use_split_qkv_input = split
+    if read_rows:
+        order = torch.cat(read_rows)
+        final = model.ln_final(torch.cat(read_residuals)[:, None])
+        values[sender[order], example[order]] = scorer.row_values(model.unembed(final), example[order])
     return PatchResult(
         values=values.reshape(*shape, base_tokens.shape[0]),
         axes=tuple(axes),
         labels=labels,
         base=base_value,
-        source=scorer.run_values(source_logits),
+        source=scorer.run_values(base.source_logits),
         per_example=True,
         metadata={
             "kind": "path",
@@ -255,7 +276,8 @@ def path_patch(
             "model": model.architecture.model_name,
             "metric": type(metric).__name__,
             "examples": int(base_tokens.shape[0]),
-            "rows_run": len(rows),
+            "rows_run": stats.rows,
+            "chunks": stats.chunks,
         },
     )
 
@@ -290,8 +312,12 @@ def reference_path_patch(
                 {site.hook_name: base_cache[site.hook_name]},
                 {site.hook_name: source_cache[site.hook_name]},
             )[0]
-            examples_sender = torch.zeros(base.shape[0], dtype=torch.long)
-            hooks = _receiver_hooks(model, receivers, [site], examples_sender, delta, 0)
+            feeds = torch.tensor(
+                [[float(receiver.reads(site, model))] * base.shape[0] for receiver in receivers],
+                dtype=delta.dtype,
+                device=delta.device,
+            )
+            hooks = _receiver_hooks(model, receivers, feeds, delta, 0)
             if any(receiver.kind == "logits" for receiver in receivers):
                 hooks.append((final_hook, lambda activation, hook, delta=delta: activation + delta))
             logits = model.run_with_hooks(base, attention_mask=mask, fwd_hooks=hooks)

@@ -53,7 +53,7 @@ class PositionalScorer:
         return self._values(logits[:, 0], examples)
 
     def _values(self, logits: Tensor, examples: Tensor) -> Tensor:
-        values = self.metric.score(logits, examples)
+        values = self.metric.score(logits.float(), examples)  # metrics in float32, whatever the model dtype
         if values.shape != (logits.shape[0],):
             raise ValueError(f"metric score must give one value per row, got shape {tuple(values.shape)}")
         return values.detach().float().cpu()
@@ -88,7 +88,7 @@ class FullLogitScorer:
         """``[metric?, batch?]`` values of full logits ``[batch, pos, d_vocab]``."""
         values = []
         for name, fn in self.metrics.items():
-            out = torch.as_tensor(fn(logits)).detach().float().cpu()
+            out = torch.as_tensor(fn(logits.float())).detach().float().cpu()
             if self.reduce == "scalar" and out.ndim != 0:
                 raise ValueError(
                     f"metric {name!r} must return a scalar, got shape {tuple(out.shape)}; return a [batch] "

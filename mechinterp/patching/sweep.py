@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.engine import Ablation, BatchedPatcher, ablated_source
+from mechinterp.patching.engine import Ablation, BatchedPatcher
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import FullLogitScorer, PositionalScorer
 from mechinterp.patching.sites import SweepGrid, SweepSpec
@@ -159,17 +159,13 @@ def patch_sweep(
     base_tokens, source_tokens = base_and_source(clean_tokens, corrupt_tokens, direction)
     grid = spec.enumerate(model, base_tokens.shape[1])
     scorer = make_scorer(metric, model, base_tokens, mask)
-    hooks = {site.hook_name for site in grid.cells}
-    with torch.no_grad():
-        source_logits, source_cache = model.run_with_cache(
-            source_tokens, attention_mask=mask, names_filter=list(hooks)
-        )
-    source_values = {name: ablated_source(source_cache[name], ablation) for name in hooks}
-    patcher = BatchedPatcher(model, base_tokens, mask, grid.cells, source_values, scorer)
+    patcher = BatchedPatcher(
+        model, base_tokens, mask, grid.cells, scorer, source_tokens=source_tokens, ablation=ablation
+    )
     values, base_value = patcher.run(
         max_batch_rows, max_memory=max_memory, progress=progress, description=f"patching {spec.kind}"
     )
-    source_value = scorer.run_values(source_logits)
+    source_value = scorer.run_values(patcher.source_logits)
     return PatchResult(
         values=values.reshape(*grid.shape, *values.shape[1:]),
         axes=grid.axes,

@@ -86,7 +86,7 @@ def _sweep(
     hook_names = {site.hook_name for site in cells}
     source = {name: clean_cache[name].to(model.device) for name in hook_names}
     patcher = BatchedPatcher(
-        model, corrupted_tokens, torch.ones_like(corrupted_tokens), cells, source, scorer
+        model, corrupted_tokens, torch.ones_like(corrupted_tokens), cells, scorer, source_activations=source
     )
     values, base_value = patcher.run(description=tl_name)
     values = values.reshape(*shape, *values.shape[1:])
