@@ -200,7 +200,11 @@ class _MaskedRun:
     def _store(self, first: int, value: Tensor) -> None:
         """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*pos*d]``."""
         n = value.shape[1]
-        torch.sub(self.ablated[first : first + n], value.to(self.buffer.device), out=self.buffer[:, first : first + n])
+        torch.sub(
+            self.ablated[first : first + n],
+            value.to(self.buffer.device),
+            out=self.buffer[:, first : first + n],
+        )
 
     def _record_input(self, value: Tensor, hook) -> Tensor:
         rows_view = self._kept(value).reshape(self.rows, 1, -1)
