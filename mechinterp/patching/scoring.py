@@ -100,5 +100,4 @@ class FullLogitScorer:
                     f"reduce={self.reduce!r}, got shape {tuple(out.shape)}"
                 )
             values.append(out.mean() if self.reduce == "mean" else out)
-        stacked = torch.stack(values)
-        return stacked if self.multi else stacked[0]
+        return torch.stack(values) if self.multi else values[0]
