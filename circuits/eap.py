@@ -63,7 +63,7 @@ def _destination_gradients(
         return value
 
     def save(value: Tensor, hook) -> Tensor:
-        record[hook.name] = value.detach()
+        record[hook.name] = value.detach().to(model.device)  # blocks may sit on other devices
         return value
 
     def embeddings(value: Tensor, hook) -> Tensor:
@@ -87,7 +87,7 @@ def _destination_gradients(
             names = [g.hook for g in groups]
             grads = torch.autograd.grad(total, [inputs[n] for n in names])
     return {
-        name: grad.reshape(steps, batch, *grad.shape[1:]).sum(0)
+        name: grad.to(model.device).reshape(steps, batch, *grad.shape[1:]).sum(0)
         for name, grad in zip(names, grads, strict=True)
     }
 

@@ -200,7 +200,11 @@ class _MaskedRun:
     def _store(self, first: int, value: Tensor) -> None:
         """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*pos*d]``."""
         n = value.shape[1]
-        torch.sub(self.ablated[first : first + n], value, out=self.buffer[:, first : first + n])
+        torch.sub(
+            self.ablated[first : first + n],
+            value.to(self.buffer.device),
+            out=self.buffer[:, first : first + n],
+        )
 
     def _record_input(self, value: Tensor, hook) -> Tensor:
         rows_view = self._kept(value).reshape(self.rows, 1, -1)
@@ -231,7 +235,7 @@ class _MaskedRun:
             delta = torch.bmm(self.masks[hook.name], self.buffer[:, : self.n_sources[hook.name]])
             for name, first, slots in self.fused[hook.name]:
                 self.pending[name] = delta[:, first : first + slots]  # [row, slot, batch*pos*d]
-        delta = self.pending.pop(hook.name)
+        delta = self.pending.pop(hook.name).to(value.device)  # blocks may sit on other devices
         kept = self._kept(value)
         if value.ndim == 3:
             kept += delta.view(kept.shape)

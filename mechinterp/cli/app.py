@@ -1,6 +1,6 @@
 """The ``mechinterp`` command (typer).
 
-    mechinterp run CONFIG.yaml [--out DIR] [--set key.path=value ...]
+    mechinterp run CONFIG.yaml [--out DIR] [--set key.path=value ...] [--ray local|auto|ADDRESS]
     mechinterp report RUN_DIR
     mechinterp models list | mechinterp models pull NAME
     mechinterp export GRAPH.json --to json|eap-ig|graphml|dot|neuronpedia|html [--out PATH]
@@ -61,10 +61,25 @@ def run(
         list[str] | None,
         typer.Option("--set", help="Override a config value: key.path=value (YAML value), repeatable"),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Shard patching sweeps over Ray workers: 'local' (a private cluster on 127.0.0.1), "
+            "'auto' (the cluster this machine belongs to) or a cluster ADDRESS. Needs mechinterp[distributed]",
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int, typer.Option("--ray-workers", min=1, help="Ray workers (model replicas) with --ray")
+    ] = 2,
+    ray_gpus: Annotated[
+        float, typer.Option("--ray-gpus", min=0, help="GPUs per Ray worker with --ray (1: a GPU each)")
+    ] = 0,
 ) -> None:
     """Run (or resume) CONFIG into a run folder and write its report.html.
 
-    Steps that finished earlier with the same settings are skipped.
+    Steps that finished earlier with the same settings are skipped (with or without --ray:
+    the results are the same).
     """
     try:
         resolved = load_config(config, overrides or [])
@@ -75,7 +90,10 @@ def run(
     from mechinterp.cli.runner import run_config  # imports torch: only after validation
     from mechinterp.cli.steps.output import shown
 
-    rows = run_config(resolved, run_dir, console)
+    ray_options = (
+        None if ray is None else {"address": ray, "num_workers": ray_workers, "num_gpus_per_worker": ray_gpus}
+    )
+    rows = run_config(resolved, run_dir, console, ray=ray_options)
     table = Table(title=f"{resolved.name or config.stem}: {len(rows)} steps")
     for column in ("#", "step", "kind", "status", "seconds", "key numbers"):
         table.add_column(column, overflow="fold")

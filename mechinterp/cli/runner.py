@@ -9,6 +9,7 @@ Layout of a run folder::
     RUN_DIR/steps/NN_name/           one folder per step: results, figures, tables.json,
                                      done.json (written last)
     RUN_DIR/report.html              every step's figures and tables on one offline page
+    RUN_DIR/shards/name/             with --ray: finished shards of a step still running
 
 A step runs in a hidden staging folder next to its final place; ``done.json`` is written
 there last and the folder is then renamed into place, so a killed run never leaves a step
@@ -106,9 +107,55 @@ class RunContext:
     """What steps share: the model and prompt pairs (loaded on first use), the metric, and
     the folders of earlier steps."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, console: Console):
+    def __init__(self, config: RunConfig, run_dir: Path, console: Console, ray: dict | None = None):
         self.config, self.run_dir, self.console = config, run_dir, console
         self.step_dirs: dict[str, Path] = {}
+        self.ray = ray
+        self._executor = None
+
+    @property
+    def executor(self):
+        """The ``RayExecutor`` sweeps shard their pairs over (``--ray``), else ``None``;
+        started on first use, stopped by ``close``."""
+        if self.ray is None:
+            return None
+        if self._executor is None:
+            from mechinterp.distributed import ModelSpec, RayExecutor
+
+            model = self.config.model
+            device = None if model.device == "auto" else model.device
+            spec = ModelSpec(source=model.name, options={"dtype": model.dtype, "device": device})
+            self._executor = RayExecutor(spec, **self.ray)
+            self._executor.start()
+            import ray
+
+            where = ray.get_runtime_context().gcs_address
+            self.console.print(f"using Ray: cluster {where}, {self.ray['num_workers']} workers")
+            _ = self.model  # loaded here first: environment.json exists
+            info = json.loads((self.run_dir / "environment.json").read_text())
+            info["ray"] = {"version": ray.__version__, "cluster": where, **self.ray}
+            atomic_write_text(self.run_dir / "environment.json", json.dumps(info, indent=1))
+        return self._executor
+
+    def shard_folder(self, label: str) -> Path:
+        """Where step ``label`` keeps finished shards until it is done (with ``--ray``)."""
+        return self.run_dir / "shards" / label
+
+    def sweep_executor(self, label: str):
+        """The executor step ``label``'s sweeps take: ``None`` without ``--ray``; else the
+        Ray executor with finished shards kept in ``shard_folder(label)``, so a killed run
+        resumes without redoing them."""
+        if self.ray is None:
+            return None
+        from mechinterp.distributed import Checkpointed
+
+        return Checkpointed(self.executor, self.shard_folder(label))
+
+    def close(self) -> None:
+        """Stop the Ray workers, if any were started."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     @cached_property
     def model(self):
@@ -224,6 +271,10 @@ def execute_step(context: RunContext, index: int, final: Path) -> SummaryRow:
             final.rename(retired)
             shutil.rmtree(retired)
         staging.rename(final)
+        shards = context.shard_folder(step.label)
+        shutil.rmtree(shards, ignore_errors=True)  # the step is done
+        if shards.parent.is_dir() and not any(shards.parent.iterdir()):
+            shards.parent.rmdir()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return SummaryRow(index, step.label, step.kind, "ran", seconds, output.summary)
@@ -236,11 +287,14 @@ def _remove_stale(steps_dir: Path, keep: set[str]) -> None:
             shutil.rmtree(entry)
 
 
-def run_config(config: RunConfig, run_dir: Path, console: Console | None = None) -> list[SummaryRow]:
+def run_config(
+    config: RunConfig, run_dir: Path, console: Console | None = None, *, ray: dict | None = None
+) -> list[SummaryRow]:
     """Run (or resume) ``config`` in ``run_dir``; returns one summary row per step.
 
     A failing step is reported in its row (status ``failed``, the error message); the steps
-    after it are ``not run``. ``report.html`` is written either way.
+    after it are ``not run``. ``report.html`` is written either way. ``ray``: ``RayExecutor``
+    keywords (``address``, ``num_workers``, ...) to shard patching sweeps over Ray workers.
     """
     from mechinterp.cli.report import write_report
 
@@ -254,7 +308,18 @@ def run_config(config: RunConfig, run_dir: Path, console: Console | None = None)
     )
     folders = [steps_dir / step_dir_name(i, step.label) for i, step in enumerate(config.steps)]
     _remove_stale(steps_dir, {folder.name for folder in folders})
-    context = RunContext(config, run_dir, console)
+    context = RunContext(config, run_dir, console, ray)
+    try:
+        rows = _run_steps(config, context, folders, console)
+    finally:
+        context.close()
+    write_report(run_dir)
+    return rows
+
+
+def _run_steps(
+    config: RunConfig, context: RunContext, folders: list[Path], console: Console
+) -> list[SummaryRow]:
     rows: list[SummaryRow] = []
     resuming = True
     for index, (step, folder) in enumerate(zip(config.steps, folders, strict=True)):
@@ -276,5 +341,4 @@ def run_config(config: RunConfig, run_dir: Path, console: Console | None = None)
                 console.print(f"[red]{heading} failed: {message}[/red]")
                 rows.append(SummaryRow(index, step.label, step.kind, "failed", error=message))
         context.step_dirs[step.label] = folder
-    write_report(run_dir)
     return rows

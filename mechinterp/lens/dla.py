@@ -138,7 +138,9 @@ def direct_logit_attribution(
         add((at("hook_pos_embed") * reader).sum(-1), "pos_embed", "pos_embed", None)
     for layer, block in enumerate(model.blocks):
         z = cache[f"blocks.{layer}.attn.hook_z"][rows, positions][:, None]  # [batch, 1, head, d_head]
-        attn_bias = block.attn.bias_share(z)[:, 0].float()  # b_O, or its share under a post-norm
+        attn_bias = (
+            block.attn.bias_share(z)[:, 0].float().to(reader.device)
+        )  # b_O, or its share under a post-norm
         if granularity == "layer":
             attn = at(f"blocks.{layer}.hook_attn_out") - attn_bias
             add((attn * reader).sum(-1), f"L{layer} attn", "attn", layer)
@@ -151,16 +153,30 @@ def direct_logit_attribution(
             continue
         mlp_reader = reader  # the raw MLP output's reader: through the post-norm's frozen w / scale
         if block.ln2_post is not None:
-            mlp_reader = reader * block.ln2_post.w.float() / at(f"blocks.{layer}.ln2_post.hook_scale")
+            mlp_reader = (
+                reader
+                * block.ln2_post.w.float().to(reader.device)
+                / at(f"blocks.{layer}.ln2_post.hook_scale")
+            )
         if granularity == "neuron":
-            neuron_readers = mlp_reader @ block.mlp.W_out.float().T  # [batch, d_mlp]
+            neuron_readers = mlp_reader @ block.mlp.W_out.float().to(reader.device).T  # [batch, d_mlp]
             per_neuron = at(f"blocks.{layer}.mlp.hook_post") * neuron_readers
             for neuron in range(arch.d_mlp):
                 add(per_neuron[:, neuron], f"L{layer} N{neuron}", "neuron", layer)
         else:
             mlp = (at(f"blocks.{layer}.hook_mlp_out") * reader).sum(-1)
-            add(mlp - (block.mlp.b_out.float() * mlp_reader).sum(-1), f"L{layer} MLP", "mlp", layer)
-        add((block.mlp.b_out.float() * mlp_reader).sum(-1), f"L{layer} MLP bias", "mlp_bias", layer)
+            add(
+                mlp - (block.mlp.b_out.float().to(reader.device) * mlp_reader).sum(-1),
+                f"L{layer} MLP",
+                "mlp",
+                layer,
+            )
+        add(
+            (block.mlp.b_out.float().to(reader.device) * mlp_reader).sum(-1),
+            f"L{layer} MLP bias",
+            "mlp_bias",
+            layer,
+        )
     bias = model.b_U.float()
     constant = bias[ids[0]] - bias[ids[1]]
     if model.ln_final.b is not None:

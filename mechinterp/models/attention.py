@@ -156,6 +156,11 @@ class AttentionContext:
         allowed = self.allowed if self.shared else self.allowed[:n]
         return AttentionContext(self.positions[:n], allowed, rotary, self._bias if self.shared else {})
 
+    def to(self, device: torch.device) -> AttentionContext:
+        """The same context on ``device`` (for a block on another device)."""
+        rotary = None if self.rotary is None else (self.rotary[0].to(device), self.rotary[1].to(device))
+        return AttentionContext(self.positions.to(device), self.allowed.to(device), rotary)
+
     def score_bias(
         self, n_heads: int, dtype: torch.dtype, window: int | None = None
     ) -> Float[Tensor, "rows q_pos k_pos"]:
@@ -342,20 +347,22 @@ class Attention(nn.Module):
     def head_outputs(
         self, z: Float[Tensor, "batch pos head d_head"]
     ) -> Float[Tensor, "batch pos head d_model"]:
-        """Each head's output ``z[:, :, h] @ W_O[h]`` (no bias): ``hook_result``'s values.
+        """Each head's output ``z[:, :, h] @ W_O[h]`` (no bias): ``hook_result``'s values, on
+        ``z``'s device (analyses of a model placed across devices hold ``z`` on its home device).
         Under a post-attention norm, each head's share of the normalised output (the norm's
         ``w / scale`` of the whole layer's ``z``): ``z`` must then hold every head."""
         out = self._raw_head_outputs(z)
         if self.post_norm is None:
             return out
-        return out * self.post_norm.factor(out.sum(dim=2) + self.b_O, hooked=False)[:, :, None]
+        return out * self.post_norm.factor(out.sum(dim=2) + self.b_O.to(out.device), hooked=False)[:, :, None]
 
     def bias_share(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
         """``b_O``'s part of the output at each position: ``b_O`` itself, or its share under
         a post-attention norm."""
         if self.post_norm is None:
-            return self.b_O.expand(*z.shape[:2], -1)
-        return self.b_O * self.post_norm.factor(self._raw_head_outputs(z).sum(dim=2) + self.b_O, hooked=False)
+            return self.b_O.to(z.device).expand(*z.shape[:2], -1)
+        b_O = self.b_O.to(z.device)
+        return b_O * self.post_norm.factor(self._raw_head_outputs(z).sum(dim=2) + b_O, hooked=False)
 
     def output_change(
         self, z_base: Float[Tensor, "batch pos head d_head"], z_new: Float[Tensor, "batch pos head d_head"]
@@ -365,14 +372,14 @@ class Attention(nn.Module):
         post-attention norm (not linear), the difference of the two normalised outputs."""
         if self.post_norm is None:
             return self._raw_head_outputs(z_new - z_base).sum(dim=2)
-        outputs = [self._raw_head_outputs(z).sum(dim=2) + self.b_O for z in (z_new, z_base)]
+        outputs = [self._raw_head_outputs(z).sum(dim=2) + self.b_O.to(z.device) for z in (z_new, z_base)]
         new, old = (out * self.post_norm.factor(out, hooked=False) for out in outputs)
         return new - old
 
     def _raw_head_outputs(self, z: Tensor) -> Tensor:
         batch, n_pos, heads, d_head = z.shape
-        out = torch.bmm(_heads_first(z).reshape(heads, batch * n_pos, d_head), self.W_O)
-        return _heads_last(out.view(heads, batch, n_pos, -1))
+        out = torch.bmm(_heads_first(z.to(self.W_O.device)).reshape(heads, batch * n_pos, d_head), self.W_O)
+        return _heads_last(out.view(heads, batch, n_pos, -1)).to(z.device)
 
     def output(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
         """The layer's output: heads' outputs summed plus ``b_O`` (through ``hook_result``

@@ -33,6 +33,7 @@ from mechinterp.models.block import AttentionOnlyBlock, TransformerBlock
 from mechinterp.models.cache import HookedLMCache
 from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.layers import Embed, Norm, PosEmbed, Unembed
+from mechinterp.models.placement import DeviceMap, place_blocks, resolve_device_map
 from mechinterp.models.prefix import KeyValuePrefix
 from mechinterp.models.tl_config import ModelConfigView
 from mechinterp.models.tokenization import TextInput, TokenizationMixin
@@ -69,6 +70,25 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
     @property
     def device(self) -> torch.device:
         return self.embed.W_E.device
+
+    @property
+    def block_devices(self) -> tuple[torch.device, ...]:
+        """The device of each block; all ``model.device`` unless the model was placed across
+        devices (``load_model(..., device_map=...)`` or ``place``)."""
+        return tuple(next(block.parameters()).device for block in self.blocks)
+
+    def place(self, device_map: DeviceMap) -> HookedLM:
+        """Spread the blocks over devices: ``"auto"`` (balanced over every GPU) or
+        ``{block_index: device}``. Embedding, final norm and unembedding go to the first
+        GPU ("auto") or block 0's device, which becomes ``model.device``: inputs go there, outputs and cached
+        activations come back there. Returns the model.
+
+        Example:
+            >>> model.place({0: "cuda:0", 1: "cuda:1"})
+            >>> model(tokens).device     # cuda:0
+        """
+        place_blocks(self, *resolve_device_map(self, device_map))
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -272,13 +292,22 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         entering = entering or {}
         for layer in range(start, stop + 1):
             if layer in entering:
-                residual = entering[layer] if residual is None else torch.cat([residual, entering[layer]])
+                rows = entering[layer]
+                residual = rows if residual is None else torch.cat([residual, rows.to(residual.device)])
             if layer == stop:
                 break
+            block = self.blocks[layer]
+            device = next(block.parameters()).device  # blocks may sit on different devices
+            if residual.device != device:
+                residual = residual.to(device)
+            if context.positions.device != device:
+                context = context.to(device)
             n = residual.shape[0]
             layer_past = None if past is None else past.layer(layer, rows=n)
-            residual = self.blocks[layer](residual, context.rows(n), layer_past)
-        return residual
+            if layer_past is not None and layer_past[0].device != device:
+                layer_past = (layer_past[0].to(device), layer_past[1].to(device))
+            residual = block(residual, context.rows(n), layer_past)
+        return residual if residual.device == self.device else residual.to(self.device)
 
     def _layer_index(self, value: int | None, name: str, *, default: int) -> int:
         if value is None:
@@ -411,6 +440,8 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             def names_filter(name: str) -> bool:
                 return (wanted is None or wanted(name)) and self._opt_in_switch(name) is None
 
+        if "device" not in kwargs and len(set(self.block_devices)) > 1:
+            kwargs["device"] = self.device  # a split model caches on its home device
         output, cache_dict = super().run_with_cache(
             *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
         )

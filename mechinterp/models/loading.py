@@ -14,6 +14,7 @@ from mechinterp.models import hf_sources, processing
 from mechinterp.models.embedded import EMBEDDED_MODELS, embedded_model_dir
 from mechinterp.models.families import family_for
 from mechinterp.models.hooked_lm import HookedLM
+from mechinterp.models.placement import DeviceMap
 from mechinterp.models.toy import TOY_MODELS
 
 ModelSource = str | Path | Any  # a name, a path, or a transformers PreTrainedModel
@@ -53,6 +54,7 @@ def load_model(
     fold_ln: bool = False,
     center_writing_weights: bool = False,
     center_unembed: bool = False,
+    device_map: DeviceMap | None = None,
 ) -> HookedLM:
     """Load a causal LM as a native hooked model.
 
@@ -75,6 +77,10 @@ def load_model(
             write to the residual stream (LayerNorm models only).
         center_unembed: TL's option: remove the vocabulary mean from ``W_U`` and ``b_U``
             (logits shift by a constant per position; probabilities are unchanged).
+        device_map: spread the blocks over devices, for models larger than one device:
+            ``"auto"`` (balanced over every GPU) or ``{block_index: device}``; see
+            ``HookedLM.place``. Exclusive with ``device``. The model is built on the CPU
+            first, so the CPU must hold it once.
 
     Example:
         >>> model = load_model("smollm2-135m")
@@ -82,6 +88,22 @@ def load_model(
         ['<|im_start|>', 'Hello', ' world']
     """
     dtype = _check_dtype(dtype)
+    if device_map is not None:
+        if device is not None:
+            raise ValueError("pass device or device_map, not both (device_map names every block's device)")
+        if not isinstance(device_map, str):
+            device_map = {block: _check_device(d) for block, d in dict(device_map).items()}
+        model = load_model(
+            source,
+            dtype=dtype,
+            device="cpu",
+            tokenizer=tokenizer,
+            fold_final_norm=fold_final_norm,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+        )
+        return model.place(device_map)
     device = _check_device(device)
     process = WeightProcessing(
         fold_final_norm=fold_final_norm,

@@ -19,7 +19,8 @@ class WeightsMixin:
 
     def _stack(self, path: str) -> Tensor:
         first, attr = path.split(".")
-        return torch.stack([getattr(getattr(block, first), attr) for block in self.blocks])
+        # .to: a model placed across devices stacks on its home device (a no-op otherwise)
+        return torch.stack([getattr(getattr(block, first), attr).to(self.device) for block in self.blocks])
 
     W_Q = property(lambda self: self._stack("attn.W_Q"), doc="``[layer, head, d_model, d_head]``")
     W_K = property(lambda self: self._stack("attn.W_K"), doc="``[layer, head, d_model, d_head]``")
@@ -106,11 +107,11 @@ class WeightsMixin:
             raise ValueError("mlp_input=True but this model is attention-only (no MLP inputs)")
         total = torch.zeros(self.architecture.d_model, device=self.device, dtype=self.dtype)
         for block in self.blocks[:layer]:
-            total = total + block.attn.b_O
+            total = total + block.attn.b_O.to(total.device)
             if include_mlp_biases and not self.architecture.attn_only:
-                total = total + block.mlp.b_out
+                total = total + block.mlp.b_out.to(total.device)
         if mlp_input:
-            total = total + self.blocks[layer].attn.b_O
+            total = total + self.blocks[layer].attn.b_O.to(total.device)
         return total
 
     def tokens_to_residual_directions(

@@ -108,8 +108,9 @@ class _GradientRun:
             )
         finally:
             self.active_drop = None
+        home = self.model.device  # blocks may sit on other devices (device_map)
         return {
-            n: (g if g is not None else torch.zeros_like(self.activations[n]))
+            n: (g.to(home) if g is not None else torch.zeros_like(self.activations[n], device=home))
             for n, g in zip(names, grads, strict=True)
         }
 
@@ -255,7 +256,7 @@ def attribution_patch(
         source, attention_mask=mask, names_filter=list(names | rot_names)
     )
     run = _GradientRun(model, base, mask, names | rot_names, scorer)
-    delta = {n: source_cache[n] - run.activations[n].detach() for n in names}
+    delta = {n: source_cache[n] - run.activations[n].detach().to(source_cache[n].device) for n in names}
     grad_names = sorted(names)
 
     def estimates(drop_layer: int | None) -> Tensor:
@@ -265,7 +266,7 @@ def attribution_patch(
         fix = _QKFix(
             model,
             mask,
-            {n: run.activations[n].detach() for n in rot_names},
+            {n: run.activations[n].detach().to(model.device) for n in rot_names},
             {n: source_cache[n] for n in rot_names},
         )
         return fix.estimates(grid.cells, grads)

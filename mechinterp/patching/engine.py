@@ -350,7 +350,8 @@ class BatchedPatcher:
             def patch(activation: Tensor, hook, rows=rows) -> Tensor:
                 end = activation.shape[0]  # this layer's rows joined last
                 target = activation[end - (rows.stop - rows.start) :]
-                target.copy_(torch.where(masks[rows], source[rows], target))
+                mask, values = masks[rows].to(target.device), source[rows].to(target.device)  # block devices
+                target.copy_(torch.where(mask, values, target))
                 return activation
 
             hooks.append((self.table.hooks[hook], patch))

@@ -126,7 +126,7 @@ def _receiver_hooks(model, receivers, feeds: Tensor, delta: Tensor, start: int) 
         def add(activation: Tensor, hook) -> Tensor:
             n = activation.shape[0]  # rows join at their entry layer: the active rows come first
             for receiver, feed in entries:
-                change = delta[:n, start:] * feed[:n, None, None]
+                change = (delta[:n, start:] * feed[:n, None, None]).to(activation.device)
                 if receiver.kind == "mlp":
                     activation = activation + change
                 else:

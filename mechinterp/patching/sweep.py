@@ -106,6 +106,7 @@ def patch_sweep(
     max_batch_rows: int | Literal["auto"] = "auto",
     max_memory: int | None = None,
     progress: bool = True,
+    executor=None,
 ) -> PatchResult:
     """Patch every cell of ``spec`` and measure ``metric``, in a few batched forwards.
 
@@ -124,6 +125,9 @@ def patch_sweep(
         max_batch_rows: rows (cells x examples) per forward; ``"auto"`` fits a memory
             budget (``max_memory`` bytes, default half the free device memory).
         progress: show a progress bar.
+        executor: split the prompt pairs into shards run by a
+            ``mechinterp.distributed`` executor (``RayExecutor`` for a cluster); the
+            results equal the unsharded run's. Needs a positional metric.
 
     Returns:
         ``PatchResult`` with values ``[*spec axes, batch]`` (positional / per-example
@@ -134,6 +138,23 @@ def patch_sweep(
         >>> result = patch_sweep(model, clean, corrupt, SweepSpec(kind="resid_pre"), metric)
         >>> result.normalized()   # [layer, pos], 0 = corrupted, 1 = clean
     """
+    if executor is not None:
+        from mechinterp.distributed.sweep import sharded_patch_sweep
+
+        return sharded_patch_sweep(
+            model,
+            clean,
+            corrupt,
+            spec,
+            metric,
+            executor=executor,
+            direction=direction,
+            ablation=ablation,
+            attention_mask=attention_mask,
+            max_batch_rows=max_batch_rows,
+            max_memory=max_memory,
+            progress=progress,
+        )
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
     base_tokens, source_tokens = base_and_source(clean_tokens, corrupt_tokens, direction)
     grid = spec.enumerate(model, base_tokens.shape[1])

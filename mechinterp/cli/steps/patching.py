@@ -70,6 +70,7 @@ def run(step: PatchingStep, context, out: Path) -> StepOutput:
         direction=step.direction,
         ablation=step.ablation,
         attention_mask=pairs.attention_mask,
+        executor=context.sweep_executor(step.label),
     )
     result.save(out / "result")
     summary, top = summarize(result, step.top_n)
