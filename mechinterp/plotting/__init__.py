@@ -15,17 +15,21 @@ from mechinterp.plotting.lens import (
     probe_accuracy,
 )
 from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
+from mechinterp.plotting.sae import dashboard_html, feature_histogram, sae_evaluation_figure
 
 __all__ = [
     "attention_heatmap",
     "circuit_figure",
     "comparison_scatter",
+    "dashboard_html",
     "dla_bar",
     "dla_heatmap",
     "faithfulness_figure",
+    "feature_histogram",
     "lens_heatmap",
     "lens_trajectory",
     "patch_heatmap",
     "probe_accuracy",
     "roc_figure",
+    "sae_evaluation_figure",
 ]
