@@ -40,6 +40,18 @@ SMALL = {
         "steps.0.targets=null",
     ],
     "probe": [f"steps.{i}.{key}" for i in (0, 1) for key in ("n=60", "layers=[0, 6]", "max_epochs=40")],
+    "sae_smollm2": [
+        f"steps.0.{key}"
+        for key in (
+            "d_sae=256",
+            "train_texts=24",
+            "samples=4096",
+            "batch_size=512",
+            "context=32",
+            "eval_texts=4",
+            "dashboards=2",
+        )
+    ],
 }
 EXPECTED_FILES = {
     "patching": ["result.safetensors", "result.json", "heatmap.html", "heatmap.plotly.json"],
@@ -48,6 +60,7 @@ EXPECTED_FILES = {
     "logit_lens": ["lens_0.safetensors", "lens_0.json", "heatmap_0.html", "trajectory_0.html"],
     "probe": ["probes.safetensors", "probes.json", "accuracy.html"],
     "export": ["circuit.json"],
+    "sae": ["sae/sae.json", "sae/sae.safetensors", "evaluation.json", "evaluation.html", "dashboards.html"],
 }
 
 
@@ -147,7 +160,10 @@ def test_literals_match_the_library():
     from mechinterp.patching.sites import SiteKind
     from mechinterp.probing import BUILT_IN
 
-    assert typing.get_args(schema.SiteKind) == typing.get_args(SiteKind)
+    latent_kinds = {k for k in typing.get_args(SiteKind) if k.startswith("sae_")}  # need a spliced SAE
+    assert typing.get_args(schema.SiteKind) == tuple(
+        k for k in typing.get_args(SiteKind) if k not in latent_kinds
+    )
     assert set(typing.get_args(schema.Algorithm)) == set(ALGORITHMS)
     assert set(typing.get_args(schema.ExportFormat)) == set(WRITERS)
     assert set(typing.get_args(schema.ProbeData)) == set(BUILT_IN)

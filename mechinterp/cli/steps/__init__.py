@@ -3,7 +3,7 @@ out_dir) -> StepOutput`` function. Steps use only the public API of mechinterp a
 
 from collections.abc import Callable
 
-from mechinterp.cli.steps import attribution, circuit, export, logit_lens, patching, probe
+from mechinterp.cli.steps import attribution, circuit, export, logit_lens, patching, probe, sae
 from mechinterp.cli.steps.output import StepOutput, table
 
 STEPS: dict[str, Callable[..., StepOutput]] = {
@@ -13,6 +13,7 @@ STEPS: dict[str, Callable[..., StepOutput]] = {
     "logit_lens": logit_lens.run,
     "probe": probe.run,
     "export": export.run,
+    "sae": sae.run,
 }
 
 __all__ = ["STEPS", "StepOutput", "table"]
