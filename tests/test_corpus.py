@@ -26,12 +26,6 @@ def test_single_sources_split_by_hash(name):
 
 
 def test_wordnet_texts_are_glosses_and_examples():
-    text = next(t for t in wordnet_texts() if t.startswith("Kill: the destruction of an enemy plane"))
+    text = next(t for t in wordnet_texts() if "Kill: the destruction of an enemy plane" in t)
     assert "The pilot reported two kills during the mission." in text
 
-
-def test_unknown_names_and_splits_fail():
-    with pytest.raises(ValueError, match="unknown corpus"):
-        load_corpus("wiki")
-    with pytest.raises(ValueError, match="split must be"):
-        load_corpus("default", "validation")

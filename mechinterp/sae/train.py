@@ -278,13 +278,9 @@ def _fields(stream: ActivationStream) -> dict:
 def _sample(source: Source, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """Up to ``n`` rows ``(input, target)`` to set the scale and the decoder bias."""
     if isinstance(source, ActivationStream):
-        x = next(
-            iter(
-                ActivationStream(**{**_fields(source), "seed": seed}).batches(
-                    min(n, source.buffer_tokens // 2)
-                )
-            )
-        )
+        n = min(n, source.buffer_tokens // 2)
+        sampler = ActivationStream(**{**_fields(source), "seed": seed, "buffer_tokens": 2 * n})
+        x = next(iter(sampler.batches(n)))
         return x if isinstance(x, tuple) else (x, x)
     inputs, outputs = source if isinstance(source, tuple) else (source, source)
     rows = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(seed))[:n].to(

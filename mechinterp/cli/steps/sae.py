@@ -41,7 +41,10 @@ def run(step: SAEStep, context, out: Path) -> StepOutput:
         sae = load_sae(step.load, hook_name=step.hook).to(model.device)
     else:
         texts = load_corpus(step.corpus, "train", max_texts=step.train_texts, seed=step.seed)
-        stream = ActivationStream(model, texts, step.hook, context=step.context, seed=step.seed)
+        buffer = min(65536, max(8 * step.batch_size, step.samples // 4))  # small runs: small buffer
+        stream = ActivationStream(
+            model, texts, step.hook, context=step.context, buffer_tokens=buffer, seed=step.seed
+        )
         training = TrainingConfig(samples=step.samples, batch_size=step.batch_size, lr=step.lr)
         sae = train_sae(
             stream,
