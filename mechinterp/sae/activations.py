@@ -1,8 +1,10 @@
 """Activation sources for SAE training: a model's activations at a hook over a text corpus.
 
 ``ActivationStream`` tokenises texts in batches, runs the model only up to the block that
-holds the hook (``stop_at_layer``), drops padding and beginning-of-sequence tokens (their
-activations are outliers that would dominate the reconstruction loss), and serves
+holds the hook (``stop_at_layer``), drops padding and beginning-of-sequence tokens, and
+tokens whose activation norm exceeds ``outlier_ratio`` times the batch's median (attention
+sinks: in SmolLM2's middle layers a few tokens besides BOS have norms 50x the median, and
+one such token outweighs thousands of ordinary ones in the reconstruction loss), and serves
 training batches from a shuffling buffer so that a batch mixes tokens of many texts.
 Texts are cycled (epochs) for as long as batches are asked for.
 
@@ -33,6 +35,12 @@ def stop_layer(model, hook_name: str) -> int | None:
     return None
 
 
+def typical_tokens(x: Tensor, ratio: float) -> Tensor:
+    """Mask of the rows of ``x`` whose norm is at most ``ratio`` times the median norm."""
+    norms = x.float().norm(dim=-1)
+    return norms <= ratio * norms.median()
+
+
 @dataclass(eq=False)
 class ActivationStream:
     """Activations of ``model`` at ``hook_name`` (and ``hook_name_out`` for transcoders) on ``texts``.
@@ -41,6 +49,8 @@ class ActivationStream:
         context: tokens per text (longer texts are cut).
         texts_per_forward: texts per model forward.
         buffer_tokens: size of the shuffling buffer (rows).
+        outlier_ratio: drop tokens whose input norm exceeds this multiple of the median
+            (``None`` keeps every token).
         seed: shuffling seed.
     """
 
@@ -51,6 +61,7 @@ class ActivationStream:
     context: int = 128
     texts_per_forward: int = 16
     buffer_tokens: int = 65536
+    outlier_ratio: float | None = 10.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,7 +85,10 @@ class ActivationStream:
             keep &= tokens != bos
         kwargs = {} if self.stop is None else {"stop_at_layer": self.stop}
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=self.names, **kwargs)
-        return [cache[name][keep].flatten(1) for name in self.names]
+        rows = [cache[name][keep].flatten(1) for name in self.names]
+        if self.outlier_ratio is not None:
+            rows = [r[typical_tokens(rows[0], self.outlier_ratio)] for r in rows]
+        return rows
 
     def token_batches(self) -> Iterator[list[Tensor]]:
         """Activations of successive groups of texts, cycling through the texts forever."""

@@ -2,7 +2,9 @@
 
 On held-out text, over real (non-padding, non-BOS) tokens:
 
-- **explained variance** ``1 - FVU``, ``FVU = sum ||x - x̂||^2 / sum ||x - mean x||^2``;
+- **explained variance** ``1 - FVU``, ``FVU = sum ||x - x̂||^2 / sum ||x - mean x||^2``, over
+  tokens whose input norm is at most ``outlier_ratio`` times the batch median (as in training;
+  ``n_outliers`` counts the others, ``None`` keeps all);
 - **L0**: mean number of active latents per token; **dead fraction**: latents that never fire;
 - **CE loss recovered** (the standard downstream check): next-token cross-entropy of the
   clean model, of the model with the SAE spliced in (no error term), and of the model with
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mechinterp.sae.activations import typical_tokens
 from mechinterp.sae.model import SAE
 
 
@@ -34,6 +37,7 @@ class SAEEvaluation:
 
     hook_name: str
     n_tokens: int
+    n_outliers: int
     explained_variance: float
     mse: float
     l0: float
@@ -63,7 +67,13 @@ class SAEEvaluation:
 
 @torch.no_grad()
 def evaluate_sae(
-    model, sae: SAE, texts: list[str], *, context: int = 128, texts_per_forward: int = 16
+    model,
+    sae: SAE,
+    texts: list[str],
+    *,
+    context: int = 128,
+    texts_per_forward: int = 16,
+    outlier_ratio: float | None = 10.0,
 ) -> SAEEvaluation:
     """Evaluate ``sae`` (spliced at its hook) on ``texts``; see the module docstring."""
     if not texts:
@@ -71,7 +81,7 @@ def evaluate_sae(
     cfg = sae.cfg
     total = {"sq_err": 0.0, "sq_dev": 0.0, "sum": 0.0, "sumsq": 0.0, "l0": 0.0, "n": 0}
     ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
-    ce_tokens = 0
+    ce_tokens = outliers = 0
     fired = torch.zeros(cfg.d_sae, device=sae.device)
     out_hook = cfg.splice_hook
     for start in range(0, len(texts), texts_per_forward):
@@ -89,6 +99,10 @@ def evaluate_sae(
         ce["clean"] += loss.item() * n_pairs
         x = cache[cfg.hook_name][keep].flatten(1).to(sae.dtype)
         y = cache[out_hook][keep].flatten(1).to(sae.dtype)
+        if outlier_ratio is not None:
+            typical = typical_tokens(x, outlier_ratio)
+            outliers += int((~typical).sum())
+            x, y = x[typical], y[typical]
         acts, recon = sae.encode(x), sae(x)
         total["sq_err"] += (recon - y).pow(2).sum().item()
         total["sum"] += y.sum(0)
@@ -107,6 +121,7 @@ def evaluate_sae(
     return SAEEvaluation(
         hook_name=out_hook,
         n_tokens=n,
+        n_outliers=outliers,
         explained_variance=1 - total["sq_err"] / sq_dev,
         mse=total["sq_err"] / (n * y.shape[-1]),
         l0=total["l0"] / n,

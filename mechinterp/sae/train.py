@@ -271,7 +271,9 @@ def _prepare(source: Source, *, d_sae, architecture, k, hook_name):
 
 
 def _fields(stream: ActivationStream) -> dict:
-    names = ("model", "texts", "hook_name", "hook_name_out", "context", "texts_per_forward", "buffer_tokens")
+    names = (
+        "model", "texts", "hook_name", "hook_name_out", "context", "texts_per_forward", "buffer_tokens", "outlier_ratio"
+    )  # fmt: skip
     return {name: getattr(stream, name) for name in names}
 
 
