@@ -166,6 +166,11 @@ def test_bad_files_give_specific_errors(tmp_path, tiny_llama):
     np.savez(tmp_path / "params.npz", **bad)
     with pytest.raises(ValueError, match=r"W_dec has shape \(96, 10\), expected \(96, 64\)"):
         load_sae(tmp_path / "params.npz", hook_name=HOOK)
+    skip = _weights("standard")
+    skip["W_skip"] = np.zeros((D_MODEL, D_MODEL), np.float32)
+    _write_saelens(tmp_path / "skip", "standard", nested=False, weights=skip)
+    with pytest.raises(ValueError, match="unsupported parameters W_skip"):
+        load_sae(tmp_path / "skip")
     np.savez(tmp_path / "ok.npz", **_weights("jumprelu"))
     with pytest.raises(ValueError, match="pass hook_name"):
         load_sae(tmp_path / "ok.npz")

@@ -127,6 +127,9 @@ def _load_saelens(folder: Path, hook_name: str | None, device, dtype) -> SAE:
     if not weights_file.is_file():
         raise FileNotFoundError(f"{folder} has {SAELENS_CONFIG} but no {SAELENS_WEIGHTS}")
     tensors = load_file(str(weights_file))
+    scaling = tensors.pop("scaling_factor", None)  # old SAELens fine-tuning scale on the latents
+    if scaling is not None and not torch.all(scaling == 1):
+        raise ValueError(f"{weights_file}: a scaling_factor other than 1 is not supported")
     if architecture == "gated" and "b_gate" in tensors:  # our gated SAE keeps the gate bias in b_enc
         tensors["b_enc"] = tensors.pop("b_gate")
     return from_tensors(cfg, tensors, source=str(weights_file), device=device, dtype=dtype)

@@ -294,8 +294,8 @@ def from_tensors(
 ) -> SAE:
     """An SAE with ``tensors`` as parameters, after checking every name and shape.
 
-    Raises ``KeyError`` naming missing parameters and ``ValueError`` naming both shapes of
-    a mismatch, each mentioning ``source`` (the file they came from).
+    Raises ``KeyError`` naming missing parameters, ``ValueError`` for parameters it would
+    have to ignore and for shape mismatches (naming both shapes), each mentioning ``source``.
     """
     shapes = expected_shapes(cfg)
     missing = sorted(set(shapes) - set(tensors))
@@ -303,6 +303,12 @@ def from_tensors(
         raise KeyError(
             f"{source}: missing {', '.join(missing)} for a {cfg.architecture} SAE "
             f"(found: {', '.join(sorted(tensors)) or 'nothing'})"
+        )
+    unexpected = sorted(set(tensors) - set(shapes))
+    if unexpected:  # e.g. a skip transcoder's W_skip: ignoring it would change the maths
+        raise ValueError(
+            f"{source}: unsupported parameters {', '.join(unexpected)} for a {cfg.architecture} SAE "
+            f"(supported: {', '.join(shapes)})"
         )
     for name, shape in shapes.items():
         if tuple(tensors[name].shape) != shape:
