@@ -3,13 +3,15 @@
 On held-out text, over real (non-padding, non-BOS) tokens:
 
 - **explained variance** ``1 - FVU``, ``FVU = sum ||x - x̂||^2 / sum ||x - mean x||^2``, over
-  tokens whose input norm is at most ``outlier_ratio`` times the batch median (as in training;
-  ``n_outliers`` counts the others, ``None`` keeps all);
+  non-BOS tokens whose input norm is at most ``outlier_ratio`` times the batch median (as in
+  training; ``n_outliers`` counts the others; ``None`` keeps every token, BOS included);
 - **L0**: mean number of active latents per token; **dead fraction**: latents that never fire;
 - **CE loss recovered** (the standard downstream check): next-token cross-entropy of the
-  clean model, of the model with the SAE spliced in (no error term), and of the model with
-  the hook's activation zeroed; recovered ``= (CE_zero - CE_spliced) / (CE_zero - CE_clean)``
-  (1 = the SAE loses nothing, 0 = as bad as deleting the activation).
+  clean model, of the model with the reconstruction in place of the activation, and of the
+  model with the activation zeroed; recovered ``= (CE_zero - CE_spliced) / (CE_zero - CE_clean)``
+  (1 = the SAE loses nothing, 0 = as bad as deleting the activation). Both interventions
+  act on the tokens the statistics count: BOS and outlier tokens keep their activations
+  (``outlier_ratio=None`` replaces every token, BOS included).
 
 Example:
     >>> result = evaluate_sae(model, sae, load_corpus("default", "test", max_texts=200))
@@ -26,7 +28,6 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mechinterp.sae.activations import typical_tokens
 from mechinterp.sae.model import SAE
 
 
@@ -97,12 +98,13 @@ def evaluate_sae(
             tokens, attention_mask=mask, names_filter=names, return_type="loss"
         )
         ce["clean"] += loss.item() * n_pairs
-        x = cache[cfg.hook_name][keep].flatten(1).to(sae.dtype)
-        y = cache[out_hook][keep].flatten(1).to(sae.dtype)
+        replace = mask.bool()  # the tokens the SAE stands in for; the others keep their activations
         if outlier_ratio is not None:
-            typical = typical_tokens(x, outlier_ratio)
-            outliers += int((~typical).sum())
-            x, y = x[typical], y[typical]
+            norms = cache[cfg.hook_name].flatten(2).float().norm(dim=-1)
+            replace = keep & (norms <= outlier_ratio * norms[keep].median())
+            outliers += int((keep & ~replace).sum())
+        x = cache[cfg.hook_name][replace].flatten(1).to(sae.dtype)
+        y = cache[out_hook][replace].flatten(1).to(sae.dtype)
         acts, recon = sae.encode(x), sae(x)
         total["sq_err"] += (recon - y).pow(2).sum().item()
         total["sum"] += y.sum(0)
@@ -110,9 +112,20 @@ def evaluate_sae(
         total["n"] += y.shape[0]
         total["l0"] += (acts > 0).sum().item()
         fired += (acts > 0).sum(0)
-        with model.saes([sae], use_error_term=False):
+        kept = (~replace)[..., None].to(model.device)
+
+        def keep_error(error: Tensor, hook, kept=kept) -> Tensor:  # x̂ where replaced, x elsewhere
+            return error * kept
+
+        def zero(activation: Tensor, hook, kept=kept) -> Tensor:
+            return activation * kept.reshape(*kept.shape, *[1] * (activation.ndim - 3))
+
+        with (
+            model.saes([sae], use_error_term=True),
+            model.hooks(fwd_hooks=[(f"{out_hook}.hook_sae_error", keep_error)]),
+        ):
             ce["spliced"] += model(tokens, attention_mask=mask, return_type="loss").item() * n_pairs
-        with model.hooks(fwd_hooks=[(out_hook, lambda a, hook: torch.zeros_like(a))]):
+        with model.hooks(fwd_hooks=[(out_hook, zero)]):
             ce["zero"] += model(tokens, attention_mask=mask, return_type="loss").item() * n_pairs
         ce_tokens += n_pairs
     n = total["n"]
