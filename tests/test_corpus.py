@@ -28,4 +28,3 @@ def test_single_sources_split_by_hash(name):
 def test_wordnet_texts_are_glosses_and_examples():
     text = next(t for t in wordnet_texts() if "Kill: the destruction of an enemy plane" in t)
     assert "The pilot reported two kills during the mission." in text
-
