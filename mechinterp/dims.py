@@ -14,6 +14,9 @@ d_head     per-head width
 d_mlp      MLP hidden width
 d_vocab    vocabulary size
 cell       one patch cell of a sweep
+d_in       width an SAE / transcoder reads (``*batch d_in``: any leading axes)
+d_sae      SAE latents (features)
+d_out      width a transcoder writes (``d_in`` for an SAE)
 =========  ==========================================================
 
 The aliases below are the shapes that recur across modules.

@@ -4,6 +4,14 @@
 # torch >= 2.4 works (install it first and this script leaves it alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The offline English corpus (mechinterp.data.corpus) reads Debian's fortunes and WordNet files.
+if [ ! -f /usr/share/wordnet/data.noun ] || [ ! -f /usr/share/games/fortunes/fortunes ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends fortunes wordnet-base
+  else
+    echo "note: install Debian's fortunes and wordnet-base for the default text corpus" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -41,6 +41,18 @@ SMALL = {
     ],
     "probe": [f"steps.{i}.{key}" for i in (0, 1) for key in ("n=60", "layers=[0, 6]", "max_epochs=40")],
     "token_attribution": ["dataset.n=2", "steps.0.steps=4", "steps.1.steps=4", "steps.1.n=2"],
+    "sae_smollm2": [
+        f"steps.0.{key}"
+        for key in (
+            "d_sae=256",
+            "train_texts=24",
+            "samples=4096",
+            "batch_size=512",
+            "context=32",
+            "eval_texts=4",
+            "dashboards=2",
+        )
+    ],
 }
 EXPECTED_FILES = {
     "patching": ["result.safetensors", "result.json", "heatmap.html", "heatmap.plotly.json"],
@@ -50,6 +62,7 @@ EXPECTED_FILES = {
     "probe": ["probes.safetensors", "probes.json", "accuracy.html"],
     "export": ["circuit.json"],
     "token_attribution": ["integrated_gradients.safetensors", "integrated_gradients.json", "methods_0.html"],
+    "sae": ["sae/sae.json", "sae/sae.safetensors", "evaluation.json", "evaluation.html", "dashboards.html"],
 }
 
 
@@ -149,7 +162,10 @@ def test_literals_match_the_library():
     from mechinterp.patching.sites import SiteKind
     from mechinterp.probing import BUILT_IN
 
-    assert typing.get_args(schema.SiteKind) == typing.get_args(SiteKind)
+    latent_kinds = {k for k in typing.get_args(SiteKind) if k.startswith("sae_")}  # need a spliced SAE
+    assert typing.get_args(schema.SiteKind) == tuple(
+        k for k in typing.get_args(SiteKind) if k not in latent_kinds
+    )
     assert set(typing.get_args(schema.Algorithm)) == set(ALGORITHMS)
     assert set(typing.get_args(schema.ExportFormat)) == set(WRITERS)
     assert set(typing.get_args(schema.ProbeData)) == set(BUILT_IN)

@@ -79,6 +79,15 @@ EXPECTED = {
         ],
         4,
     ),
+    "05_sparse_dictionaries.ipynb": (
+        [
+            r"explained variance 0\.\d+, L0 1[0-6]\.\d",
+            r"max logit change with the error term: \d\.\de-0[4-9]",
+            r"blocks\.6\.hook_resid_post\.hook_sae_acts_post +\(1, \d+, 1024\)",
+            r"reloaded: SAE\(topk, k=16, 576 -> 1024 latents",
+        ],
+        2,
+    ),
 }
 
 

@@ -189,6 +189,27 @@ class ProbeStep(_StepBase):
     seed: int = 0
 
 
+class SAEStep(_StepBase):
+    """Train (or ``load``) a sparse autoencoder on ``hook``, evaluate it on held-out text and
+    write dashboards of its most frequent latents (``mechinterp.sae``)."""
+
+    kind: Literal["sae"]
+    hook: str = Field(default="blocks.15.hook_resid_post", pattern=r"^[A-Za-z0-9_.]+$")
+    load: str | None = None
+    architecture: Literal["topk", "jumprelu", "relu", "gated"] = "topk"
+    d_sae: PositiveInt = 4608
+    k: PositiveInt = 32
+    corpus: Literal["default", "docstrings", "wordnet", "fortunes"] = "default"
+    train_texts: PositiveInt = 20000
+    samples: PositiveInt = 1_000_000
+    batch_size: PositiveInt = 1024
+    lr: float = Field(default=3e-3, gt=0)
+    context: PositiveInt = 128
+    eval_texts: PositiveInt = 200
+    dashboards: int = Field(default=8, ge=0)
+    seed: int = 0
+
+
 class ExportStep(_StepBase):
     """Write the circuit of an earlier circuit step (``circuit``: its name) in ``formats``."""
 
@@ -278,7 +299,8 @@ Step = Annotated[
     | ProbeStep
     | ExportStep
     | ExplainStep
-    | TokenAttributionStep,
+    | TokenAttributionStep
+    | SAEStep,
     Field(discriminator="kind"),
 ]
 PAIR_STEPS = ("patching", "attribution", "circuit")

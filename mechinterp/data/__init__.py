@@ -8,6 +8,7 @@ Example:
     >>> pairs = load_pairs("pairs.jsonl", model)     # {"clean", "corrupt", "correct", "incorrect"} records
 """
 
+from mechinterp.data.corpus import load_corpus
 from mechinterp.data.induction import induction_pairs
 from mechinterp.data.ioi import ioi_pairs
 from mechinterp.data.pairs import PromptPairs
@@ -17,6 +18,7 @@ __all__ = [
     "PromptPairs",
     "induction_pairs",
     "ioi_pairs",
+    "load_corpus",
     "load_pairs",
     "pairs_from_records",
     "read_records",

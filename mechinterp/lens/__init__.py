@@ -5,6 +5,7 @@ Example:
     >>> lens = logit_lens(model, "The Eiffel Tower is located in the city of", targets=[" Paris"])
 """
 
+from mechinterp.data.corpus import stdlib_corpus
 from mechinterp.lens.dla import DLAResult, direct_logit_attribution
 from mechinterp.lens.heads import (
     AttentionPatterns,
@@ -15,7 +16,7 @@ from mechinterp.lens.heads import (
     repeated_random_tokens,
 )
 from mechinterp.lens.logit_lens import LensResult, logit_lens
-from mechinterp.lens.tuned_lens import TunedLens, stdlib_corpus
+from mechinterp.lens.tuned_lens import TunedLens
 
 __all__ = [
     "AttentionPatterns",

@@ -6,21 +6,20 @@ starts from the logit lens), then decodes through the model's final norm and une
 each translator is trained to minimise KL(final distribution || lens distribution). All
 layers train together as one batched optimisation (their losses simply add).
 
-Training text: the offline corpus ``stdlib_corpus()`` (English docstrings of the Python
-standard library, which every machine has); pass your own texts for other domains.
+Training text: by default the offline English corpus ``load_corpus("default", "train")``
+(WordNet glosses and standard-library docstrings; ``mechinterp.data.corpus``), so evaluating
+on ``load_corpus("default", "test")`` (fortunes) measures transfer to another source; pass
+your own texts for other domains. ``stdlib_corpus()`` gives the docstrings alone.
 
 Example:
-    >>> lens = TunedLens.train(model, stdlib_corpus()[:200], steps=100)
+    >>> lens = TunedLens.train(model, steps=100)             # default corpus, train split
     >>> lens.evaluate(model, held_out)      # mean KL per layer, tuned vs logit lens
     >>> lens.save("runs/tuned_lens"); TunedLens.load("runs/tuned_lens", model)
 """
 
 from __future__ import annotations
 
-import ast
 import json
-import random
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,28 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechinterp.data.corpus import load_corpus
+
 FORMAT_VERSION = 1
-
-
-def stdlib_corpus(max_texts: int = 2000, *, min_words: int = 12, seed: int = 0) -> list[str]:
-    """Paragraphs of English prose from the docstrings of the Python standard library's
-    source files, read with ``ast`` (nothing is imported, so no module runs)."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    paragraphs = set()
-    for source in sorted(root.glob("*.py")):
-        try:
-            tree = ast.parse(source.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError):
-            continue
-        nodes = [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef)))]
-        for node in nodes:
-            for paragraph in (ast.get_docstring(node) or "").split("\n\n"):
-                text = " ".join(paragraph.split())
-                if len(text.split()) >= min_words and not text.startswith((">>>", "-", "*")):
-                    paragraphs.add(text)
-    ordered = sorted(paragraphs)
-    random.Random(seed).shuffle(ordered)
-    return ordered[:max_texts]
 
 
 def _residuals(model, texts: list[str], max_tokens: int) -> tuple[Tensor, Tensor]:
@@ -82,7 +62,7 @@ class TunedLens:
     def train(
         cls,
         model,
-        texts: list[str],
+        texts: list[str] | None = None,
         *,
         steps: int = 200,
         tokens_per_step: int = 64,
@@ -91,7 +71,10 @@ class TunedLens:
         seed: int = 0,
         progress: bool = True,
     ) -> TunedLens:
-        """Fit every layer's translator on ``texts`` (full-vocabulary KL, Adam)."""
+        """Fit every layer's translator on ``texts`` (default: 2,000 texts of the default
+        corpus's training split) with full-vocabulary KL and Adam."""
+        if texts is None:
+            texts = load_corpus("default", "train", max_texts=2000)
         if not texts:
             raise ValueError("the tuned lens needs training texts")
         arch = model.architecture

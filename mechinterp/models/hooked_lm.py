@@ -156,6 +156,18 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             self.set_use_attn_result(previous[0])
             self.set_use_split_qkv_input(previous[1])
 
+    def saes(self, saes: Any, *, use_error_term: bool = False):
+        """Context manager splicing sparse autoencoders / transcoders (``mechinterp.sae.SAE``)
+        into their hooks for the body of a ``with`` block; see ``mechinterp.sae.splice``.
+
+        Example:
+            >>> with model.saes([sae], use_error_term=True):
+            ...     _, cache = model.run_with_cache(tokens)   # cache[f"{sae.hook_name}.hook_sae_acts_post"]
+        """
+        from mechinterp.sae.splice import splice_saes  # the sae package builds on models
+
+        return splice_saes(self, saes, use_error_term=use_error_term)
+
     def __repr__(self) -> str:
         a = self.architecture
         return (

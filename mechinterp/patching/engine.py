@@ -56,8 +56,8 @@ def site_index(site: PatchSite, offset: int = 0, *, source: bool = False) -> tup
         return (head, position, key)
     if site.head is not None or site.kind in ("z", "q", "k", "v"):
         return (position, head)
-    if site.neuron is not None:
-        return (position, site.neuron)
+    if site.neuron is not None or site.feature is not None:
+        return (position, site.neuron if site.neuron is not None else site.feature)
     return (position,)
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 SiteKind = Literal[
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v", "pattern"
-]
+    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v", "pattern",
+    "sae_resid_pre", "sae_resid_mid", "sae_resid_post", "sae_attn_out", "sae_mlp_out",
+]  # fmt: skip
 
 # hook path inside block {layer}, and the axis layout of the activation after batch
 HOOKS: dict[str, str] = {
@@ -37,6 +38,9 @@ HOOKS: dict[str, str] = {
     "v": "attn.hook_v",
     "pattern": "attn.hook_pattern",
 }
+# latents of an SAE (or a transcoder writing hook_mlp_out) spliced with ``model.saes``
+SAE_KINDS = frozenset({"sae_resid_pre", "sae_resid_mid", "sae_resid_post", "sae_attn_out", "sae_mlp_out"})
+HOOKS |= {kind: f"hook_{kind[4:]}.hook_sae_acts_post" for kind in sorted(SAE_KINDS)}
 HEAD_KINDS = frozenset({"z", "q", "k", "v", "pattern"})
 KV_KINDS = frozenset({"k", "v"})
 MLP_KINDS = frozenset({"resid_mid", "mlp_out", "mlp_post"})  # absent from attention-only models
@@ -57,7 +61,8 @@ class PatchSite:
     ``position`` is the (destination) position, ``None`` for all positions; ``head`` is a
     query head (a key/value head for ``k`` and ``v``), ``None`` for the whole layer;
     ``src_position`` (patterns only) picks one source position of the pattern row;
-    ``neuron`` (``mlp_post`` only) picks one MLP neuron.
+    ``neuron`` (``mlp_post`` only) picks one MLP neuron; ``feature`` (``sae_*`` kinds only)
+    picks one latent of the SAE spliced at that hook.
     """
 
     kind: SiteKind
@@ -66,6 +71,7 @@ class PatchSite:
     head: int | None = None
     src_position: int | None = None
     neuron: int | None = None
+    feature: int | None = None
 
     @property
     def hook_name(self) -> str:
@@ -94,11 +100,32 @@ class PatchSite:
             raise ValueError(f"{self}: head {self.head} does not exist ({self.kind} has {n_heads} heads)")
         if self.neuron is not None and (self.kind != "mlp_post" or not 0 <= self.neuron < arch.d_mlp):
             raise ValueError(f"{self}: neuron needs kind='mlp_post' and 0 <= neuron < {arch.d_mlp}")
+        if self.kind in SAE_KINDS or self.feature is not None:
+            self._validate_feature(model)
         for name, pos in (("position", self.position), ("src_position", self.src_position)):
             if pos is not None and not 0 <= pos < n_pos:
                 raise ValueError(f"{self}: {name} {pos} does not exist (the prompts have {n_pos} positions)")
         if self.src_position is not None and (self.kind != "pattern" or self.position is None):
             raise ValueError(f"{self}: src_position needs kind='pattern' and a destination position")
+
+    def _validate_feature(self, model) -> None:
+        if self.kind not in SAE_KINDS:
+            raise ValueError(f"{self}: feature needs an sae_* kind ({', '.join(sorted(SAE_KINDS))})")
+        d_sae = spliced_width(model, self.hook_name)
+        if self.feature is not None and not 0 <= self.feature < d_sae:
+            raise ValueError(f"{self}: feature {self.feature} does not exist (the SAE has {d_sae} latents)")
+
+
+def spliced_width(model, hook_name: str) -> int:
+    """Latents of the SAE whose ``hook_sae_acts_post`` is ``hook_name``; an actionable error
+    when no SAE is spliced there."""
+    parent = hook_name.removesuffix(".hook_sae_acts_post")
+    sae = getattr(model.hook_dict.get(parent), "spliced_sae", None)
+    if sae is None:
+        raise ValueError(
+            f"no SAE is spliced at {parent}: run SAE-latent sweeps inside `with model.saes([sae]):`"
+        )
+    return sae.cfg.d_sae
 
 
 @dataclass(frozen=True)
@@ -125,7 +152,9 @@ class SweepSpec:
         per_src_position: patterns only, one cell per (destination, source) pair.
         per_neuron: ``mlp_post`` only, one cell per MLP neuron (for attribution patching;
             an exact sweep over every neuron is large).
-        layers / positions / heads: restrict the grid (``None`` = all).
+        per_feature: ``sae_*`` kinds only, one cell per SAE latent (``per_position=False``:
+            the latent patched at every position at once).
+        layers / positions / heads / features: restrict the grid (``None`` = all).
     """
 
     kind: SiteKind
@@ -133,9 +162,11 @@ class SweepSpec:
     per_head: bool = True
     per_src_position: bool = False
     per_neuron: bool = False
+    per_feature: bool = False
     layers: tuple[int, ...] | None = None
     positions: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
+    features: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_kind(self.kind)
@@ -157,6 +188,8 @@ class SweepSpec:
             names.append("head")
         if self.per_neuron:
             names.append("neuron")
+        if self.per_feature:
+            names.append("feature")
         return tuple(names)
 
     def enumerate(self, model, n_pos: int) -> SweepGrid:
@@ -165,6 +198,10 @@ class SweepSpec:
             raise ValueError("per_src_position needs kind='pattern' and per_position=True")
         if self.per_neuron and self.kind != "mlp_post":
             raise ValueError("per_neuron needs kind='mlp_post'")
+        if self.per_feature and self.kind not in SAE_KINDS:
+            raise ValueError(f"per_feature needs an sae_* kind ({', '.join(sorted(SAE_KINDS))})")
+        if self.features is not None and not self.per_feature:
+            raise ValueError("features= restricts the feature axis: set per_feature=True")
         arch = model.architecture
         n_heads = arch.kv_heads if self.kind in KV_KINDS else arch.n_heads
         ranges = {
@@ -174,6 +211,9 @@ class SweepSpec:
         }
         ranges["dest_pos"] = ranges["src_pos"] = ranges["pos"]
         ranges["neuron"] = tuple(range(arch.d_mlp))
+        if self.per_feature:
+            width = spliced_width(model, f"blocks.{ranges['layer'][0]}.{HOOKS[self.kind]}")
+            ranges["feature"] = self.features if self.features is not None else tuple(range(width))
         axes = self.axes()
         cells = []
         for combo in itertools.product(*(ranges[a] for a in axes)):
@@ -185,6 +225,7 @@ class SweepSpec:
                 head=named.get("head"),
                 src_position=named.get("src_pos"),
                 neuron=named.get("neuron"),
+                feature=named.get("feature"),
             )
             site.validate(model, n_pos)
             cells.append(site)

@@ -83,7 +83,7 @@ def axis_labels(model, grid: SweepGrid, tokens: Tensor) -> dict[str, list[str]]:
         words = model.to_str_tokens(tokens[0])
     except ValueError:  # no tokenizer
         words = [""] * tokens.shape[1]
-    prefix = {"layer": "L", "head": "H", "neuron": "N"}
+    prefix = {"layer": "L", "head": "H", "neuron": "N", "feature": "F"}
     labels = {}
     for axis in grid.axes:
         if axis in prefix:

@@ -17,22 +17,26 @@ from mechinterp.plotting.lens import (
 )
 from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
 from mechinterp.plotting.token_attribution import method_comparison_heatmap, token_attribution_heatmap
+from mechinterp.plotting.sae import dashboard_html, feature_histogram, sae_evaluation_figure
 
 __all__ = [
     "attention_heatmap",
     "circuit_figure",
     "comparison_scatter",
+    "dashboard_html",
     "dla_bar",
     "dla_heatmap",
     "explanation_dashboard",
     "explanation_scores",
     "faithfulness_figure",
+    "feature_histogram",
     "lens_heatmap",
     "lens_trajectory",
     "method_comparison_heatmap",
     "patch_heatmap",
     "probe_accuracy",
     "roc_figure",
+    "sae_evaluation_figure",
     "token_attribution_heatmap",
     "write_explanation_dashboard",
 ]

@@ -11,6 +11,7 @@ from mechinterp.cli.steps import (
     logit_lens,
     patching,
     probe,
+    sae,
     token_attribution,
 )
 from mechinterp.cli.steps.output import StepOutput, table
@@ -24,6 +25,7 @@ STEPS: dict[str, Callable[..., StepOutput]] = {
     "export": export.run,
     "explain": explain.run,
     "token_attribution": token_attribution.run,
+    "sae": sae.run,
 }
 
 __all__ = ["STEPS", "StepOutput", "table"]
