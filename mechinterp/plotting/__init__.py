@@ -16,8 +16,8 @@ from mechinterp.plotting.lens import (
     probe_accuracy,
 )
 from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
-from mechinterp.plotting.token_attribution import method_comparison_heatmap, token_attribution_heatmap
 from mechinterp.plotting.sae import dashboard_html, feature_histogram, sae_evaluation_figure
+from mechinterp.plotting.token_attribution import method_comparison_heatmap, token_attribution_heatmap
 
 __all__ = [
     "attention_heatmap",
