@@ -15,15 +15,12 @@
    scored against shuffled explanations.
 
 The corpus is a text file of documents separated by blank lines (``--corpus``); without one
-it is the docstrings of some standard-library modules (English prose with numbers, names
-and brackets), a stand-in until the project's default English corpus is wired in.
+it is the project's offline English corpus (``mechinterp.data.corpus``, training split).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
 import re
 import time
@@ -34,6 +31,7 @@ import pandas as pd
 import torch
 
 import mechinterp
+from mechinterp.data.corpus import load_corpus
 from mechinterp.explain import (
     ChatServer,
     LocalChat,
@@ -50,23 +48,6 @@ PLANTED = {
     "capitalised words and names": lambda s: bool(re.fullmatch(r" ?[A-Z][a-z]+", s)),
     "closing brackets and parentheses": lambda s: any(c in s for c in ")]}") and not re.search(r"\w", s),
 }
-STDLIB = [
-    "argparse", "calendar", "collections", "csv", "datetime", "decimal", "email.message", "fractions",
-    "functools", "http.server", "inspect", "itertools", "json", "logging", "pathlib", "random", "re",
-    "statistics", "string", "textwrap", "unittest", "urllib.parse", "zipfile",
-]  # fmt: skip
-
-
-def stdlib_corpus() -> list[str]:
-    """Paragraphs (>= 80 characters) of the docstrings of some standard-library modules."""
-    texts = []
-    for name in STDLIB:
-        module = importlib.import_module(name)
-        objects = [module, *(getattr(module, a) for a in dir(module) if not a.startswith("_"))]
-        for obj in objects:
-            doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
-            texts += [p.strip() for p in (doc or "").split("\n\n") if len(p.strip()) >= 80]
-    return list(dict.fromkeys(texts))
 
 
 def planted_check(model, corpus, args, scorers) -> dict:
@@ -171,7 +152,7 @@ def main() -> None:
     corpus = (
         [d.strip() for d in args.corpus.read_text().split("\n\n") if d.strip()]
         if args.corpus
-        else stdlib_corpus()
+        else load_corpus("default", "train")
     )
     print(f"corpus: {len(corpus)} documents; model {model}")
     chat = LocalChat(model, name="smollm2-135m")

@@ -297,3 +297,20 @@ def test_smollm2_chat_template_and_cached_generation(smollm2):
     ids, _ = chat.generate(chat.render(conversation), max_tokens=6)
     full = model.generate(torch.tensor([reference]), max_new_tokens=6, stop_at_eos=False)
     assert ids == full[0, len(reference) :].tolist()[: len(ids)] and len(ids) > 0
+
+
+def test_default_corpus_is_the_offline_english_corpus(tiny, monkeypatch):
+    """Without corpus= or examples=, examples come from mechinterp.data.corpus's training split."""
+    from mechinterp.explain import examples as examples_module
+
+    asked = []
+
+    def fake_load_corpus(name, split):
+        asked.append((name, split))
+        return ["The cat sat on the mat while 3 dogs barked (loudly) at the moon."] * 4
+
+    monkeypatch.setattr(examples_module, "load_corpus", fake_load_corpus)
+    unit = Unit.neuron(0, 1)
+    explained = explain_units(tiny, [unit], explainer=Replies(["[EXPLANATION]: cats"]), n_examples=2)
+    assert asked == [("default", "train")]
+    assert explained.examples[0].unit == unit and explained.texts() == {"L0N1": "cats"}

@@ -47,6 +47,8 @@ TokenMethod = Literal[
 IntegrationRule = Literal[
     "gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"
 ]
+CorpusName = Literal["default", "docstrings", "wordnet", "fortunes"]  # mechinterp.data.corpus
+CORPUS_NAMES = typing.get_args(CorpusName)
 ProbeHook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
 
 
@@ -199,7 +201,7 @@ class SAEStep(_StepBase):
     architecture: Literal["topk", "jumprelu", "relu", "gated"] = "topk"
     d_sae: PositiveInt = 4608
     k: PositiveInt = 32
-    corpus: Literal["default", "docstrings", "wordnet", "fortunes"] = "default"
+    corpus: CorpusName = "default"
     train_texts: PositiveInt = 20000
     samples: PositiveInt = 1_000_000
     batch_size: PositiveInt = 1024
@@ -233,14 +235,15 @@ class ChatEndpoint(_Section):
 
 class ExplainStep(_StepBase):
     """Natural-language explanations of ``indices`` (neurons or heads) of block ``layer``,
-    from examples in ``corpus`` (a text file, documents separated by blank lines; relative to
-    the config file), scored by ``methods`` against shuffled explanations."""
+    from examples in ``corpus`` (a corpus of ``mechinterp.data.corpus`` by name, or a text
+    file of documents separated by blank lines, relative to the config file), scored by
+    ``methods`` against shuffled explanations."""
 
     kind: Literal["explain"]
     unit: ExplainUnit = "neuron"
     layer: NonNegativeInt
     indices: list[NonNegativeInt] = Field(min_length=2)
-    corpus: str
+    corpus: str = "default"  # default | docstrings | wordnet | fortunes | a text file
     max_contexts: PositiveInt = 400
     context_len: int = Field(default=32, ge=4)
     methods: list[ScoreMethod] = Field(default=["detection", "fuzzing"], min_length=1)
@@ -435,7 +438,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         )
     steps = list(config.steps)
     for i, step in enumerate(steps):
-        if isinstance(step, ExplainStep):
+        if isinstance(step, ExplainStep) and step.corpus not in CORPUS_NAMES:
             corpus = (path.parent / step.corpus).resolve()
             if not corpus.is_file():
                 raise ConfigError([f"steps[{i}].corpus: file {corpus} does not exist"])

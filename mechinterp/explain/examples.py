@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
+from mechinterp.data.corpus import load_corpus
 from mechinterp.explain.units import Unit, encode_latents
 
 ContextKind = Literal["top", "quantile", "random"]
@@ -132,6 +133,12 @@ class ExampleConfig:
             raise ValueError(f"context_len must be at least 2, got {self.context_len}")
         if not 0.0 <= self.active_fraction < 1.0:
             raise ValueError(f"active_fraction must be in [0, 1), got {self.active_fraction}")
+
+
+def default_corpus() -> list[str]:
+    """The corpus examples come from when none is given: the offline English corpus's training
+    split (WordNet glosses and standard-library docstrings, ``mechinterp.data.corpus``)."""
+    return load_corpus("default", "train")
 
 
 def collect_examples(

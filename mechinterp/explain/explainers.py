@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mechinterp.explain.chat import ChatError, ChatModel, LocalChat
-from mechinterp.explain.examples import ExampleConfig, UnitExamples, collect_examples
+from mechinterp.explain.examples import ExampleConfig, UnitExamples, collect_examples, default_corpus
 from mechinterp.explain.prompts import explainer_prompt, parse_explanation
 from mechinterp.explain.units import Unit
 
@@ -67,16 +67,17 @@ def explain_units(
     """Explain every unit from its top-activating contexts.
 
     Args:
-        corpus: texts to collect examples from (ignored when ``examples`` is given).
+        corpus: texts to collect examples from (ignored when ``examples`` is given); default:
+            the offline English corpus, ``mechinterp.data.corpus.load_corpus("default")``.
         explainer: a ``ChatModel``; default ``default_explainer()``.
         examples: ``collect_examples`` output for ``units`` (saves reading the corpus again).
         n_examples: top contexts shown per unit.
         max_tokens: longest reply.
     """
     if examples is None:
-        if corpus is None:
-            raise ValueError("explain_units needs a corpus or precomputed examples=")
-        examples = collect_examples(model, units, corpus, example_config)
+        examples = collect_examples(
+            model, units, default_corpus() if corpus is None else corpus, example_config
+        )
     if [e.unit for e in examples] != list(units):
         raise ValueError("examples= must be collect_examples output for exactly these units, in order")
     explainer = explainer or default_explainer()

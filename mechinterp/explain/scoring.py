@@ -38,7 +38,13 @@ import pandas as pd
 import torch
 
 from mechinterp.explain.chat import ChatError, ChatModel
-from mechinterp.explain.examples import Context, ExampleConfig, UnitExamples, collect_examples
+from mechinterp.explain.examples import (
+    Context,
+    ExampleConfig,
+    UnitExamples,
+    collect_examples,
+    default_corpus,
+)
 from mechinterp.explain.explainers import ExplainedUnits, Explanation, default_explainer
 from mechinterp.explain.prompts import (
     SCALE,
@@ -129,9 +135,9 @@ def score_explanations(
     if examples is None and isinstance(explanations, ExplainedUnits):
         examples = explanations.examples
     if examples is None:
-        if corpus is None:
-            raise ValueError("score_explanations needs a corpus, examples=, or explain_units output")
-        examples = collect_examples(model, units, corpus, example_config)
+        examples = collect_examples(
+            model, units, default_corpus() if corpus is None else corpus, example_config
+        )
     if [e.unit for e in examples] != list(units):
         raise ValueError("examples must be collect_examples output for exactly these units, in order")
     scorer = scorer or default_explainer()

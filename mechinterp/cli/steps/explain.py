@@ -19,8 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import mechinterp
-from mechinterp.cli.config import ChatEndpoint, ExplainStep
+from mechinterp.cli.config import CORPUS_NAMES, ChatEndpoint, ExplainStep
 from mechinterp.cli.steps.output import StepOutput, table
+from mechinterp.data.corpus import load_corpus
 from mechinterp.explain import (
     ExampleConfig,
     LocalChat,
@@ -50,9 +51,12 @@ def chat_model(endpoint: ChatEndpoint, context, cache: Path):
     return LocalChat(mechinterp.load_model(endpoint.model, device=context.model.device), name=endpoint.model)
 
 
-def read_corpus(path: str) -> list[str]:
-    """Documents of a text file, separated by blank lines."""
-    text = Path(path).read_text(encoding="utf-8")
+def read_corpus(source: str) -> list[str]:
+    """A named corpus's training split (``mechinterp.data.corpus``), or the documents of a
+    text file, separated by blank lines."""
+    if source in CORPUS_NAMES:
+        return load_corpus(source, "train")
+    text = Path(source).read_text(encoding="utf-8")
     return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
 
 
