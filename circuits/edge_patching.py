@@ -347,8 +347,8 @@ def patch_edges(
         buffer_row = ablated.numel() * ablated.element_size()
         run_rows(
             RowSet(
-                layer=torch.full((len(masks),), start_layer, dtype=torch.long),
-                start=torch.full((len(masks),), start, dtype=torch.long),
+                layer=torch.full((len(masks),), start_layer, dtype=torch.long, device="cpu"),
+                start=torch.full((len(masks),), start, dtype=torch.long, device="cpu"),
             ),
             run_chunk,
             row_bytes=lambda computed: buffer_row + 2 * batch * bytes_per_row(model, computed, 1, n_pos),

@@ -90,8 +90,8 @@ class CellTable:
         self.kind = next(iter(kinds)) if kinds else "resid_pre"
         self.hooks = sorted({site.hook_name for site in cells}, key=lambda n: (int(n.split(".")[1]), n))
         hook_id = {name: i for i, name in enumerate(self.hooks)}
-        self.hook = torch.tensor([hook_id[site.hook_name] for site in cells], dtype=torch.long)
-        self.layer = torch.tensor([site.layer for site in cells], dtype=torch.long)
+        self.hook = torch.tensor([hook_id[site.hook_name] for site in cells], dtype=torch.long, device="cpu")
+        self.layer = torch.tensor([site.layer for site in cells], dtype=torch.long, device="cpu")
         if self.kind == "pattern":
             rows = [(s.head, s.position, s.src_position) for s in cells]
             self.position_axis, self.features = 1, 0
@@ -106,7 +106,7 @@ class CellTable:
             self.position_axis, self.features = 0, 1
         n_axes = 3 if self.kind == "pattern" else (1 if rows and len(rows[0]) == 1 else 2)
         coords = [[-1 if c is None else c for c in row] for row in rows]
-        self.coords = torch.tensor(coords, dtype=torch.long).reshape(len(cells), n_axes)
+        self.coords = torch.tensor(coords, dtype=torch.long, device="cpu").reshape(len(cells), n_axes)
 
     def __len__(self) -> int:
         return self.coords.shape[0]

@@ -218,7 +218,7 @@ def path_patch(
     # rows: (sender, example) pairs whose delta is nonzero somewhere the metric can see
     changed = (deltas != 0).any(-1)  # [sender, batch, pos]
     first = torch.where(changed.any(-1), changed.int().argmax(-1), -1).cpu()
-    entry = torch.tensor([-1 if e is None else e for e in entries], dtype=torch.long)
+    entry = torch.tensor([-1 if e is None else e for e in entries], dtype=torch.long, device="cpu")
     runnable = (first >= 0) & (first <= scorer.positions[None]) & (entry[:, None] >= 0)
     sender, example = runnable.nonzero(as_tuple=True)
     rows = RowSet(layer=entry[sender], start=first[sender, example])

@@ -26,7 +26,7 @@ class PositionalScorer:
     per_example = True
 
     def __init__(self, metric: PositionalMetric, batch: int, n_pos: int):
-        positions = torch.as_tensor(metric.positions, dtype=torch.long).cpu()
+        positions = torch.as_tensor(metric.positions, dtype=torch.long, device="cpu")
         if positions.shape != (batch,):
             raise ValueError(
                 f"metric reads {tuple(positions.shape)} positions, expected one per example ({batch})"
@@ -88,7 +88,7 @@ class FullLogitScorer:
         """``[metric?, batch?]`` values of full logits ``[batch, pos, d_vocab]``."""
         values = []
         for name, fn in self.metrics.items():
-            out = torch.as_tensor(fn(logits.float())).detach().float().cpu()
+            out = torch.as_tensor(fn(logits.float()), device="cpu").detach().float()
             if self.reduce == "scalar" and out.ndim != 0:
                 raise ValueError(
                     f"metric {name!r} must return a scalar, got shape {tuple(out.shape)}; return a [batch] "
