@@ -33,7 +33,7 @@ from mechinterp.models.prefix import KeyValuePrefix
 from mechinterp.patching.memory import bytes_per_row
 from mechinterp.patching.rows import RowSet, run_rows
 from mechinterp.patching.scoring import FullLogitScorer, PositionalScorer
-from mechinterp.patching.sites import PatchSite
+from mechinterp.patching.sites import SAE_KINDS, PatchSite
 
 Ablation = Literal["resample", "zero", "mean"]
 
@@ -80,7 +80,8 @@ class CellTable:
     Each activation of the kind (after its batch axis) has *selection axes* that a cell may
     pick one index of (``-1``: every index) and trailing feature axes it always takes whole:
     ``[pos] + d_model`` (residual-width kinds), ``[pos, head] + d_head`` (``z/q/k/v``),
-    ``[pos, neuron]`` (``mlp_post``), ``[head, dest_pos, src_pos]`` (``pattern``).
+    ``[pos, neuron]`` (``mlp_post``), ``[pos, feature]`` (``sae_*`` latents),
+    ``[head, dest_pos, src_pos]`` (``pattern``).
     """
 
     def __init__(self, cells: Sequence[PatchSite]):
@@ -100,6 +101,9 @@ class CellTable:
             self.position_axis, self.features = 0, 1
         elif self.kind == "mlp_post":
             rows = [(s.position, s.neuron) for s in cells]
+            self.position_axis, self.features = 0, 0
+        elif self.kind in SAE_KINDS:  # one latent (or all: feature None) of the spliced SAE
+            rows = [(s.position, s.feature) for s in cells]
             self.position_axis, self.features = 0, 0
         else:
             rows = [(s.position,) for s in cells]
@@ -227,11 +231,12 @@ class BaseRun:
         self.kv = KeyValuePrefix.from_cache(self.cache, model, length=tokens.shape[1])
         self.n_layers = n_layers
 
-    def _entering_hook(self, layer: int) -> str:
-        n_layers = self.model.architecture.n_layers
-        return (
-            f"blocks.{layer}.hook_resid_pre" if layer < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
-        )
+    @staticmethod
+    def _entering_hook(layer: int) -> str:
+        """The hook holding what block ``layer`` (> 0) receives: the previous block's output.
+        Not ``blocks.{layer}.hook_resid_pre``, which holds it after that hook point, so an SAE
+        spliced there would be applied twice (its reconstruction encoded again)."""
+        return f"blocks.{layer - 1}.hook_resid_post"
 
     def forward_rows(self, layers: Sequence[int], examples: Tensor, start: int, hooks: list) -> Tensor:
         """The final residual stream ``[row, pos - start, d_model]`` of rows that enter at
