@@ -11,6 +11,7 @@ import torch
 captum_attr = pytest.importorskip("captum.attr")
 
 from mechinterp.data import PromptPairs  # noqa: E402
+from mechinterp.models.tiny import tiny_hf_model  # noqa: E402
 from mechinterp.token_attribution import (  # noqa: E402
     TokenAttribution,
     ZeroBaselineWarning,
@@ -18,6 +19,7 @@ from mechinterp.token_attribution import (  # noqa: E402
     compare_methods,
     integration_points,
 )
+from tests.conftest import assert_close_to_scale  # noqa: E402
 
 CORRECT, INCORRECT = 5, 7
 
@@ -32,13 +34,19 @@ def hf_logit_diff(hf_model, position: int = -1):
     return forward
 
 
-def captum_ig(hf_model, tokens, baseline_tokens, steps: int, method: str) -> torch.Tensor:
+def captum_ig(hf_model, tokens, baseline_tokens, steps: int, method: str, *, delta: bool = False):
+    """captum's integrated gradients summed over the embedding axis (and, with ``delta``, its
+    convergence delta: the sum minus ``f(x) - f(baseline)``)."""
     embed = hf_model.get_input_embeddings()
     with torch.no_grad():
         inputs, baselines = embed(tokens), embed(baseline_tokens)
     ig = captum_attr.IntegratedGradients(hf_logit_diff(hf_model))
-    attribution = ig.attribute(inputs, baselines=baselines, n_steps=steps, method=method)
-    return attribution.sum(-1).detach()
+    found = ig.attribute(
+        inputs, baselines=baselines, n_steps=steps, method=method, return_convergence_delta=delta
+    )
+    if delta:
+        return found[0].sum(-1).detach(), found[1].detach()
+    return found.sum(-1).detach()
 
 
 def within_share_of_largest(ours: torch.Tensor, reference: torch.Tensor, share: float) -> None:
@@ -54,9 +62,14 @@ def test_integrated_gradients_match_captum(tiny_pair, random_tokens):
     tokens = random_tokens(2, 8)
     ours = attribute_tokens(model, tokens, correct=CORRECT, incorrect=INCORRECT, steps=64, baseline="pad")
     pad = torch.full_like(tokens, model.tokenizer.pad_token_id)
-    reference = captum_ig(hf_model, tokens, pad, 64, "gausslegendre")
+    reference, delta = captum_ig(hf_model, tokens, pad, 64, "gausslegendre", delta=True)
     within_share_of_largest(ours.values, reference, 0.01)
-    assert ours.completeness.max_gap <= 0.01  # a pad-token baseline
+    # The completeness gap is the quadrature error of the path, the same in both libraries
+    # (captum's convergence delta). It is not small on every family at 64 steps: on the tiny
+    # Gemma 2 (embeddings times sqrt(d_model), soft-capped attention and logits) the logit
+    # difference swings by ~9 within 20% of the path; 2% at 64 steps, 1e-6 at 256.
+    gap = ours.completeness.total - ours.completeness.change
+    assert (gap - delta).abs().max().item() <= 0.01 * ours.completeness.change.abs().max().item()
 
 
 @pytest.mark.parametrize("rule", ["riemann_trapezoid", "riemann_left", "riemann_middle", "riemann_right"])
@@ -160,10 +173,18 @@ def test_head_occlusion_equals_zeroing_one_head_at_one_position(tiny_llama, rand
 
 
 @torch.no_grad()
-def test_attention_rollout_equals_hf_attentions_multiplied(tiny_pair, random_tokens):
-    model, hf_model = tiny_pair
+def test_attention_rollout_equals_hf_attentions_multiplied(tiny_pair, random_tokens, request):
+    model, _ = tiny_pair
+    # A fresh HF model with the same (seeded) weights: the session's one may have been wrapped
+    # in place by TransformerBridge.boot_transformers (tests/test_parity.py), whose attention
+    # modules return no weights, so output_attentions gives an empty tuple.
+    family, n_kv_heads = request.node.callspec.params["tiny_pair"]
+    hf_model, _ = tiny_hf_model(family, n_kv_heads=n_kv_heads)
     tokens = random_tokens(2, 7)
-    attentions = hf_model(tokens, output_attentions=True).attentions  # per layer [batch, head, q, k]
+    output = hf_model(tokens, output_attentions=True)
+    assert_close_to_scale(model(tokens), output.logits, 5e-5)  # the same weights as ours
+    attentions = output.attentions  # per layer [batch, head, q, k]
+    assert len(attentions) == model.cfg.n_layers
     expected = []
     for example in range(2):
         rollout = torch.eye(7, dtype=torch.float64)

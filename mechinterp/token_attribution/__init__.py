@@ -19,7 +19,15 @@ Methods (``attribute_tokens(..., method=...)``):
 - ``attention_rollout`` (Abnar & Zuidema 2020), with the residual connection.
 
 Targets: the logit of an answer, a logit difference, or the summed log-probability of a
-multi-token continuation (``target="continuation"``).
+multi-token continuation (``target="continuation"``). Logits are the model's own, soft-capped
+where the family caps them (Gemma 2), as ``model(tokens)`` and Hugging Face return them.
+
+Without ``layer=`` the site is ``hook_embed``: each token's embedding as it enters the
+residual stream, times the family's embedding scale (Gemma: ``sqrt(d_model)``). That is what
+Hugging Face's ``get_input_embeddings()`` returns and ``inputs_embeds`` takes for every
+supported family (Gemma 2 and 3 scale inside their embedding module), so captum on the HF
+model gives the same numbers. Integrated gradients and gradient x input do not depend on such
+a scale; saliency (a gradient norm) does.
 
 Example:
     >>> from mechinterp.token_attribution import attribute_tokens, compare_methods

@@ -8,7 +8,9 @@ defined in exactly one place.
 
 - ``LogitObjective``: ``logit[correct]`` or ``logit[correct] - logit[incorrect]`` at each
   example's answer position. Only the answer position is normalised and only the answer
-  columns of the unembedding are read.
+  columns of the unembedding are read. The logits are the model's own: soft-capped where
+  the family caps them (Gemma 2: ``c * tanh(logit / c)``, each logit before the difference),
+  as ``model(tokens)`` and Hugging Face return them.
 - ``ContinuationObjective``: ``sum_j log p(c_j | prompt, c_<j)`` over the continuation's
   tokens, minus the same for the ``incorrect`` continuation when there is one. The prompt
   must end at its last column (left padding), so a continuation is appended after it.
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from mechinterp.models.layers import softcap
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -45,12 +49,9 @@ class LogitObjective:
         examples = examples.to(device)
         rows = torch.arange(residual.shape[0], device=device)
         read = model.ln_final(residual[rows, self.positions.to(device)[examples]])
-        W_U, b_U = model.unembed.W_U, model.unembed.b_U
-        correct = self.correct.to(device)[examples]
-        value = (read * W_U[:, correct].T).sum(-1) + b_U[correct]
+        value = _logit(model, read, self.correct.to(device)[examples])
         if self.incorrect is not None:
-            incorrect = self.incorrect.to(device)[examples]
-            value = value - ((read * W_U[:, incorrect].T).sum(-1) + b_U[incorrect])
+            value = value - _logit(model, read, self.incorrect.to(device)[examples])
         return value
 
     def describe(self, model) -> str:
@@ -126,6 +127,13 @@ class ContinuationObjective:
 
 
 Objective = LogitObjective | ContinuationObjective
+
+
+def _logit(model, read: Float[Tensor, "row d_model"], ids: Int[Tensor, " row"]) -> Tensor:
+    """Row ``i``'s logit of token ``ids[i]`` from its normalised final state ``read[i]``,
+    soft-capped as the model caps its logits (``Unembed``); one unembedding column per row."""
+    unembed = model.unembed
+    return softcap((read * unembed.W_U[:, ids].T).sum(-1) + unembed.b_U[ids], unembed.softcap)
 
 
 def _token_text(model, ids: Tensor) -> str:
