@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformer_lens import patching
@@ -28,8 +30,10 @@ SHARED_HOOKS = (
 
 
 def bridge_for(hf_model, tokenizer) -> TransformerBridge:
+    """A bridge around a copy: booting a bridge swaps the model's attention modules in place,
+    and the HF models here are session fixtures other tests compare against."""
     return TransformerBridge.boot_transformers(
-        "reference", hf_model=hf_model, tokenizer=tokenizer, device="cpu"
+        "reference", hf_model=copy.deepcopy(hf_model), tokenizer=tokenizer, device="cpu"
     )
 
 
