@@ -129,7 +129,10 @@ class RayExecutor:
         num_workers: actors (model replicas).
         num_cpus_per_worker, num_gpus_per_worker: Ray resources each actor reserves; with
             ``num_gpus_per_worker=1`` every replica has a GPU of its own.
-        torch_threads: torch threads per actor (``None``: torch's default).
+        torch_threads: torch threads per actor; default (``None``): as many as this process
+            uses, so a CPU matrix product splits its work the same way in both and the
+            results are bit-identical to a single-process run (with other thread counts they
+            agree to float rounding).
         pairs_per_shard: prompt pairs per shard; default: enough shards for two per worker
             (smaller shards balance better and lose less to a killed worker).
         max_retries: times one shard is re-run after its actor died before giving up.
@@ -145,7 +148,7 @@ class RayExecutor:
         num_workers: int = 2,
         num_cpus_per_worker: int | float = 1,
         num_gpus_per_worker: int | float = 0,
-        torch_threads: int | None = 1,
+        torch_threads: int | None = None,
         pairs_per_shard: int | None = None,
         max_retries: int = 3,
     ):
@@ -158,7 +161,7 @@ class RayExecutor:
         self.num_workers = num_workers
         self.num_cpus_per_worker = num_cpus_per_worker
         self.num_gpus_per_worker = num_gpus_per_worker
-        self.torch_threads = torch_threads
+        self.torch_threads = torch.get_num_threads() if torch_threads is None else torch_threads
         self.pairs_per_shard = pairs_per_shard
         self.max_retries = max_retries
         self.actors: list[Any] = []
