@@ -114,7 +114,7 @@ def sharded_patch_sweep(
 ) -> PatchResult:
     """``patch_sweep`` with its prompt pairs split into shards run by ``executor``; called
     by ``patch_sweep(..., executor=...)``."""
-    from mechinterp.patching.sweep import axis_labels, base_and_source, prepare_pair
+    from mechinterp.patching.sweep import axis_labels, prepare_pair, sweep_metadata
 
     if not isinstance(metric, PositionalMetric):
         raise ValueError(
@@ -128,7 +128,6 @@ def sharded_patch_sweep(
             "run it without an executor"
         )
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
-    base_tokens, _ = base_and_source(clean_tokens, corrupt_tokens, direction)
     batch, n_pos = clean_tokens.shape
     grid = spec.enumerate(model, n_pos)  # checks the spec before any worker starts
     size = executor.shard_size(batch)
@@ -165,16 +164,16 @@ def sharded_patch_sweep(
         base=torch.cat([part["base"] for part in parts]),
         source=None if sources[0] is None else torch.cat(sources),
         per_example=True,
-        metadata={
-            "kind": spec.kind,
-            "direction": direction,
-            "ablation": ablation,
-            "model": model.architecture.model_name,
-            "metric": type(metric).__name__,
-            "examples": int(base_tokens.shape[0]),
-            "rows_run": sum(part["rows_run"] for part in parts),
-            "chunks": sum(part["chunks"] for part in parts),
-            "shards": len(parts),
-            "executor": type(executor).__name__,
-        },
+        metadata=sweep_metadata(
+            model,
+            spec,
+            metric,
+            direction,
+            ablation,
+            examples=batch,
+            rows_run=sum(part["rows_run"] for part in parts),
+            chunks=sum(part["chunks"] for part in parts),
+            shards=len(parts),
+            executor=type(executor).__name__,
+        ),
     )

@@ -173,15 +173,27 @@ def patch_sweep(
         base=base_value,
         source=source_value if ablation == "resample" else None,
         per_example=scorer.per_example,
-        metadata={
-            "kind": spec.kind,
-            "direction": direction,
-            "ablation": ablation,
-            "model": model.architecture.model_name,
-            "metric": type(metric).__name__,
-            "examples": int(base_tokens.shape[0]),
-            "rows_run": patcher.rows_run,
-            "chunks": patcher.chunks_run,
-            "rows_per_chunk": patcher.rows_per_chunk,
-        },
+        metadata=sweep_metadata(
+            model,
+            spec,
+            metric,
+            direction,
+            ablation,
+            examples=int(base_tokens.shape[0]),
+            rows_run=patcher.rows_run,
+            chunks=patcher.chunks_run,
+            rows_per_chunk=patcher.rows_per_chunk,
+        ),
     )
+
+
+def sweep_metadata(model, spec: SweepSpec, metric, direction: str, ablation: str, **counts) -> dict:
+    """A sweep result's ``metadata``: its settings, plus the run's counts (rows, chunks, ...)."""
+    return {
+        "kind": spec.kind,
+        "direction": direction,
+        "ablation": ablation,
+        "model": model.architecture.model_name,
+        "metric": type(metric).__name__,
+        **counts,
+    }
