@@ -116,6 +116,11 @@ class Unembed(nn.Module):
         without computing the rest (chunked decoding of large vocabularies)."""
         return softcap(x @ self.W_U[:, start:stop] + self.b_U[start:stop], self.softcap)
 
+    def logit_of(self, x: Float[Tensor, "row d_model"], ids: Int[Tensor, " row"]) -> Float[Tensor, " row"]:
+        """Row ``i``'s (capped) logit of token ``ids[i]``: ``forward(x)[i, ids[i]]`` from one
+        unembedding column per row."""
+        return softcap((x * self.W_U[:, ids].T).sum(-1) + self.b_U[ids], self.softcap)
+
 
 class MLP(nn.Module):
     """Feed-forward layer: ``act(x W_in + b_in) W_out + b_out``, or the gated (SwiGLU) form

@@ -24,8 +24,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechinterp.models.layers import softcap
-
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class LogitObjective:
@@ -49,9 +47,9 @@ class LogitObjective:
         examples = examples.to(device)
         rows = torch.arange(residual.shape[0], device=device)
         read = model.ln_final(residual[rows, self.positions.to(device)[examples]])
-        value = _logit(model, read, self.correct.to(device)[examples])
+        value = model.unembed.logit_of(read, self.correct.to(device)[examples])
         if self.incorrect is not None:
-            value = value - _logit(model, read, self.incorrect.to(device)[examples])
+            value = value - model.unembed.logit_of(read, self.incorrect.to(device)[examples])
         return value
 
     def describe(self, model) -> str:
@@ -127,13 +125,6 @@ class ContinuationObjective:
 
 
 Objective = LogitObjective | ContinuationObjective
-
-
-def _logit(model, read: Float[Tensor, "row d_model"], ids: Int[Tensor, " row"]) -> Tensor:
-    """Row ``i``'s logit of token ``ids[i]`` from its normalised final state ``read[i]``,
-    soft-capped as the model caps its logits (``Unembed``); one unembedding column per row."""
-    unembed = model.unembed
-    return softcap((read * unembed.W_U[:, ids].T).sum(-1) + unembed.b_U[ids], unembed.softcap)
 
 
 def _token_text(model, ids: Tensor) -> str:
