@@ -1,18 +1,19 @@
 """Real checks of mechinterp.explain on SmolLM2-135M-Instruct (the default explainer and scorer).
 
-    .venv/bin/python benchmarks/bench_explain.py [--contexts 1000] [--neurons 20] [--layer 5]
+    .venv/bin/python benchmarks/bench_explain.py [--contexts 2000] [--neurons 20] [--layer 5]
         [--methods detection fuzzing] [--http] [--corpus FILE] [--out bench_explain.json]
 
-1. Planted units whose trigger is known by construction: directions fitted on the token
-   embedding (``mechinterp.explain.planted``) that fire on digits, capitalised words and
-   closing brackets. Reports how often their active corpus tokens really are of the class,
-   then the scorer's detection balanced accuracy and AUC for every (unit, explanation)
-   pair: the correct explanation should beat the swapped ones by >= 0.1 balanced accuracy
-   on average. With ``--http`` the same scoring also runs through ``mechinterp serve``'s
-   server (in this process) and the ``openai`` client, and both tables are printed.
-   The default explainer's own explanations of the planted units are printed too.
+1. ``check_scorer``: planted units whose trigger is known by construction (directions fitted
+   on the token embedding that fire on digits, capitalised words and closing brackets),
+   scored by detection with every unit's explanation on 30 activating and 30 non-activating
+   held-out contexts each. Prints how often their active tokens really are of the class, the
+   balanced accuracy and AUC matrices, and the margin of the correct explanations over the
+   swapped ones (bar: +0.1). With ``--http`` the same check also runs through
+   ``mechinterp serve``'s server (in this process) and the ``openai`` client. The default
+   explainer's own explanations of the planted units are printed too.
 2. ``--neurons`` random MLP neurons of block ``--layer``: explained by the default explainer,
-   scored against shuffled explanations.
+   scored against shuffled explanations (20 activating and 20 non-activating held-out
+   contexts per neuron).
 
 The corpus is a text file of documents separated by blank lines (``--corpus``); without one
 it is the project's offline English corpus (``mechinterp.data.corpus``, training split).
@@ -22,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -34,63 +34,34 @@ import mechinterp
 from mechinterp.data.corpus import load_corpus
 from mechinterp.explain import (
     ChatServer,
+    ExampleConfig,
     LocalChat,
     OpenAIChat,
     Unit,
+    check_scorer,
     collect_examples,
     explain_units,
     score_explanations,
 )
-from mechinterp.explain.planted import token_class_unit
-
-PLANTED = {
-    "digits and numbers": lambda s: bool(re.fullmatch(r"\s*\d+", s)),
-    "capitalised words and names": lambda s: bool(re.fullmatch(r" ?[A-Z][a-z]+", s)),
-    "closing brackets and parentheses": lambda s: any(c in s for c in ")]}") and not re.search(r"\w", s),
-}
+from mechinterp.explain.scorer_check import CHECK_EXAMPLES
 
 
 def planted_check(model, corpus, args, scorers) -> dict:
-    units = [token_class_unit(model, label, rule) for label, rule in PLANTED.items()]
-    examples = collect_examples(model, units, corpus, max_contexts=args.contexts, context_len=32)
-    purity = {}
-    for unit_examples, rule in zip(examples, PLANTED.values(), strict=True):
-        tokens = [
-            t
-            for c in (*unit_examples.top, *unit_examples.quantile)
-            for t, on in zip(c.tokens, c.active, strict=True)
-            if on
-        ]
-        purity[unit_examples.label] = float(np.mean([rule(t) for t in tokens]))
-    print("\nplanted units: fraction of their active tokens (top + quantile contexts) in the class")
-    for label, value in purity.items():
-        print(f"  {label:34s} {value:.3f}")
-    labels = list(PLANTED)
-    results = {"purity": purity}
+    config = CHECK_EXAMPLES if args.contexts is None else replace(CHECK_EXAMPLES, max_contexts=args.contexts)
+    results = {}
+    examples = None
     for name, scorer in scorers.items():
-        matrix = {m: np.full((len(labels), len(labels)), np.nan) for m in ("balanced_accuracy", "auc")}
-        for shift in range(len(labels)):
-            given = {labels[u]: labels[(u + shift) % len(labels)] for u in range(len(labels))}
-            scores = score_explanations(
-                model, units, given, scorer=scorer, method="detection", examples=examples
-            ).to_frame()
-            for u in range(len(labels)):
-                for metric in matrix:
-                    matrix[metric][u, (u + shift) % len(labels)] = scores.loc[u, metric]
-        correct = np.diag(matrix["balanced_accuracy"]).mean()
-        swapped = matrix["balanced_accuracy"][~np.eye(len(labels), dtype=bool)].mean()
-        print(f"\ndetection balanced accuracy, scorer {name} (rows: unit, columns: explanation)")
-        print(pd.DataFrame(matrix["balanced_accuracy"], index=labels, columns=labels).round(3).to_string())
-        print(f"AUC:\n{pd.DataFrame(matrix['auc'], index=labels, columns=labels).round(3).to_string()}")
+        started = time.perf_counter()
+        check = check_scorer(model, scorer, corpus, example_config=config)
+        examples = check.examples
         print(
-            f"correct {correct:.3f} vs swapped {swapped:.3f}: margin {correct - swapped:+.3f} (bar: >= +0.100)"
+            f"\n[{name}, {time.perf_counter() - started:.0f} s, held-out contexts per unit: {check.n_items}]"
         )
-        results[name] = {
-            "balanced_accuracy": matrix["balanced_accuracy"].tolist(),
-            "auc": matrix["auc"].tolist(),
-            "margin": float(correct - swapped),
-        }
-    explained = explain_units(model, units, examples=examples, explainer=scorers["local"])
+        print(check)
+        results[name] = check.to_dict()
+    explained = explain_units(
+        model, [e.unit for e in examples], examples=examples, explainer=scorers["local"]
+    )
     print("\nthe default explainer on the planted units:")
     for explanation in explained.explanations:
         print(f"  {explanation.label:34s} -> {explanation.text!r} {explanation.error or ''}")
@@ -103,7 +74,10 @@ def neuron_check(model, corpus, args, chat) -> dict:
     indices = torch.randperm(model.architecture.d_mlp, generator=generator)[: args.neurons].tolist()
     units = [Unit.neuron(args.layer, i) for i in indices]
     started = time.perf_counter()
-    examples = collect_examples(model, units, corpus, max_contexts=args.contexts, context_len=32)
+    config = ExampleConfig(
+        context_len=32, n_quantiles=5, n_per_quantile=4, n_random=20, max_contexts=args.contexts or 2000
+    )
+    examples = collect_examples(model, units, corpus, config)
     explained = explain_units(model, units, examples=examples, explainer=chat)
     scores = score_explanations(model, units, explained, scorer=chat, method=args.methods)
     frame = scores.to_frame()
@@ -137,11 +111,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--contexts", type=int, default=1000, help="corpus windows to read")
+    parser.add_argument("--contexts", type=int, help="corpus windows to read (default 2000)")
     parser.add_argument("--neurons", type=int, default=20)
     parser.add_argument("--layer", type=int, default=5)
     parser.add_argument(
-        "--methods", nargs="+", default=["detection"], choices=["detection", "fuzzing", "simulation"]
+        "--methods",
+        nargs="+",
+        default=["detection", "fuzzing"],
+        choices=["detection", "fuzzing", "simulation"],
     )
     parser.add_argument("--http", action="store_true", help="also score the planted units through the server")
     parser.add_argument("--corpus", type=Path, help="text file, documents separated by blank lines")

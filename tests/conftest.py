@@ -100,3 +100,22 @@ def assert_close_to_scale(
     allowed = rel * scale + torch.finfo(expected.dtype).tiny
     worst = (error / allowed).max().item()
     assert worst <= 1, f"{name}: error {error.max().item():.3g} exceeds {rel:g} x magnitude (by {worst:.2f}x)"
+
+
+CHECK_WORDS = ["the cat sat on a mat", "we ate some soup", "rain fell all day", "a dog ran far away"]
+
+
+def check_corpus() -> list[str]:
+    """Short texts where digits, capitalised names and closing brackets each occur in some
+    texts and not in others."""
+    texts = []
+    for i in range(48):
+        text = CHECK_WORDS[i % 4]
+        if i % 3 == 0:
+            text += f" at {10 + i} past {i % 7}"
+        if i % 4 == 1:
+            text += " with Alice and Bob"
+        if i % 5 == 2:
+            text += " (see above) [ok]"
+        texts.append(text + " and then")
+    return texts

@@ -124,6 +124,18 @@ BAD = [
         "dataset: {kind: ioi}\nsteps: [{kind: export, circuit: c}]",
         "steps[0].circuit: 'c' is not an earlier circuit step",
     ),
+    (
+        "steps: [{kind: explain, unit: sae_latent, sae: s, indices: [1, 2]}]",
+        "steps[0].sae: 's' is not an earlier sae step",
+    ),
+    (
+        "steps: [{kind: explain, unit: sae_latent, indices: [1, 2]}]",
+        "steps[0]: unit sae_latent needs sae: the name of an earlier sae step (and no layer)",
+    ),
+    (
+        "steps: [{kind: explain, indices: [1, 2]}]",
+        "steps[0]: unit neuron needs layer: a block index (and no sae)",
+    ),
     ("steps: []", "steps: list should have at least 1 item"),
     ("- a\n- b\n", "the config must be a mapping"),
     ("steps: [{kind: logit_lens, prompts: [a], targets: [' b', ' c']}]", "targets: 2 targets for 1 prompts"),

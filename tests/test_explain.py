@@ -24,6 +24,7 @@ from mechinterp.explain import (
 )
 from mechinterp.explain.prompts import parse_explanation
 from mechinterp.models.tiny import tiny_hf_model
+from tests.conftest import check_corpus
 
 TEXTS = [
     f"In {1900 + 7 * i} Alice met Bob (at the [old] mill); then Carol said {i} words {{ok}}. "
@@ -202,6 +203,19 @@ def test_parse_explanation():
     for empty in ("", "  \n", "[EXPLANATION]:", "[EXPLANATION]: ''"):
         with pytest.raises(ValueError, match="empty explanation"):
             parse_explanation(empty)
+    # a small model that echoes its prompt has not explained anything
+    shown = (
+        "Find what the active tokens have in common (which words or symbols, in what context).\n"
+        "Excerpt 1: in <<1984>> the mill closed"
+    )
+    for echo in (
+        "Excerpt 1: in the mill",
+        "[EXPLANATION]: in <<1984>> the mill",
+        "The unit responds to what the active tokens have in common (which words or symbols",
+    ):
+        with pytest.raises(ValueError, match="copies the prompt"):
+            parse_explanation(echo, shown)
+    assert parse_explanation("[EXPLANATION]: years such as 1984", shown) == "years such as 1984"
 
 
 def test_choice_probs_are_exact_sequence_probabilities(tiny):
@@ -314,3 +328,88 @@ def test_default_corpus_is_the_offline_english_corpus(tiny, monkeypatch):
     explained = explain_units(tiny, [unit], explainer=Replies(["[EXPLANATION]: cats"]), n_examples=2)
     assert asked == [("default", "train")]
     assert explained.examples[0].unit == unit and explained.texts() == {"L0N1": "cats"}
+
+
+CHAR_CLASSES = {
+    "digits": str.isdigit,
+    "capital letters": str.isupper,
+    "closing brackets": lambda s: s in ")]}",
+}
+
+
+class ClassRuleScorer:
+    """Detection by the token class an explanation names (``CHAR_CLASSES``; the tiny
+    tokenizer has one token per character), applied to the text's tokens: the scorer every
+    planted unit's correct explanation should pass."""
+
+    name = "class rules"
+
+    def complete(self, conversations, *, max_tokens):
+        return ["" for _ in conversations]
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def choice_probs(self, conversations, choices):
+        out = []
+        for conversation in conversations:
+            user = conversation[-1]["content"]
+            rule = CHAR_CLASSES[re.search(r"Explanation of the unit: (.*)\n", user).group(1)]
+            text = re.search(r"Text: (.*)\n\n", user, re.S).group(1)
+            tokens = [
+                self.tokenizer.decode([t]) for t in self.tokenizer.encode(text, add_special_tokens=False)
+            ]
+            out.append(np.array([0.9, 0.1]) if any(map(rule, tokens)) else np.array([0.1, 0.9]))
+        return out
+
+
+class ExcerptOnlyScorer:
+    """Says Yes to long excerpts, whatever the explanation: a scorer that measures nothing."""
+
+    name = "excerpt only"
+
+    def complete(self, conversations, *, max_tokens):
+        return ["" for _ in conversations]
+
+    def choice_probs(self, conversations, choices):
+        lengths = [len(c[-1]["content"].split("Text: ")[1]) for c in conversations]
+        middle = np.median(lengths)
+        return [np.array([0.8, 0.2]) if n > middle else np.array([0.3, 0.7]) for n in lengths]
+
+
+def test_check_scorer_separates_a_reading_scorer_from_one_that_ignores_explanations(tiny):
+    from mechinterp.explain import check_scorer
+
+    config = ExampleConfig(context_len=12, n_top=4, n_quantiles=2, n_per_quantile=4, n_random=8)
+    good = check_scorer(
+        tiny, ClassRuleScorer(tiny.tokenizer), check_corpus(), classes=CHAR_CLASSES, example_config=config
+    )
+    assert good.margin() >= 0.3 and good.passes()
+    matrix = good.scores["balanced_accuracy"]
+    assert all(matrix[u, u] > np.delete(matrix[u], u).max() for u in range(len(good.labels)))
+    blind = check_scorer(
+        tiny, ExcerptOnlyScorer(), check_corpus(), classes=CHAR_CLASSES, example_config=config
+    )
+    assert blind.margin() == 0.0 and blind.margin("auc") == 0.0 and not blind.passes()
+    assert "FAILS" in str(blind) and "passes" in str(good)
+    frame = good.to_frame()
+    assert len(frame) == 9 and frame["correct"].sum() == 3
+    assert set(good.to_dict()) >= {"scores", "margin", "passes", "purity", "n_items"}
+
+
+def test_check_scorer_needs_contexts_of_both_kinds(tiny):
+    from mechinterp.explain import check_scorer
+
+    with (
+        pytest.raises(ValueError, match="at least two planted units with held-out"),
+        pytest.warns(UserWarning),
+    ):
+        check_scorer(
+            tiny,
+            ExcerptOnlyScorer(),
+            ["A1) b " * 12] * 8,
+            classes=CHAR_CLASSES,
+            example_config=ExampleConfig(context_len=12),
+        )
+    with pytest.raises(ValueError, match="at least two planted units"):
+        check_scorer(tiny, ExcerptOnlyScorer(), TEXTS, classes={"digits": str.isdigit})

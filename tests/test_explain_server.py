@@ -27,6 +27,7 @@ from mechinterp.explain import ChatServer, LocalChat, OpenAIChat, ServerLimits, 
 from mechinterp.explain.examples import collect_examples
 from mechinterp.explain.units import Unit
 from mechinterp.models.tiny import tiny_hf_model
+from tests.conftest import check_corpus
 
 KEY = "test-key-123"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -211,14 +212,12 @@ def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
     hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2, max_position_embeddings=4096)
     hf_model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
-    (tmp_path / "corpus.txt").write_text(
-        "\n\n".join(f"In {1990 + i} (Ann) met [Bo] {i} times." for i in range(30))
-    )
+    (tmp_path / "corpus.txt").write_text("\n\n".join(check_corpus()))
     (tmp_path / "run.yaml").write_text(
         f"model: {{name: {tmp_path / 'tiny'}, device: cpu}}\n"
         "steps:\n"
         "  - kind: explain\n    layer: 1\n    indices: [3, 9, 27]\n    corpus: corpus.txt\n"
-        "    max_contexts: 40\n    context_len: 12\n    methods: [detection]\n"
+        "    max_contexts: 40\n    context_len: 12\n    methods: [detection]\n    check_scorer: true\n"
         f"    explainer: {{model: {tmp_path / 'tiny'}}}\n    scorer: {{model: {tmp_path / 'tiny'}}}\n"
     )
     result = CliRunner().invoke(app, ["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
@@ -228,12 +227,45 @@ def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
     assert [row["label"] for row in saved["rows"]] == ["L1N3", "L1N9", "L1N27"]
     assert all(len(e["top"]) == 10 for e in saved["examples"])
     page = (step / "dashboard.html").read_text()
-    assert "L1N27" in page and "rgba(255,140,0" in page
+    assert "L1N27" in page and "rgba(255,140,0" in page and "scorer check of" in page
+    check = json.loads((step / "scorer_check.json").read_text())
+    # the tiny tokenizer has one token per character: no capitalised-word tokens, two classes left
+    assert check["labels"] == ["digits and numbers", "closing brackets and parentheses"]
+    assert np.isfinite(check["margin"]["balanced_accuracy"])
     if shutil.which(CHROMIUM) is not None and importlib.util.find_spec("playwright") is not None:
-        for path, plots in ((step / "dashboard.html", 1), (tmp_path / "run" / "report.html", 1)):
+        for path, plots in ((step / "dashboard.html", 2), (tmp_path / "run" / "report.html", 2)):
             rendered = render_page(path)
             assert rendered.console_errors == [] and rendered.page_errors == []
             assert rendered.plot_count == plots
+
+
+def test_cli_explains_the_latents_of_an_earlier_sae_step(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechinterp.cli.app import app
+
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2, max_position_embeddings=4096)
+    hf_model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    (tmp_path / "run.yaml").write_text(
+        f"model: {{name: {tmp_path / 'tiny'}, device: cpu}}\n"
+        "steps:\n"
+        "  - {kind: sae, name: dict, hook: blocks.1.hook_resid_post, d_sae: 32, k: 4, train_texts: 24,\n"
+        "     samples: 2048, batch_size: 256, context: 16, eval_texts: 4, dashboards: 0}\n"
+        "  - {kind: explain, unit: sae_latent, sae: dict, indices: [0, 5, 31], max_contexts: 60,\n"
+        "     context_len: 12, methods: [detection], explainer: {model: MODEL}, scorer: {model: MODEL}}\n".replace(
+            "MODEL", str(tmp_path / "tiny")
+        )
+    )
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "run" / "steps" / "02_explain" / "scores.json").read_text())
+    assert [row["label"] for row in saved["rows"]] == ["dict/0", "dict/5", "dict/31"]
+    (tmp_path / "bad.yaml").write_text(
+        (tmp_path / "run.yaml").read_text().replace("indices: [0, 5, 31]", "indices: [0, 32]")
+    )
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "bad")])
+    assert result.exit_code != 0 and "indices [32] are not latents of step 'dict'" in result.output
 
 
 def test_cli_schema_choices_match_the_library():
@@ -244,4 +276,4 @@ def test_cli_schema_choices_match_the_library():
     from mechinterp.explain import METHODS
 
     assert set(typing.get_args(schema.ScoreMethod)) == set(METHODS)
-    assert set(typing.get_args(schema.ExplainUnit)) == set(UNITS)
+    assert set(typing.get_args(schema.ExplainUnit)) == {*UNITS, "sae_latent"}

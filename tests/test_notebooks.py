@@ -62,11 +62,12 @@ EXPECTED = {
         [
             r"digits: \d+% of contexts activate it\n +.*<<\d+>>",
             r"detection balanced accuracy: explanation \d\.\d\d, shuffled \d\.\d\d",
+            r"margin \(correct - swapped balanced_accuracy\): [+-]\d\.\d{3}, bar \+0\.100",
             r"served at http://127\.0\.0\.1:\d+/v1",
             r"same as local: True",
             r"dashboard: .*dashboard\.html",
         ],
-        1,
+        2,
     ),
     "06_token_attribution.ipynb": (
         [

@@ -39,7 +39,7 @@ SiteKind = Literal[
 Algorithm = Literal["edge-patching", "eap", "eap-ig", "acdc"]
 ExportFormat = Literal["json", "eap-ig", "neuronpedia", "graphml", "dot", "html"]
 ProbeData = Literal["number_agreement", "entity_category"]
-ExplainUnit = Literal["neuron", "head_output", "head_attention"]
+ExplainUnit = Literal["neuron", "head_output", "head_attention", "sae_latent"]
 ScoreMethod = Literal["detection", "fuzzing", "simulation"]
 TokenMethod = Literal[
     "integrated_gradients", "gradient_x_input", "saliency", "occlusion", "attention_rollout"
@@ -234,14 +234,18 @@ class ChatEndpoint(_Section):
 
 
 class ExplainStep(_StepBase):
-    """Natural-language explanations of ``indices`` (neurons or heads) of block ``layer``,
-    from examples in ``corpus`` (a corpus of ``mechinterp.data.corpus`` by name, or a text
-    file of documents separated by blank lines, relative to the config file), scored by
-    ``methods`` against shuffled explanations."""
+    """Natural-language explanations of ``indices`` (neurons or heads) of block ``layer``, or
+    latents of the SAE an earlier ``sae`` step wrote (``unit: sae_latent``, ``sae``: its
+    name), from examples in ``corpus`` (a corpus of ``mechinterp.data.corpus`` by name, or a
+    text file of documents separated by blank lines, relative to the config file), scored by
+    ``methods`` against shuffled explanations. ``check_scorer`` first checks the scorer on
+    planted units (``mechinterp.explain.check_scorer``) and shows the result next to the
+    scores."""
 
     kind: Literal["explain"]
     unit: ExplainUnit = "neuron"
-    layer: NonNegativeInt
+    layer: NonNegativeInt | None = None
+    sae: str | None = None
     indices: list[NonNegativeInt] = Field(min_length=2)
     corpus: str = "default"  # default | docstrings | wordnet | fortunes | a text file
     max_contexts: PositiveInt = 400
@@ -249,6 +253,16 @@ class ExplainStep(_StepBase):
     methods: list[ScoreMethod] = Field(default=["detection", "fuzzing"], min_length=1)
     explainer: ChatEndpoint = ChatEndpoint()
     scorer: ChatEndpoint = ChatEndpoint()
+    check_scorer: bool = False
+
+    @model_validator(mode="after")
+    def _unit_source(self) -> ExplainStep:
+        if self.unit == "sae_latent":
+            if self.sae is None or self.layer is not None:
+                raise ValueError("unit sae_latent needs sae: the name of an earlier sae step (and no layer)")
+        elif self.layer is None or self.sae is not None:
+            raise ValueError(f"unit {self.unit} needs layer: a block index (and no sae)")
+        return self
 
 
 class TokenAttributionStep(_StepBase):
@@ -309,6 +323,10 @@ Step = Annotated[
 PAIR_STEPS = ("patching", "attribution", "circuit")
 
 
+# step keys that name an earlier step, and the kind that step must be
+STEP_REFERENCES = {"compare_with": "patching", "circuit": "circuit", "sae": "sae"}
+
+
 class RunConfig(_Section):
     """A whole run: model, dataset of prompt pairs, metric, steps (run in order)."""
 
@@ -330,17 +348,16 @@ class RunConfig(_Section):
             first_index[step.label] = i
             if step.kind in PAIR_STEPS and self.dataset is None:
                 raise ValueError(f"steps[{i}] ({step.kind}) needs prompt pairs: add a top-level 'dataset'")
-            reference = getattr(step, "compare_with", None) or getattr(step, "circuit", None)
-            wanted = "patching" if step.kind == "attribution" else "circuit"
-            if reference is not None and (
-                reference not in first_index or self.steps[first_index[reference]].kind != wanted
-            ):
-                key = "compare_with" if step.kind == "attribution" else "circuit"
-                earlier = [s.label for s in self.steps[:i] if s.kind == wanted]
-                raise ValueError(
-                    f"steps[{i}].{key}: {reference!r} is not an earlier {wanted} step; earlier {wanted} steps: "
-                    f"{earlier or 'none'}"
-                )
+            for key, wanted in STEP_REFERENCES.items():
+                reference = getattr(step, key, None)
+                if reference is not None and (
+                    reference not in first_index or self.steps[first_index[reference]].kind != wanted
+                ):
+                    earlier = [s.label for s in self.steps[:i] if s.kind == wanted]
+                    raise ValueError(
+                        f"steps[{i}].{key}: {reference!r} is not an earlier {wanted} step; earlier {wanted} "
+                        f"steps: {earlier or 'none'}"
+                    )
         return self
 
 

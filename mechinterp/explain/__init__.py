@@ -2,7 +2,8 @@
 
 units -> ``collect_examples`` -> ``explain_units`` (a local model or an OpenAI-compatible
 endpoint) -> ``score_explanations`` (detection, fuzzing, simulation), every score next to
-the same scorer on shuffled explanations. ``ChatServer`` (``mechinterp serve``) puts any
+the same scorer on shuffled explanations; ``check_scorer`` tells whether a scorer reads
+explanations at all (planted units, correct vs swapped explanations). ``ChatServer`` (``mechinterp serve``) puts any
 loaded model behind an OpenAI-compatible endpoint.
 
 Example:
@@ -16,6 +17,7 @@ Example:
 from mechinterp.explain.chat import ChatError, ChatModel, LocalChat, OpenAIChat, ResponseCache
 from mechinterp.explain.examples import Context, ExampleConfig, UnitExamples, collect_examples
 from mechinterp.explain.explainers import ExplainedUnits, Explanation, default_explainer, explain_units
+from mechinterp.explain.scorer_check import ScorerCheck, check_scorer
 from mechinterp.explain.scoring import METHODS, ExplanationScores, score_explanations
 from mechinterp.explain.server import ChatServer, ServerLimits
 from mechinterp.explain.units import Unit
@@ -33,9 +35,11 @@ __all__ = [
     "LocalChat",
     "OpenAIChat",
     "ResponseCache",
+    "ScorerCheck",
     "ServerLimits",
     "Unit",
     "UnitExamples",
+    "check_scorer",
     "collect_examples",
     "default_explainer",
     "explain_units",

@@ -94,13 +94,14 @@ def explain_units(
         explainer_prompt(examples[i].top[:n_examples], examples[i].max_activation) for i in asked
     ]
     replies = explainer.complete(conversations, max_tokens=max_tokens) if conversations else []
-    for i, reply in zip(asked, replies, strict=True):
+    for i, conversation, reply in zip(asked, conversations, replies, strict=True):
         label = examples[i].label
         if isinstance(reply, ChatError):
             explanations[i] = Explanation(label=label, text=None, error=str(reply))
             continue
+        shown = "\n".join(message["content"] for message in conversation)
         try:
-            explanations[i] = Explanation(label=label, text=parse_explanation(reply), reply=reply)
+            explanations[i] = Explanation(label=label, text=parse_explanation(reply, shown), reply=reply)
         except ValueError as error:
             explanations[i] = Explanation(label=label, text=None, error=str(error), reply=reply)
     return ExplainedUnits(

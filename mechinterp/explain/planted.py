@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,13 @@ import torch
 from mechinterp.explain.units import Unit
 
 TokenPredicate = Callable[[str], bool]
+
+TOKEN_CLASSES: dict[str, TokenPredicate] = {
+    "digits and numbers": lambda s: bool(re.fullmatch(r"\s*\d+", s)),
+    "capitalised words and names": lambda s: bool(re.fullmatch(r" ?[A-Z][a-z]+", s)),
+    "closing brackets and parentheses": lambda s: any(c in s for c in ")]}") and not re.search(r"\w", s),
+}
+"""Token classes with an unambiguous one-phrase description (the key), for planted units."""
 
 
 def token_class_members(model, predicate: TokenPredicate) -> torch.Tensor:
@@ -46,7 +54,10 @@ def token_class_unit(
         ridge: the ridge penalty, relative to the mean squared embedding norm.
         member_weight: the share of the fit's weight on class members (recall vs precision).
     """
-    members = token_class_members(model, predicate)
+    try:
+        members = token_class_members(model, predicate)
+    except ValueError as error:
+        raise ValueError(f"planted unit {label!r}: {error}") from None
     with torch.no_grad():
         x = model.W_E.detach().double().cpu()
         x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)

@@ -53,13 +53,15 @@ def explainer_prompt(contexts: Sequence[Context], max_activation: float) -> Conv
     return [{"role": "system", "content": EXPLAINER_SYSTEM}, {"role": "user", "content": user}]
 
 
-def parse_explanation(reply: str) -> str:
+def parse_explanation(reply: str, prompt: str | None = None) -> str:
     """The explanation in a reply: the first line after the last ``[EXPLANATION]:`` (else
     the reply's first non-empty line, where small models put their claim before running
     on), quotes and markup stripped.
 
     Raises:
-        ValueError: the reply holds no explanation (empty or only the marker).
+        ValueError: the reply holds no explanation (empty or only the marker), or, when
+            ``prompt`` (the text the explainer was shown) is given, the line copies it: an
+            excerpt heading, ``<<marked>>`` text or six words in a row from the prompt.
     """
     marker = "[EXPLANATION]:"
     text = reply.rsplit(marker, 1)[1] if marker in reply else reply
@@ -69,7 +71,16 @@ def parse_explanation(reply: str) -> str:
     line = lines[0].strip(" \"'`*").removeprefix("[EXPLANATION]").strip(" :")
     if not line:
         raise ValueError(f"empty explanation (reply: {reply[:200]!r})")
+    if prompt is not None and _copies(line, prompt):
+        raise ValueError(f"the reply copies the prompt instead of explaining (reply: {reply[:200]!r})")
     return line[:300]
+
+
+def _copies(line: str, prompt: str, run: int = 6) -> bool:
+    if line.startswith("Excerpt") or "<<" in line:
+        return True
+    words, source = line.split(), " ".join(prompt.split())
+    return any(" ".join(words[i : i + run]) in source for i in range(len(words) - run + 1))
 
 
 def detection_prompt(explanation: str, context: Context) -> Conversation:

@@ -142,30 +142,24 @@ def score_explanations(
         raise ValueError("examples must be collect_examples output for exactly these units, in order")
     scorer = scorer or default_explainer()
     shuffled = _shuffled([e.text for e in explained], seed)
-    rng = np.random.default_rng(seed)
     rows = []
     for m in methods:
-        jobs = []  # (unit index, which, items, labels or targets)
-        for u, (unit_examples, explanation) in enumerate(zip(examples, explained, strict=True)):
-            if explanation.text is None:
-                continue
-            items = _ITEMS[m](unit_examples, rng, simulation_contexts)
-            for which, text in (("explanation", explanation.text), ("baseline", shuffled[u])):
-                if text is not None:
-                    jobs.append((u, which, text, items))
-        conversations, owners = [], []
-        for j, (_, _, text, (prompts, _)) in enumerate(jobs):
-            for make in prompts:
-                conversations.append(make(text))
-                owners.append(j)
-        choices = SCALE if m == "simulation" else YES_NO
-        answers = scorer.choice_probs(conversations, choices) if conversations else []
-        per_job: dict[int, list] = {j: [] for j in range(len(jobs))}
-        for j, answer in zip(owners, answers, strict=True):
-            per_job[j].append(answer)
-        results = {
-            (u, which): _metrics(m, per_job[j], jobs[j][3][1]) for j, (u, which, _, _) in enumerate(jobs)
-        }
+        pairs = [
+            (u, which, text)
+            for u, explanation in enumerate(explained)
+            if explanation.text is not None
+            for which, text in (("explanation", explanation.text), ("baseline", shuffled[u]))
+            if text is not None
+        ]
+        metrics = score_texts(
+            examples,
+            [(u, text) for u, _, text in pairs],
+            scorer,
+            m,
+            seed=seed,
+            simulation_contexts=simulation_contexts,
+        )
+        results = {(u, which): found for (u, which, _), found in zip(pairs, metrics, strict=True)}
         for u, (unit_examples, explanation) in enumerate(zip(examples, explained, strict=True)):
             row = {
                 "label": unit_examples.label,
@@ -194,6 +188,40 @@ def score_explanations(
         scorer=scorer.name,
         explainer=explanations.explainer if isinstance(explanations, ExplainedUnits) else None,
     )
+
+
+def score_texts(
+    examples: Sequence[UnitExamples],
+    pairs: Sequence[tuple[int, str]],
+    scorer: ChatModel,
+    method: Method,
+    *,
+    seed: int = 0,
+    simulation_contexts: int = 4,
+) -> list[dict]:
+    """The metrics of ``method`` for each ``(unit index, explanation text)`` pair, in one
+    batched call to ``scorer``. Every text given for the same unit is scored on the same
+    held-out items (the same contexts and, for fuzzing, the same wrongly marked tokens), so
+    two explanations of a unit are compared on equal terms.
+
+    Each result holds the method's metrics, ``n_items``, ``n_failed`` and, when something
+    went wrong, ``error``.
+    """
+    rng = np.random.default_rng(seed)
+    items = {}
+    for u in dict.fromkeys(u for u, _ in pairs):
+        items[u] = _ITEMS[method](examples[u], rng, simulation_contexts)
+    conversations, owners = [], []
+    for j, (u, text) in enumerate(pairs):
+        for make in items[u][0]:
+            conversations.append(make(text))
+            owners.append(j)
+    choices = SCALE if method == "simulation" else YES_NO
+    answers = scorer.choice_probs(conversations, choices) if conversations else []
+    per_pair: list[list] = [[] for _ in pairs]
+    for j, answer in zip(owners, answers, strict=True):
+        per_pair[j].append(answer)
+    return [_metrics(method, per_pair[j], items[u][1]) for j, (u, _) in enumerate(pairs)]
 
 
 def _as_explanations(units, explanations) -> list[Explanation]:

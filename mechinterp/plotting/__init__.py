@@ -6,7 +6,12 @@ Example:
 """
 
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure
-from mechinterp.plotting.explain import explanation_dashboard, explanation_scores, write_explanation_dashboard
+from mechinterp.plotting.explain import (
+    explanation_dashboard,
+    explanation_scores,
+    scorer_check,
+    write_explanation_dashboard,
+)
 from mechinterp.plotting.lens import (
     attention_heatmap,
     dla_bar,
@@ -37,6 +42,7 @@ __all__ = [
     "probe_accuracy",
     "roc_figure",
     "sae_evaluation_figure",
+    "scorer_check",
     "token_attribution_heatmap",
     "write_explanation_dashboard",
 ]

@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from mechinterp.explain.examples import Context
+from mechinterp.explain.scorer_check import ScorerCheck
 from mechinterp.explain.scoring import METRICS, ExplanationScores
 
 
@@ -60,6 +61,37 @@ def explanation_scores(scores: ExplanationScores) -> go.Figure:
     return figure
 
 
+def scorer_check(check: ScorerCheck) -> go.Figure:
+    """The check's score matrices (rows: planted unit, columns: explanation): a scorer that
+    reads explanations has a bright diagonal; one that does not has uniform rows."""
+    metrics = list(check.scores)
+    figure = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
+    for column, metric in enumerate(metrics, start=1):
+        figure.add_trace(
+            go.Heatmap(
+                z=check.scores[metric],
+                x=list(check.labels),
+                y=list(check.labels),
+                zmin=0,
+                zmax=1,
+                colorscale="Viridis",
+                text=np.round(check.scores[metric], 3),
+                texttemplate="%{text}",
+                showscale=column == len(metrics),
+            ),
+            row=1,
+            col=column,
+        )
+        figure.update_xaxes(title_text="explanation", row=1, col=column)
+    figure.update_yaxes(title_text="planted unit", autorange="reversed")
+    verdict = "passes" if check.passes() else "fails"
+    figure.update_layout(
+        title=f"scorer check of {check.scorer} ({check.method}): margin {check.margin():+.3f}, {verdict}",
+        height=420,
+    )
+    return figure
+
+
 def _highlight(context: Context, max_activation: float) -> str:
     """The context's tokens, each shaded by its activation (hover: the value)."""
     spans = []
@@ -72,9 +104,12 @@ def _highlight(context: Context, max_activation: float) -> str:
     return f"<div class='ctx'><span class='muted'>{context.kind}</span> {''.join(spans)}</div>"
 
 
-def explanation_dashboard(scores: ExplanationScores, *, n_contexts: int = 5) -> str:
-    """A self-contained offline HTML page: the score figure, then per unit its explanation,
-    scores next to the shuffled baseline, failures, and its contexts with highlighting."""
+def explanation_dashboard(
+    scores: ExplanationScores, *, n_contexts: int = 5, check: ScorerCheck | None = None
+) -> str:
+    """A self-contained offline HTML page: the score figure (and ``check``, the scorer's
+    planted-unit check, when given), then per unit its explanation, scores next to the
+    shuffled baseline, failures, and its contexts with highlighting."""
     frame = scores.to_frame()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>explanations</title><style>",
@@ -86,6 +121,14 @@ def explanation_dashboard(scores: ExplanationScores, *, n_contexts: int = 5) -> 
         f"<p>explainer: {html.escape(str(scores.explainer))}; scorer: {html.escape(scores.scorer)}</p>",
         explanation_scores(scores).to_html(full_html=False, include_plotlyjs=True),
     ]
+    if check is not None:
+        if not check.passes():
+            parts.append(
+                f"<p class='error'>The scorer failed its check on planted units (margin "
+                f"{check.margin():+.3f} < +0.1): it barely reads explanations, so the scores "
+                "below say little about them.</p>"
+            )
+        parts.append(scorer_check(check).to_html(full_html=False, include_plotlyjs=False))
     for unit_examples, explanation in zip(scores.examples, scores.explanations, strict=True):
         rows = frame[frame["label"] == unit_examples.label]
         parts.append(f"<h2>{html.escape(unit_examples.label)}</h2>")

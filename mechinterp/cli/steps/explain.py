@@ -1,8 +1,9 @@
-"""Step ``explain``: natural-language explanations of neurons or heads, scored against
-shuffled explanations (``mechinterp.explain``).
+"""Step ``explain``: natural-language explanations of neurons, heads or the latents of an
+earlier ``sae`` step's SAE, scored against shuffled explanations (``mechinterp.explain``).
 
 Writes ``scores.json`` (scores, explanations, examples), ``dashboard.html`` (offline) and the
-score figure. Chat replies are cached in ``RUN_DIR/chat_cache`` so a rerun after a failure
+score figure; with ``check_scorer: true`` also ``scorer_check.json`` and its figure (the
+scorer on planted units, correct against swapped explanations). Chat replies are cached in ``RUN_DIR/chat_cache`` so a rerun after a failure
 asks again only what did not come back.
 
 Example config::
@@ -16,6 +17,7 @@ Example config::
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mechinterp
@@ -27,11 +29,14 @@ from mechinterp.explain import (
     LocalChat,
     OpenAIChat,
     Unit,
+    check_scorer,
     collect_examples,
     explain_units,
     score_explanations,
 )
-from mechinterp.plotting import explanation_scores, write_explanation_dashboard
+from mechinterp.explain.scorer_check import CHECK_EXAMPLES
+from mechinterp.plotting import explanation_scores, scorer_check, write_explanation_dashboard
+from mechinterp.sae import load_sae
 
 UNITS = {"neuron": Unit.neuron, "head_output": Unit.head_output, "head_attention": Unit.head_attention}
 
@@ -60,28 +65,55 @@ def read_corpus(source: str) -> list[str]:
     return [doc.strip() for doc in text.split("\n\n") if doc.strip()]
 
 
+def explained_units(step: ExplainStep, context) -> list[Unit]:
+    """The step's units: neurons or heads of block ``layer``, or latents of an earlier sae step's SAE."""
+    if step.unit != "sae_latent":
+        return [UNITS[step.unit](step.layer, i) for i in step.indices]
+    sae = load_sae(context.step_dir(step.sae) / "sae", device=context.model.device)
+    too_large = [i for i in step.indices if i >= sae.cfg.d_sae]
+    if too_large:
+        raise ValueError(
+            f"indices {too_large} are not latents of step {step.sae!r}'s SAE (d_sae={sae.cfg.d_sae})"
+        )
+    return [Unit.sae_latent(sae, i, label=f"{step.sae}/{i}") for i in step.indices]
+
+
 def run(step: ExplainStep, context, out: Path) -> StepOutput:
     model = context.model
-    units = [UNITS[step.unit](step.layer, i) for i in step.indices]
+    units = explained_units(step, context)
     config = ExampleConfig(context_len=step.context_len, max_contexts=step.max_contexts)
-    examples = collect_examples(model, units, read_corpus(step.corpus), config)
+    corpus = read_corpus(step.corpus)
+    examples = collect_examples(model, units, corpus, config)
     cache = context.run_dir / "chat_cache"
     explained = explain_units(
         model, units, examples=examples, explainer=chat_model(step.explainer, context, cache)
     )
-    scores = score_explanations(
-        model, units, explained, scorer=chat_model(step.scorer, context, cache), method=step.methods
-    )
+    scorer = chat_model(step.scorer, context, cache)
+    scores = score_explanations(model, units, explained, scorer=scorer, method=step.methods)
     scores.save(out / "scores.json")
-    write_explanation_dashboard(scores, out / "dashboard.html")
-    frame = scores.to_frame()
+    figures = {"scores": explanation_scores(scores)}
     summary = {"units": len(units), "explained": sum(e.text is not None for e in explained.explanations)}
+    check = None
+    if step.check_scorer:
+        try:  # the check's contexts are as long as the scored ones
+            check = check_scorer(
+                model, scorer, corpus, example_config=replace(CHECK_EXAMPLES, context_len=step.context_len)
+            )
+        except ValueError as error:  # the scores above stand; the check's failure is reported
+            summary["scorer check"] = f"not run: {error}"
+        else:
+            check.save(out / "scorer_check.json")
+            figures["scorer_check"] = scorer_check(check)
+            summary["scorer check margin"] = round(check.margin(), 4)
+            summary["scorer check passes"] = check.passes()
+    write_explanation_dashboard(scores, out / "dashboard.html", check=check)
+    frame = scores.to_frame()
     for method, row in scores.summary().iterrows():
         metric = "correlation" if method == "simulation" else "balanced_accuracy"
         summary[f"{method} {metric}"] = round(float(row[metric]), 4)
         summary[f"{method} shuffled"] = round(float(row[f"baseline_{metric}"]), 4)
     return StepOutput(
         summary=summary,
-        figures={"scores": explanation_scores(scores)},
+        figures=figures,
         tables=[table("explanations and scores (dashboard.html shows the contexts)", frame)],
     )
