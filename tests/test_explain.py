@@ -149,21 +149,32 @@ def test_unit_errors_are_specific(tiny):
         collect_examples(tiny, [Unit.neuron(0, 1)], "one string")
 
 
-class RuleScorer:
+class ScriptedScorer:
+    """Test scorers: they generate nothing and answer ``choice_probs`` by a script."""
+
+    name = "scripted"
+
+    def complete(self, conversations, *, max_tokens):
+        return ["" for _ in conversations]
+
+
+def rule_and_text(conversation, rules: dict):
+    """The rule named by a scorer prompt's explanation, and the prompt's excerpt."""
+    user = conversation[-1]["content"]
+    rule = rules[re.search(r"Explanation of the unit: (.*)\n", user).group(1)]
+    return rule, re.search(r"Text: (.*)\n\n", user, re.S).group(1)
+
+
+class RuleScorer(ScriptedScorer):
     """A scorer that follows each explanation literally (the explanation names a regex in
     ``RULES``): the perfect scorer planted units should get full marks from."""
 
     name = "rules"
 
-    def complete(self, conversations, *, max_tokens):
-        return ["" for _ in conversations]
-
     def choice_probs(self, conversations, choices):
         out = []
         for conversation in conversations:
-            user = conversation[-1]["content"]
-            rule = RULES[re.search(r"Explanation of the unit: (.*)\n", user).group(1)]
-            text = re.search(r"Text: (.*)\n\n", user, re.S).group(1)
+            rule, text = rule_and_text(conversation, RULES)
             marked = re.findall(r"<<(.*?)>>", text)
             if choices[0] == "Yes":
                 hit = (
@@ -337,15 +348,12 @@ CHAR_CLASSES = {
 }
 
 
-class ClassRuleScorer:
+class ClassRuleScorer(ScriptedScorer):
     """Detection by the token class an explanation names (``CHAR_CLASSES``; the tiny
     tokenizer has one token per character), applied to the text's tokens: the scorer every
     planted unit's correct explanation should pass."""
 
     name = "class rules"
-
-    def complete(self, conversations, *, max_tokens):
-        return ["" for _ in conversations]
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -353,9 +361,7 @@ class ClassRuleScorer:
     def choice_probs(self, conversations, choices):
         out = []
         for conversation in conversations:
-            user = conversation[-1]["content"]
-            rule = CHAR_CLASSES[re.search(r"Explanation of the unit: (.*)\n", user).group(1)]
-            text = re.search(r"Text: (.*)\n\n", user, re.S).group(1)
+            rule, text = rule_and_text(conversation, CHAR_CLASSES)
             tokens = [
                 self.tokenizer.decode([t]) for t in self.tokenizer.encode(text, add_special_tokens=False)
             ]
@@ -363,13 +369,10 @@ class ClassRuleScorer:
         return out
 
 
-class ExcerptOnlyScorer:
+class ExcerptOnlyScorer(ScriptedScorer):
     """Says Yes to long excerpts, whatever the explanation: a scorer that measures nothing."""
 
     name = "excerpt only"
-
-    def complete(self, conversations, *, max_tokens):
-        return ["" for _ in conversations]
 
     def choice_probs(self, conversations, choices):
         lengths = [len(c[-1]["content"].split("Text: ")[1]) for c in conversations]
