@@ -95,14 +95,21 @@ def neuron_check(model, corpus, args, chat) -> dict:
     with pd.option_context("display.width", 200, "display.max_colwidth", 50):
         print(frame[[c for c in columns if c in frame]].round(3).to_string())
         print(scores.summary().round(3).to_string())
+    failed = [e for e in explained.explanations if e.text is None]
+    print(f"{len(failed)} of {len(units)} neurons got no explanation:")
+    for explanation in failed:
+        print(f"  {explanation.label}: {explanation.error[:120]}")
     out = {"summary": scores.summary().to_dict(), "rows": scores.to_dict()["rows"]}
     for method in args.methods:
         metric = "correlation" if method == "simulation" else "balanced_accuracy"
         rows = frame[frame["method"] == method]
-        diff = (rows[metric] - rows[f"baseline_{metric}"]).dropna()
+        diff = (rows[metric] - rows[f"baseline_{metric}"]).dropna().round(9)  # ties are ties
+        unexplained = rows["explanation"].isna().sum()
         print(
-            f"{method}: explanation beats its shuffled baseline on {(diff > 0).sum()} of {len(diff)} units, "
-            f"mean {metric} difference {diff.mean():+.3f} (std error {diff.std() / max(len(diff), 1) ** 0.5:.3f})"
+            f"{method}: {unexplained} of {len(rows)} units without an explanation; of {len(diff)} scored, the "
+            f"explanation beats its shuffled baseline on {(diff > 0).sum()}, ties on {(diff == 0).sum()}, loses "
+            f"on {(diff < 0).sum()}; mean {metric} difference {diff.mean():+.3f} "
+            f"(std error {diff.std() / max(len(diff), 1) ** 0.5:.3f})"
         )
     return out
 
