@@ -130,9 +130,12 @@ def test_requests_over_the_concurrency_limit_get_429(server):
 class Malformed(BaseHTTPRequestHandler):
     """A real endpoint that answers 200 with a body that is not a chat completion."""
 
+    def reply(self, request: dict) -> dict:
+        return {"id": "x", "object": "chat.completion", "choices": []}
+
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        data = json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode()
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        data = json.dumps(self.reply(request)).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -141,6 +144,42 @@ class Malformed(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         return
+
+
+class NoLogprobs(Malformed):
+    """An endpoint that ignores ``logprobs`` (as some hosted APIs do): it answers with text
+    only, the last user message's first word."""
+
+    def reply(self, request: dict) -> dict:
+        content = request["messages"][-1]["content"].split()[0]
+        message = {"role": "assistant", "content": content}
+        return {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": request["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        }
+
+
+def test_endpoints_without_logprobs_give_hard_answers_from_the_reply_text():
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), NoLogprobs)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    try:
+        chat = OpenAIChat(f"http://127.0.0.1:{endpoint.server_address[1]}/v1", "m", max_retries=0)
+        asks = [
+            [{"role": "user", "content": text}] for text in ("Yes, it does.", "no", "Yesterday", "10.", "1")
+        ]
+        yes_no = chat.choice_probs(asks[:3], ["Yes", "No"])
+        np.testing.assert_array_equal(yes_no[0], [1.0, 0.0])
+        np.testing.assert_array_equal(yes_no[1], [0.0, 1.0])
+        assert yes_no[2].kind == "no logprobs" and "starts with none of" in str(yes_no[2])
+        scale = [str(i) for i in range(11)]
+        ten, one = chat.choice_probs(asks[3:], scale)
+        assert ten.argmax() == 10 and one.argmax() == 1 and ten.sum() == one.sum() == 1.0
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
 
 
 def test_cache_unreachable_and_malformed_endpoints(server, tiny, tmp_path, monkeypatch):

@@ -345,19 +345,38 @@ def _reply_text(reply: dict) -> str:
     return content
 
 
+def _answer_from_text(text: str, choices: list[str]) -> np.ndarray | ChatError:
+    """A hard answer (probability 1) from a reply without logprobs: the longest choice the
+    reply starts with, as a whole word (``"10."`` is ``"10"``, ``"Yes, it does"`` is ``"Yes"``).
+    AUCs from such answers are those of the hard labels."""
+    words = text.strip().lstrip("*\"'`").lower()
+    found = [
+        i
+        for i, choice in enumerate(choices)
+        if words.startswith(choice.lower()) and not words[len(choice) : len(choice) + 1].isalnum()
+    ]
+    if not found:
+        return ChatError(
+            "no logprobs",
+            f"the endpoint returned no logprobs and the reply {text[:60]!r} starts with none of {choices}",
+        )
+    probs = np.zeros(len(choices))
+    probs[max(found, key=lambda i: len(choices[i]))] = 1.0
+    return probs
+
+
 def _reply_choice_probs(reply: dict, choices: list[str]) -> np.ndarray | ChatError:
     """Probabilities of ``choices`` from the reply's ``top_logprobs``.
 
     A top token counts for the one choice it equals or uniquely begins (``"Y"`` for
     ``"Yes"`` on a character tokenizer). A token that is a choice and also begins longer ones
     (``"1"`` and ``"10"``) is split with the second position's probabilities when the reply's
-    greedy first token is that token, and counts for itself otherwise.
+    greedy first token is that token, and counts for itself otherwise. An endpoint that sends
+    no logprobs gets its reply text read instead (``_answer_from_text``).
     """
     content = (reply["choices"][0].get("logprobs") or {}).get("content")
     if not content:
-        return ChatError(
-            "no logprobs", "the endpoint returned no logprobs; scorers need logprobs=True and top_logprobs"
-        )
+        return _answer_from_text(_reply_text(reply), choices)
 
     def table(position: dict) -> dict[str, float]:
         probs: dict[str, float] = {}
