@@ -234,7 +234,11 @@ def serve(
     try:
         loaded = mechinterp.load_model(model, device=device)
         server = ChatServer(
-            LocalChat(loaded, name=name or model), limits, host=host, port=port, api_key=api_key
+            LocalChat(loaded, name=name or model, progress=False),
+            limits,
+            host=host,
+            port=port,
+            api_key=api_key,
         )
     except (ValueError, FileNotFoundError, OSError) as error:
         raise fail(str(error)) from None

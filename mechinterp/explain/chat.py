@@ -39,6 +39,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from mechinterp.models.prefix import KeyValuePrefix
 
@@ -79,8 +80,9 @@ class LocalChat:
     ``role: content`` transcript ending in ``assistant:``.
     """
 
-    def __init__(self, model, *, batch_size: int = 8, name: str | None = None):
+    def __init__(self, model, *, batch_size: int = 8, name: str | None = None, progress: bool = True):
         self.model = model
+        self.progress = progress
         self.tokenizer = model._require_tokenizer()
         self.batch_size = batch_size
         self.name = name or model.architecture.model_name
@@ -103,7 +105,7 @@ class LocalChat:
     # ------------------------------------------------------------------ generation
     def complete(self, conversations: Sequence[Conversation], *, max_tokens: int) -> list[str | ChatError]:
         out: list[str | ChatError] = []
-        for conversation in conversations:
+        for conversation in _bar(conversations, f"{self.name} replies", self.progress):
             prompt = self.render(conversation)
             if len(prompt) + max_tokens > self.n_ctx:
                 out.append(self._too_long(prompt, max_tokens))
@@ -167,8 +169,8 @@ class LocalChat:
             self._too_long(p, longest) if len(p) + longest > self.n_ctx else None for p in rendered
         ]
         fits = [i for i, o in enumerate(out) if o is None]
-        for start in range(0, len(fits), self.batch_size):
-            rows = fits[start : start + self.batch_size]
+        batches = [fits[start : start + self.batch_size] for start in range(0, len(fits), self.batch_size)]
+        for rows in _bar(batches, f"{self.name} answers ({self.batch_size} a step)", self.progress):
             prompts = [rendered[i] for i in rows]
             try:
                 dists = {p: self._next_token_probs([[*q, *p] for q in prompts]) for p in prefixes}
@@ -254,6 +256,7 @@ class OpenAIChat:
         timeout: seconds per request; max_retries: retries on connection errors, 408/409/429/5xx
             (the ``openai`` package's exponential back-off).
         concurrency: requests in flight at once.
+        progress: show a bar of finished requests.
 
     Example:
         >>> chat = OpenAIChat("http://127.0.0.1:8000/v1", "smollm2-135m", cache_dir="runs/cache")
@@ -270,6 +273,7 @@ class OpenAIChat:
         max_retries: int = 2,
         concurrency: int = 4,
         top_logprobs: int = 20,
+        progress: bool = True,
     ):
         try:
             import openai
@@ -288,6 +292,7 @@ class OpenAIChat:
         self.cache = None if cache_dir is None else ResponseCache(cache_dir)
         self.concurrency = concurrency
         self.top_logprobs = top_logprobs
+        self.progress = progress
 
     def complete(self, conversations: Sequence[Conversation], *, max_tokens: int) -> list[str | ChatError]:
         requests = [{"messages": c, "max_tokens": max_tokens, "temperature": 0.0} for c in conversations]
@@ -335,7 +340,13 @@ class OpenAIChat:
             return value
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(one, requests))
+            return list(_bar(pool.map(one, requests), f"{self.name} requests", self.progress, len(requests)))
+
+
+def _bar(items, description: str, enabled: bool, total: int | None = None):
+    """``items`` with a progress bar when ``enabled`` and there is more than one."""
+    total = len(items) if total is None else total
+    return tqdm(items, total=total, desc=description, disable=not enabled or total < 2)
 
 
 def _reply_text(reply: dict) -> str:

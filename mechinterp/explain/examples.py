@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 
 from mechinterp.data.corpus import load_corpus
@@ -142,12 +143,18 @@ def default_corpus() -> list[str]:
 
 
 def collect_examples(
-    model, units: Sequence[Unit], corpus: Iterable[str], config: ExampleConfig | None = None, **options
+    model,
+    units: Sequence[Unit],
+    corpus: Iterable[str],
+    config: ExampleConfig | None = None,
+    *,
+    progress: bool = True,
+    **options,
 ) -> list[UnitExamples]:
     """Stream ``corpus`` (an iterable of strings) once and keep examples for every unit.
 
     ``options`` are ``ExampleConfig`` fields (``context_len=64, n_top=20, ...``) when no
-    ``config`` is given.
+    ``config`` is given. ``progress`` shows a bar of windows read.
 
     Example:
         >>> examples = collect_examples(model, units, texts, n_top=10, max_contexts=2000)
@@ -160,12 +167,14 @@ def collect_examples(
         raise ValueError("collect_examples needs at least one unit")
     reader = UnitReader(model, units)
     windows, maxima, top = [], [], _TopK(len(units), config.n_top)
-    for batch in _batches(model, corpus, config):
-        acts = reader(batch)  # [unit, batch, pos]
-        start = len(windows)
-        windows.extend(batch)
-        maxima.append(acts.amax(dim=-1))
-        top.update(acts, start)
+    with tqdm(total=config.max_contexts, desc="reading corpus", unit="window", disable=not progress) as bar:
+        for batch in _batches(model, corpus, config):
+            acts = reader(batch)  # [unit, batch, pos]
+            start = len(windows)
+            windows.extend(batch)
+            maxima.append(acts.amax(dim=-1))
+            top.update(acts, start)
+            bar.update(len(batch))
     if not windows:
         raise ValueError("the corpus gave no windows of at least 2 tokens; pass longer texts")
     maxima = torch.cat(maxima, dim=1).cpu()  # [unit, context]
