@@ -416,3 +416,43 @@ def test_check_scorer_needs_contexts_of_both_kinds(tiny):
         )
     with pytest.raises(ValueError, match="at least two planted units"):
         check_scorer(tiny, ExcerptOnlyScorer(), TEXTS, classes={"digits": str.isdigit})
+
+
+class BigramSAE(nn.Module):
+    """A stand-in SAE at ``hook_embed`` with one latent that fires on ``t`` right after
+    ``a`` (the bigram "at"): a ``t`` alone (as in "then") is a similar-looking negative."""
+
+    hook_name = "hook_embed"
+
+    def __init__(self, model):
+        super().__init__()
+        self.W_E = model.W_E.detach()
+        self.a, self.t = (model.tokenizer.convert_tokens_to_ids(c) for c in "at")
+
+    def encode(self, x):
+        ids = torch.cdist(x.reshape(-1, x.shape[-1]), self.W_E).argmin(-1).reshape(x.shape[:-1])
+        fires = (ids == self.t) & (torch.roll(ids, 1, dims=-1) == self.a)
+        fires[..., 0] = False
+        return fires.float()[..., None]
+
+
+def test_similar_negatives_share_an_active_token_but_do_not_fire(tiny):
+    unit = Unit.sae_latent(BigramSAE(tiny), 0, label="at")
+    config = dict(context_len=10, n_top=4, n_quantiles=2, n_per_quantile=3, n_random=5)
+    [plain] = collect_examples(tiny, [unit], check_corpus(), **config)
+    [hard] = collect_examples(tiny, [unit], check_corpus(), n_similar=6, **config)
+    assert plain.similar == () and len(hard.similar) == 6
+    assert hard.random == plain.random and hard.quantile == plain.quantile
+    for context in hard.similar:
+        assert context.kind == "similar" and not any(context.active)
+        assert "t" in context.tokens  # the token the unit fires on, here without the "a" before it
+    # detection counts them as negatives
+    scores = score_explanations(
+        tiny,
+        [unit, unit],
+        ["digits", "closing brackets"],
+        scorer=RuleScorer(),
+        method="detection",
+        examples=[hard, hard],
+    )
+    assert scores.to_frame()["n_items"].iloc[0] == 2 * (len(hard.quantile) + len(hard.random) + 6)

@@ -9,7 +9,10 @@ the units read, and the forward stops after the deepest block any unit needs
 - ``top``: the ``n_top`` contexts with the largest activation (shown to the explainer);
 - ``quantile``: ``n_per_quantile`` random activating contexts from each of ``n_quantiles``
   equal-count bins of the remaining activating contexts (held out: scoring positives);
-- ``random``: ``n_random`` random non-activating contexts (held out: scoring negatives).
+- ``random``: ``n_random`` random non-activating contexts (held out: scoring negatives);
+- ``similar``: ``n_similar`` (default 0) non-activating contexts that contain a token the
+  unit is active on in its top contexts: hard negatives (delphi), where the token alone does
+  not make the unit fire (held out: scoring negatives too).
 
 A token is *active* when its activation exceeds ``active_fraction`` times the unit's largest
 activation on the corpus (for an SAE latent any positive activation counts when
@@ -38,7 +41,8 @@ from transformer_lens.hook_points import HookPoint
 from mechinterp.data.corpus import load_corpus
 from mechinterp.explain.units import Unit, encode_latents
 
-ContextKind = Literal["top", "quantile", "random"]
+ContextKind = Literal["top", "quantile", "random", "similar"]
+CONTEXT_KINDS: tuple[ContextKind, ...] = ("top", "quantile", "random", "similar")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +98,7 @@ class UnitExamples:
     top: tuple[Context, ...]
     quantile: tuple[Context, ...]
     random: tuple[Context, ...]
+    similar: tuple[Context, ...] = ()
     max_activation: float
     threshold: float
     activating_fraction: float
@@ -108,7 +113,7 @@ class UnitExamples:
             "max_activation": self.max_activation,
             "threshold": self.threshold,
             "activating_fraction": self.activating_fraction,
-            **{kind: [c.to_dict() for c in getattr(self, kind)] for kind in ("top", "quantile", "random")},
+            **{kind: [c.to_dict() for c in getattr(self, kind)] for kind in CONTEXT_KINDS},
         }
 
 
@@ -125,6 +130,7 @@ class ExampleConfig:
     n_quantiles: int = 5
     n_per_quantile: int = 2
     n_random: int = 10
+    n_similar: int = 0
     active_fraction: float = 0.2
     max_contexts: int | None = None
     seed: int = 0
@@ -268,9 +274,10 @@ def _select(model, reader, units, windows, maxima, top: _TopK, config: ExampleCo
                 n = min(config.n_per_quantile, len(part))
                 quantiles += [(int(i), q) for i in rng.choice(part, size=n, replace=False)] if n else []
         quiet = np.flatnonzero(maxima[u].numpy() <= threshold)
-        randoms = rng.choice(quiet, size=min(config.n_random, len(quiet)), replace=False).tolist()
-        plans.append((threshold, top_ids, quantiles, [int(i) for i in randoms]))
-    needed = sorted({i for _, _, q, r in plans for i in [*(j for j, _ in q), *r]})
+        randoms = [int(i) for i in rng.choice(quiet, size=min(config.n_random, len(quiet)), replace=False)]
+        similar = _similar(u, top, top_ids, threshold, windows, quiet, set(randoms), config.n_similar, rng)
+        plans.append((threshold, top_ids, quantiles, randoms, similar))
+    needed = sorted({i for _, _, q, r, h in plans for i in [*(j for j, _ in q), *r, *h]})
     recomputed = {}
     for chunk in range(0, len(needed), config.batch_size):
         ids = needed[chunk : chunk + config.batch_size]
@@ -279,7 +286,7 @@ def _select(model, reader, units, windows, maxima, top: _TopK, config: ExampleCo
             recomputed[i] = acts[:, row]
     decode = _Decoder(model)
     results = []
-    for u, (threshold, top_ids, quantiles, randoms) in enumerate(plans):
+    for u, (threshold, top_ids, quantiles, randoms, similar) in enumerate(plans):
 
         def context(
             i: int, acts: Tensor, kind: ContextKind, q: int | None = None, threshold=threshold
@@ -300,12 +307,33 @@ def _select(model, reader, units, windows, maxima, top: _TopK, config: ExampleCo
                 top=tuple(context(i, top.acts[u, rank[i]], "top") for i in top_ids),
                 quantile=tuple(context(i, recomputed[i][u], "quantile", q) for i, q in quantiles),
                 random=tuple(context(i, recomputed[i][u], "random") for i in randoms),
+                similar=tuple(context(i, recomputed[i][u], "similar") for i in similar),
                 max_activation=float(unit_max[u]),
                 threshold=threshold,
                 activating_fraction=float((maxima[u] > threshold).float().mean()),
             )
         )
     return results
+
+
+def _similar(u, top: _TopK, top_ids, threshold, windows, quiet, taken: set[int], n: int, rng) -> list[int]:
+    """Up to ``n`` non-activating windows (``quiet``, not in ``taken``) holding a token the
+    unit is active on in one of its top windows."""
+    if n == 0:
+        return []
+    rank = {int(i): r for r, i in enumerate(top.index[u])}
+    active_tokens = {
+        windows[i][1 + p]
+        for i in top_ids
+        for p, a in enumerate(top.acts[u, rank[i]][: len(windows[i]) - 1].tolist())
+        if a > threshold
+    }
+    candidates = [int(i) for i in quiet if int(i) not in taken and active_tokens & set(windows[i][1:])]
+    return (
+        [int(i) for i in rng.choice(candidates, size=min(n, len(candidates)), replace=False)]
+        if candidates
+        else []
+    )
 
 
 class _Decoder:

@@ -5,7 +5,8 @@ quantile-sampled activating ones and the random non-activating ones; the explain
 the top contexts):
 
 - ``detection``: shown an unmarked excerpt and the explanation, is the unit active in it?
-  Positives: activating excerpts; negatives: non-activating ones. Balanced accuracy of the
+  Positives: activating excerpts; negatives: non-activating ones (random, and the similar hard
+  negatives when ``ExampleConfig.n_similar`` asks for them). Balanced accuracy of the
   scorer's answer (P(Yes) > P(No)) and AUC of P(Yes).
 - ``fuzzing``: shown an activating excerpt with some tokens marked, are the marked tokens
   what the explanation describes? Positives: the active tokens marked; negatives: the same
@@ -258,7 +259,8 @@ def _shuffled(texts: list[str | None], seed: int) -> list[str | None]:
 
 
 def _detection_items(examples: UnitExamples, rng, _n) -> tuple[list, list[int]]:
-    contexts = [(c, 1) for c in examples.quantile] + [(c, 0) for c in examples.random]
+    negatives = (*examples.random, *examples.similar)
+    contexts = [(c, 1) for c in examples.quantile] + [(c, 0) for c in negatives]
     return [partial(detection_prompt, context=c) for c, _ in contexts], [y for _, y in contexts]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mechinterp.explain.examples import Context
+from mechinterp.explain.examples import CONTEXT_KINDS, Context
 from mechinterp.explain.scorer_check import ScorerCheck
 from mechinterp.explain.scoring import METRICS, ExplanationScores
 
@@ -151,7 +151,7 @@ def explanation_dashboard(
             f"<p class='muted'>max activation {unit_examples.max_activation:.3f}, active above "
             f"{unit_examples.threshold:.3f}, activating contexts {100 * unit_examples.activating_fraction:.1f}%</p>"
         )
-        for kind in ("top", "quantile", "random"):
+        for kind in CONTEXT_KINDS:
             for context in getattr(unit_examples, kind)[:n_contexts]:
                 parts.append(_highlight(context, unit_examples.max_activation))
     parts.append("</body></html>")
