@@ -256,7 +256,7 @@ def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
         f"model: {{name: {tmp_path / 'tiny'}, device: cpu}}\n"
         "steps:\n"
         "  - kind: explain\n    layer: 1\n    indices: [3, 9, 27]\n    corpus: corpus.txt\n"
-        "    max_contexts: 40\n    context_len: 12\n    methods: [detection]\n    check_scorer: true\n"
+        "    max_contexts: 40\n    context_len: 12\n    methods: [detection]\n    check_scorer: true\n    n_similar: 3\n"
         f"    explainer: {{model: {tmp_path / 'tiny'}}}\n    scorer: {{model: {tmp_path / 'tiny'}}}\n"
     )
     # the tiny tokenizer has one token per character: no capitalised-word tokens, two classes left
@@ -267,6 +267,9 @@ def test_cli_explain_step_writes_scores_and_dashboard(tmp_path):
     saved = json.loads((step / "scores.json").read_text())
     assert [row["label"] for row in saved["rows"]] == ["L1N3", "L1N9", "L1N27"]
     assert all(len(e["top"]) == 10 for e in saved["examples"])
+    assert any(e["similar"] for e in saved["examples"]) and all(
+        len(e["similar"]) <= 3 for e in saved["examples"]
+    )
     page = (step / "dashboard.html").read_text()
     assert "L1N27" in page and "rgba(255,140,0" in page and "scorer check of" in page
     check = json.loads((step / "scorer_check.json").read_text())

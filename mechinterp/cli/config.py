@@ -250,6 +250,7 @@ class ExplainStep(_StepBase):
     corpus: str = "default"  # default | docstrings | wordnet | fortunes | a text file
     max_contexts: PositiveInt = 400
     context_len: int = Field(default=32, ge=4)
+    n_similar: NonNegativeInt = 0
     methods: list[ScoreMethod] = Field(default=["detection", "fuzzing"], min_length=1)
     explainer: ChatEndpoint = ChatEndpoint()
     scorer: ChatEndpoint = ChatEndpoint()

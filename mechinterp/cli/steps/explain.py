@@ -81,7 +81,9 @@ def explained_units(step: ExplainStep, context) -> list[Unit]:
 def run(step: ExplainStep, context, out: Path) -> StepOutput:
     model = context.model
     units = explained_units(step, context)
-    config = ExampleConfig(context_len=step.context_len, max_contexts=step.max_contexts)
+    config = ExampleConfig(
+        context_len=step.context_len, max_contexts=step.max_contexts, n_similar=step.n_similar
+    )
     corpus = read_corpus(step.corpus)
     examples = collect_examples(model, units, corpus, config)
     cache = context.run_dir / "chat_cache"
