@@ -41,6 +41,12 @@ SMALL = {
     ],
     "probe": [f"steps.{i}.{key}" for i in (0, 1) for key in ("n=60", "layers=[0, 6]", "max_epochs=40")],
     "token_attribution": ["dataset.n=2", "steps.0.steps=4", "steps.1.steps=4", "steps.1.n=2"],
+    "explain_smollm2": [
+        "steps.0.indices=[17, 123]",
+        "steps.0.max_contexts=48",
+        "steps.0.methods=[detection]",
+        "steps.0.check_scorer=false",
+    ],
     "sae_smollm2": [
         f"steps.0.{key}"
         for key in (
@@ -63,6 +69,7 @@ EXPECTED_FILES = {
     "export": ["circuit.json"],
     "token_attribution": ["integrated_gradients.safetensors", "integrated_gradients.json", "methods_0.html"],
     "sae": ["sae/sae.json", "sae/sae.safetensors", "evaluation.json", "evaluation.html", "dashboards.html"],
+    "explain": ["scores.json", "dashboard.html", "scores.html"],
 }
 
 

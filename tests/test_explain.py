@@ -295,6 +295,20 @@ def test_failures_are_recorded_per_unit(tiny):
     assert frame.loc[0, "shuffled"] == "names" and frame.loc[3, "shuffled"] == "digits"
 
 
+def test_dashboard_shows_units_with_and_without_errors(tiny):
+    from mechinterp.plotting import explanation_dashboard
+
+    units = [Unit.neuron(0, i) for i in range(3)]
+    examples = collect_examples(tiny, units, TEXTS, context_len=12, n_top=2)
+    given = {"L0N0": "digits", "L0N1": None, "L0N2": "capital letters"}
+    scores = score_explanations(
+        tiny, units, given, scorer=RuleScorer(), method="detection", examples=examples
+    )
+    page = explanation_dashboard(scores)  # pandas keeps missing errors as NaN in a string column
+    assert "no explanation: none given</td>" in page
+    assert ">nan<" not in page
+
+
 def test_planted_token_class_unit_fires_on_its_class(tiny):
     from mechinterp.explain.planted import token_class_precision, token_class_unit
 

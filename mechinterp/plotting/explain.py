@@ -92,6 +92,16 @@ def scorer_check(check: ScorerCheck) -> go.Figure:
     return figure
 
 
+def _text(value) -> str:
+    """A frame cell as text: missing values (``None``, or NaN in pandas' string columns) are ''."""
+    return value if isinstance(value, str) else ""
+
+
+def _number(value: float) -> str:
+    """A score as text; a missing one (no explanation, failed requests) as a dash."""
+    return f"{value:.3f}" if np.isfinite(value) else "–"
+
+
 def _highlight(context: Context, max_activation: float) -> str:
     """The context's tokens, each shaded by its activation (hover: the value)."""
     spans = []
@@ -142,9 +152,9 @@ def explanation_dashboard(
         for _, row in rows.iterrows():
             for metric in METRICS[row["method"]]:
                 table.append(
-                    f"<tr><td>{row['method']}</td><td>{metric}</td><td>{row[metric]:.3f}</td>"
-                    f"<td>{row[f'baseline_{metric}']:.3f}</td>"
-                    f"<td class='error'>{html.escape(row['error'] or '')}</td></tr>"
+                    f"<tr><td>{row['method']}</td><td>{metric}</td><td>{_number(row[metric])}</td>"
+                    f"<td>{_number(row[f'baseline_{metric}'])}</td>"
+                    f"<td class='error'>{html.escape(_text(row['error']))}</td></tr>"
                 )
         parts.append("".join(table) + "</table>")
         parts.append(

@@ -106,7 +106,7 @@ def run(step: ExplainStep, context, out: Path) -> StepOutput:
         else:
             check.save(out / "scorer_check.json")
             figures["scorer_check"] = scorer_check(check)
-            summary["scorer check margin"] = round(check.margin(), 4)
+            summary["scorer check margin"] = round(check.margin(), 4) + 0.0  # no "-0"
             summary["scorer check passes"] = check.passes()
     write_explanation_dashboard(scores, out / "dashboard.html", check=check)
     frame = scores.to_frame()
