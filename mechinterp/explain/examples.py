@@ -148,6 +148,22 @@ def default_corpus() -> list[str]:
     return load_corpus("default", "train")
 
 
+def examples_for(
+    model,
+    units: Sequence[Unit],
+    corpus: Iterable[str] | None,
+    examples: Sequence[UnitExamples] | None = None,
+    config: ExampleConfig | None = None,
+) -> list[UnitExamples]:
+    """``examples`` when given (checked to be for exactly ``units``, in order), else
+    ``collect_examples`` from ``corpus`` (default: ``default_corpus()``)."""
+    if examples is None:
+        return collect_examples(model, units, default_corpus() if corpus is None else corpus, config)
+    if [e.unit for e in examples] != list(units):
+        raise ValueError("examples must be collect_examples output for exactly these units, in order")
+    return list(examples)
+
+
 def collect_examples(
     model,
     units: Sequence[Unit],

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from mechinterp.explain.chat import ChatError, ChatModel, LocalChat
-from mechinterp.explain.examples import ExampleConfig, UnitExamples, collect_examples, default_corpus
+from mechinterp.explain.examples import ExampleConfig, UnitExamples, examples_for
 from mechinterp.explain.prompts import explainer_prompt, parse_explanation
 from mechinterp.explain.units import Unit
 
@@ -74,12 +74,7 @@ def explain_units(
         n_examples: top contexts shown per unit.
         max_tokens: longest reply.
     """
-    if examples is None:
-        examples = collect_examples(
-            model, units, default_corpus() if corpus is None else corpus, example_config
-        )
-    if [e.unit for e in examples] != list(units):
-        raise ValueError("examples= must be collect_examples output for exactly these units, in order")
+    examples = examples_for(model, units, corpus, examples, example_config)
     explainer = explainer or default_explainer()
     explanations: list[Explanation | None] = [None] * len(examples)
     asked = []

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mechinterp.explain.chat import ChatModel
-from mechinterp.explain.examples import ExampleConfig, UnitExamples, collect_examples, default_corpus
+from mechinterp.explain.examples import ExampleConfig, UnitExamples, examples_for
 from mechinterp.explain.explainers import default_explainer
 from mechinterp.explain.planted import TOKEN_CLASSES, TokenPredicate, token_class_unit
 from mechinterp.explain.scoring import METRICS, Method, score_texts
@@ -138,11 +138,7 @@ def check_scorer(
             units.append(token_class_unit(model, label, rule, member_weight=0.1))
         except ValueError as error:  # e.g. no multi-letter tokens in a character-level vocabulary
             warnings.warn(f"check_scorer leaves out {error}", stacklevel=2)
-    examples = (
-        collect_examples(model, units, default_corpus() if corpus is None else corpus, example_config)
-        if units
-        else []
-    )
+    examples = examples_for(model, units, corpus, config=example_config) if units else []
     usable = []
     for unit_examples in examples:
         if unit_examples.quantile and unit_examples.random:

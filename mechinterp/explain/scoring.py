@@ -39,13 +39,7 @@ import pandas as pd
 import torch
 
 from mechinterp.explain.chat import ChatError, ChatModel
-from mechinterp.explain.examples import (
-    Context,
-    ExampleConfig,
-    UnitExamples,
-    collect_examples,
-    default_corpus,
-)
+from mechinterp.explain.examples import Context, ExampleConfig, UnitExamples, examples_for
 from mechinterp.explain.explainers import ExplainedUnits, Explanation, default_explainer
 from mechinterp.explain.prompts import (
     SCALE,
@@ -135,12 +129,7 @@ def score_explanations(
     explained = _as_explanations(units, explanations)
     if examples is None and isinstance(explanations, ExplainedUnits):
         examples = explanations.examples
-    if examples is None:
-        examples = collect_examples(
-            model, units, default_corpus() if corpus is None else corpus, example_config
-        )
-    if [e.unit for e in examples] != list(units):
-        raise ValueError("examples must be collect_examples output for exactly these units, in order")
+    examples = examples_for(model, units, corpus, examples, example_config)
     scorer = scorer or default_explainer()
     shuffled = _shuffled([e.text for e in explained], seed)
     rows = []
