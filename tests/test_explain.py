@@ -309,6 +309,19 @@ def test_dashboard_shows_units_with_and_without_errors(tiny):
     assert ">nan<" not in page
 
 
+def test_examples_for_other_units_are_refused(tiny):
+    units = [Unit.neuron(0, i) for i in range(2)]
+    examples = collect_examples(tiny, units, TEXTS[:4], context_len=12, n_top=2)
+    for call in (
+        lambda: explain_units(tiny, units[::-1], examples=examples, explainer=Replies(["a", "b"])),
+        lambda: score_explanations(tiny, units[:1], ["digits"], scorer=RuleScorer(), examples=examples),
+    ):
+        with pytest.raises(
+            ValueError, match="examples must be collect_examples output for exactly these units"
+        ):
+            call()
+
+
 def test_planted_token_class_unit_fires_on_its_class(tiny):
     from mechinterp.explain.planted import token_class_precision, token_class_unit
 
