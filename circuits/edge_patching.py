@@ -10,12 +10,12 @@ so all edges patched gives the ablated (e.g. corrupted) run and none the clean r
 per batch row, so many circuits (for instance every point of a faithfulness curve) run as one
 batched forward.
 
-How it is fast: source outputs are written into one buffer ``[row, source, batch*pos*d_model]``
-as they are computed (as ``ablated - current``), and each destination hook (the query inputs of
-all heads of a layer, its key inputs, ...) adds one batched matrix product
-``mask[row, slot, source] @ buffer[row, source, :]``, so a forward costs a few matrix products
-per layer whatever the number of edges. ``reference_patch_edges`` is the slow literal version
-(one edge at a time), kept for tests.
+The forward passes run on the one masked executor of the patching core
+(``mechinterp.patching.masked``, which path patching shares): each source's output is
+recorded as it is computed (as ``ablated - current``) and each destination hook adds one
+batched matrix product, so a forward costs a few matrix products per layer whatever the
+number of edges. ``reference_patch_edges`` is the slow literal version (one edge at a time),
+kept for tests.
 
 The ablated outputs are (``ablation=``): ``"resample"``, each source's output on the corrupt
 prompts (ACDC's and auto-circuit's default); ``"zero"``; ``"mean"``, its output on the clean
@@ -29,57 +29,63 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuits.graph import Channel, Graph, Node
+from circuits.graph import Graph, Node
 from mechinterp.metrics import PositionalMetric
-from mechinterp.models.prefix import KeyValuePrefix
-from mechinterp.patching.memory import bytes_per_row
-from mechinterp.patching.rows import RowSet, run_rows
+from mechinterp.patching.engine import BaseRun
+from mechinterp.patching.masked import (
+    Destination,
+    EdgeLayout,
+    Recorder,
+    destination_hook,
+    masked_prefix,
+    run_masked,
+)
+from mechinterp.patching.rows import RowSet
 
 Ablation = Literal["resample", "zero", "mean"]
 ABLATIONS: tuple[str, ...] = ("resample", "zero", "mean")
 
 
-def destination_hook(layer: int | None, channel: Channel, n_layers: int) -> str:
-    """The hook whose value is the input of one destination channel."""
-    if channel == "logits":
-        return f"blocks.{n_layers - 1}.hook_resid_post"
-    return f"blocks.{layer}.hook_mlp_in" if channel == "mlp" else f"blocks.{layer}.hook_{channel}_input"
-
-
-@dataclass(frozen=True)
-class DestinationGroup:
-    """All edges read at one hook: ``edge_ids[slot, source]`` is the edge from that source
-    into that slot (a head for q/k/v inputs, the only slot otherwise), or -1 for no edge."""
-
-    hook: str
-    layer: int  # the block the hook is in
-    per_head: bool
-    edge_ids: Tensor  # [slot, source] (long)
-
-    @property
-    def n_sources(self) -> int:
-        return self.edge_ids.shape[1]
-
-
-def destination_groups(graph: Graph) -> list[DestinationGroup]:
+def destination_groups(graph: Graph) -> list[Destination]:
     """The graph's edges as dense ``[slot, source]`` tables (``graph.channel_tables``), one
     per destination hook, in forward order."""
     return [
-        DestinationGroup(
+        Destination(
             destination_hook(layer, channel, graph.n_layers),
-            graph.n_layers - 1 if layer is None else layer,
+            graph.n_layers if layer is None else layer,
             channel in ("q", "k", "v"),
             edge_ids,
+            final=layer is None,
         )
         for layer, channel, edge_ids in graph.channel_tables
     ]
+
+
+def edge_layout(model, graph: Graph, start_layer: int = 0) -> EdgeLayout:
+    """The graph as the masked executor sees it: sources before ``start_layer`` fixed, the
+    others recorded live as rows run."""
+    index = {node: i for i, node in enumerate(graph.source_nodes)}
+    n_fixed = index[Node("head", start_layer, 0)] if start_layer > 0 else 0
+    recorders = []
+    if start_layer == 0:
+        recorders.append(Recorder("hook_embed", 0, index[Node("input")], "embed"))
+        if model.pos_embed is not None:
+            recorders.append(Recorder("hook_pos_embed", 0, index[Node("input")], "pos_embed"))
+    for layer in range(start_layer, graph.n_layers):
+        recorders.append(
+            Recorder(f"blocks.{layer}.attn.hook_result", layer, index[Node("head", layer, 0)], "heads")
+        )
+        if Node("mlp", layer) in index:
+            recorders.append(
+                Recorder(f"blocks.{layer}.hook_mlp_out", layer, index[Node("mlp", layer)], "output")
+            )
+    return EdgeLayout(len(graph.source_nodes), n_fixed, tuple(destination_groups(graph)), tuple(recorders))
 
 
 def source_outputs(model, cache, graph: Graph) -> Float[Tensor, "source batch pos d_model"]:
@@ -114,12 +120,7 @@ def run_source_outputs(
     model, graph: Graph, tokens: Tensor, attention_mask: Tensor | None = None
 ) -> Float[Tensor, "source batch pos d_model"]:
     """Each source node's output on ``tokens``, from one forward pass caching only what it needs."""
-    names = {
-        "hook_embed",
-        "hook_pos_embed",
-        *(f"blocks.{layer}.attn.hook_z" for layer in range(graph.n_layers)),
-    }
-    names |= {f"blocks.{n.layer}.hook_mlp_out" for n in graph.source_nodes if n.kind == "mlp"}
+    names = source_hook_names(graph)
     with torch.no_grad():
         _, cache = model.run_with_cache(
             tokens, attention_mask=attention_mask, names_filter=lambda n: n in names
@@ -151,100 +152,6 @@ def check_graph_fits(model, graph: Graph) -> None:
         )
 
 
-class _MaskedRun:
-    """Hooks for one batched forward of ``rows`` circuits over a batch of ``batch`` examples.
-
-    The query, key and value inputs of one layer read the same sources, so their three
-    patches come from one matrix product (at the query hook, which runs first)."""
-
-    def __init__(self, graph: Graph, groups: list[DestinationGroup], masks: Tensor, ablated: Tensor):
-        self.rows, self.batch = masks.shape[0], ablated.shape[1]
-        self.ablated = ablated.flatten(1)  # [source, batch*pos*d]
-        self.buffer = ablated.new_empty(self.rows, ablated.shape[0], self.ablated.shape[1])
-        padded = torch.cat([masks, masks.new_zeros(self.rows, 1)], dim=1)  # column -1 = "no edge"
-        self.source_index = {node: i for i, node in enumerate(graph.source_nodes)}
-        self.groups = groups
-        # the per-head groups of a layer (q, k, v: same sources) share one product at the
-        # first of them, which fires first; every other group has its own
-        parts: dict[str, list[Tensor]] = {}  # lead hook -> masks [row, slot, source] per group
-        self.fused: dict[str, list[tuple[str, int, int]]] = {}  # lead hook -> (hook, first slot, slots)
-        leads: dict[object, str] = {}
-        for group in groups:
-            lead = leads.setdefault((group.layer, "heads") if group.per_head else group.hook, group.hook)
-            members = self.fused.setdefault(lead, [])
-            offset = sum(slots for _, _, slots in members)
-            members.append((group.hook, offset, group.edge_ids.shape[0]))
-            parts.setdefault(lead, []).append(padded[:, group.edge_ids])
-        self.masks = {lead: torch.cat(masks, 1) for lead, masks in parts.items()}
-        self.n_sources = {g.hook: g.n_sources for g in groups}
-        self.pending: dict[str, Tensor] = {}
-
-    def hooks(self, model, graph: Graph) -> list:
-        hooks = [("hook_embed", self._record_input)]
-        if model.pos_embed is not None:
-            hooks.append(("hook_pos_embed", self._record_input))
-        for layer in range(graph.n_layers):
-            first_head = self.source_index[Node("head", layer, 0)]
-            hooks.append((f"blocks.{layer}.attn.hook_result", self._record_heads(first_head)))
-            if Node("mlp", layer) in self.source_index:
-                hooks.append(
-                    (f"blocks.{layer}.hook_mlp_out", self._record(self.source_index[Node("mlp", layer)]))
-                )
-        hooks += [(g.hook, self._patch) for g in self.groups]
-        return hooks
-
-    def _kept(self, value: Tensor) -> Tensor:
-        """``[row*batch, pos, ...]`` -> ``[row, batch, pos, ...]`` (a view)."""
-        return value.view(self.rows, self.batch, *value.shape[1:])
-
-    def _store(self, first: int, value: Tensor) -> None:
-        """``buffer[:, first:first+n] = ablated - value`` for ``value`` ``[row, n, batch*pos*d]``."""
-        n = value.shape[1]
-        torch.sub(
-            self.ablated[first : first + n],
-            value.to(self.buffer.device),
-            out=self.buffer[:, first : first + n],
-        )
-
-    def _record_input(self, value: Tensor, hook) -> Tensor:
-        rows_view = self._kept(value).reshape(self.rows, 1, -1)
-        if hook.name == "hook_embed":
-            self._store(0, rows_view)
-        else:  # learned positions: the input node's output is embed + pos_embed
-            self.buffer[:, 0] -= rows_view[:, 0]
-        return value
-
-    def _record(self, index: int):
-        def record(value: Tensor, hook) -> Tensor:
-            self._store(index, self._kept(value).reshape(self.rows, 1, -1))
-            return value
-
-        return record
-
-    def _record_heads(self, first: int):
-        def record(value: Tensor, hook) -> Tensor:  # [row*batch, pos, head, d_model]
-            heads = self._kept(value).permute(0, 3, 1, 2, 4).reshape(self.rows, value.shape[2], -1)
-            self._store(first, heads)
-            return value
-
-        return record
-
-    def _patch(self, value: Tensor, hook) -> Tensor:
-        """Add the patch in place (under ``no_grad``; the hooked tensors are fresh copies)."""
-        if hook.name in self.masks:  # compute this hook's patch and its fused siblings'
-            delta = torch.bmm(self.masks[hook.name], self.buffer[:, : self.n_sources[hook.name]])
-            for name, first, slots in self.fused[hook.name]:
-                self.pending[name] = delta[:, first : first + slots]  # [row, slot, batch*pos*d]
-        delta = self.pending.pop(hook.name).to(value.device)  # blocks may sit on other devices
-        kept = self._kept(value)
-        if value.ndim == 3:
-            kept += delta.view(kept.shape)
-        else:
-            shape = (self.rows, delta.shape[1], self.batch, kept.shape[2], value.shape[3])
-            kept += delta.view(shape).permute(0, 2, 3, 1, 4)
-        return value
-
-
 def first_difference(clean: Tensor, corrupt: Tensor, ablation: Ablation) -> int:
     """The first position where the clean and ablated runs can differ: where any example's
     clean and corrupt tokens first differ (resample ablation), else 0."""
@@ -252,33 +159,6 @@ def first_difference(clean: Tensor, corrupt: Tensor, ablation: Ablation) -> int:
         return 0
     differs = (clean != corrupt).any(0)
     return int(differs.int().argmax()) if bool(differs.any()) else clean.shape[1]
-
-
-def _shared_prefix(
-    graph, groups, masks, inputs, past, mask, ablated, start_layer: int, model
-) -> tuple[Tensor, Tensor]:
-    """Run blocks before ``start_layer`` once for all rows (their masks there must agree):
-    the residual stream entering ``start_layer`` and the buffer of the sources before it."""
-    before = torch.cat([g.edge_ids[g.edge_ids >= 0] for g in groups if g.layer < start_layer])
-    if not bool((masks[:, before] == masks[:1, before]).all()):
-        raise ValueError(f"start_layer={start_layer}: rows differ on edges into blocks before it")
-    run = _MaskedRun(graph, groups, masks[:1], ablated)
-    with model.hooks(fwd_hooks=run.hooks(model, graph)):
-        resid = model(inputs, past=past, attention_mask=mask, stop_at_layer=start_layer)
-    return resid, run.buffer[0, : graph.source_nodes.index(Node("head", start_layer, 0))]
-
-
-def _clean_prefix(model, clean: Tensor, mask: Tensor | None, length: int) -> KeyValuePrefix | None:
-    """Keys and values of the first ``length`` clean positions, which no patch changes."""
-    if length == 0:
-        return None
-    _, cache = model.run_with_cache(
-        clean[:, :length],
-        attention_mask=None if mask is None else mask[:, :length],
-        names_filter=KeyValuePrefix.hook_filter(model),
-        return_type=None,
-    )
-    return KeyValuePrefix.from_cache(cache, model, length)
 
 
 @torch.no_grad()
@@ -311,54 +191,54 @@ def patch_edges(
     if not 0 <= start_layer < graph.n_layers:
         raise ValueError(f"start_layer must be in 0..{graph.n_layers - 1}, got {start_layer}")
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
-    mask = None if attention_mask is None else attention_mask.to(model.device)
+    mask = torch.ones_like(clean) if attention_mask is None else attention_mask.to(model.device)
     masks = masks.to(model.device, model.dtype)
     ablated = ablated_outputs(model, graph, clean, corrupt, ablation, mask)
-    groups = destination_groups(graph)
-    batch, n_pos, positions = clean.shape[0], clean.shape[1], metric.positions.to(model.device)
-    # positions before the first differing token are the same in every row: their keys and
-    # values are computed once, and only later positions run (and are patched) per row
+    positions = metric.positions.to(model.device)
+    # before the first differing token every patch is zero: those positions' keys and
+    # values come from the clean run, and only later positions run (and are patched) per row
     start = min(first_difference(clean, corrupt, ablation), int(positions.min()))
-    past, inputs, ablated = _clean_prefix(model, clean, mask, start), clean[:, start:], ablated[:, :, start:]
-    values = torch.empty(len(masks), batch, dtype=torch.float32, device=model.device)
-    with model.per_head_hooks(results=True, split_inputs=True):
-        prefix = None
-        if start_layer > 0:
-            inputs, prefix = _shared_prefix(
-                graph, groups, masks, inputs, past, mask, ablated, start_layer, model
-            )
-
-        def run_chunk(chunk: Tensor, _start: int) -> None:
-            run = _MaskedRun(graph, groups, masks[chunk.to(model.device)], ablated)
-            rows = len(chunk)
-            examples = torch.arange(batch, device=model.device).repeat(rows)
-            if prefix is not None:
-                run.buffer[:, : prefix.shape[0]] = prefix
-            with model.hooks(fwd_hooks=run.hooks(model, graph)):
-                logits = model(
-                    inputs.repeat(rows, *([1] * (inputs.ndim - 1))),
-                    start_at_layer=start_layer,
-                    past=None if past is None else past.select(examples),
-                    attention_mask=None if mask is None else mask.repeat(rows, 1),
-                    logit_positions=(positions - start).repeat(rows)[:, None],
-                )
-            values[chunk.to(model.device)] = metric.score(logits[:, 0].float(), examples).reshape(rows, batch)
-
-        buffer_row = ablated.numel() * ablated.element_size()
-        run_rows(
-            RowSet(
-                layer=torch.full((len(masks),), start_layer, dtype=torch.long, device="cpu"),
-                start=torch.full((len(masks),), start, dtype=torch.long, device="cpu"),
-            ),
-            run_chunk,
-            row_bytes=lambda computed: buffer_row + 2 * batch * bytes_per_row(model, computed, 1, n_pos),
-            n_positions=n_pos,
-            device=model.device,
-            max_memory=max_memory,
-            progress=progress,
-            description="edge patching",
+    base = BaseRun.prefix(model, clean, mask, start)
+    layout = edge_layout(model, graph, start_layer)
+    fixed, entering = None, None
+    if start_layer > 0:  # blocks before start_layer run once, with the first row's mask
+        before = layout.edges_before(start_layer).to(model.device)
+        if not bool((masks[:, before] == masks[:1, before]).all()):
+            raise ValueError(f"start_layer={start_layer}: rows differ on edges into blocks before it")
+        residual, fixed = masked_prefix(
+            model,
+            edge_layout(model, graph),
+            masks[0],
+            base,
+            ablated=ablated,
+            start=start,
+            stop=start_layer,
+            n_before=layout.n_fixed,
         )
-    return values
+        entering = {start_layer: residual}
+
+    def score(residual: Tensor, examples: Tensor) -> Tensor:
+        return metric.score(model.unembed(model.ln_final(residual[:, None]))[:, 0].float(), examples)
+
+    values, _ = run_masked(
+        model,
+        layout,
+        masks,
+        base,
+        RowSet(
+            layer=torch.full((len(masks),), start_layer, dtype=torch.long, device="cpu"),
+            start=torch.full((len(masks),), start, dtype=torch.long, device="cpu"),
+        ),
+        read=positions,
+        score=score,
+        ablated=ablated[layout.n_fixed :],
+        fixed=fixed,
+        entering=entering,
+        max_memory=max_memory,
+        progress=progress,
+        description="edge patching",
+    )
+    return values.to(model.device)
 
 
 @torch.no_grad()

@@ -136,3 +136,41 @@ def test_receivers_that_do_not_exist(three_layer_model):
         path_patch(three_layer_model, clean, corrupt, SweepSpec(kind="q"), [Receiver("logits")], metric)
     with pytest.raises(TypeError, match="(path_patch needs a positional metric|PositionalMetric)"):
         path_patch(three_layer_model, clean, corrupt, spec, [Receiver("logits")], lambda logits: logits.sum())
+
+
+def test_a_path_patch_is_an_edge_patch_of_the_senders_edges(three_layer_model):
+    """Both run on the one masked executor: a head's path into every input it feeds, in the
+    noising direction (clean run, corrupt value on the paths), equals edge patching with
+    exactly that head's outgoing edges on."""
+    from circuits import Graph, Node, patch_edges
+
+    model = three_layer_model
+    clean, corrupt, metric = pair()
+    graph = Graph.from_model(model)
+    for layer, head in [(0, 1), (1, 0)]:
+        paths = path_patch(
+            model,
+            clean,
+            corrupt,
+            [PatchSite(kind="z", layer=layer, head=head)],
+            every_input(model),
+            metric,
+            direction="noise",
+            progress=False,
+        )
+        edges = torch.tensor([float(e.source == Node("head", layer, head)) for e in graph.edges])
+        patched = patch_edges(model, clean, corrupt, graph, edges[None], metric)
+        torch.testing.assert_close(paths.values[0], patched[0], atol=1e-5, rtol=0)
+
+
+def test_sparse_and_dense_fixed_products_agree():
+    from mechinterp.patching.masked import fixed_product
+
+    generator = torch.Generator().manual_seed(1)
+    deltas = torch.randn(6, 10, generator=generator)
+    sparse = torch.zeros(4, 3, 6)
+    sparse[torch.arange(4), 0, torch.tensor([0, 2, 5, 5])] = torch.tensor([1.0, 0.5, 1.0, 0.25])
+    dense = torch.rand(4, 3, 6, generator=generator)
+    for masks in (sparse, dense):
+        literal = torch.einsum("rsk,kv->rsv", masks, deltas)
+        torch.testing.assert_close(fixed_product(masks, deltas), literal, atol=1e-6, rtol=0)

@@ -231,6 +231,26 @@ class BaseRun:
         self.kv = KeyValuePrefix.from_cache(self.cache, model, length=tokens.shape[1])
         self.n_layers = n_layers
 
+    @classmethod
+    def prefix(cls, model, tokens: Tensor, attention_mask: Tensor, length: int) -> BaseRun:
+        """A base run of the first ``length`` positions only: the keys and values that rows
+        computing positions ``length:`` need when they enter at layer 0 (or bring their own
+        entering residual stream). It has no logits and no cache."""
+        run = cls.__new__(cls)
+        run.model, run.tokens, run.mask, run.cache = model, tokens, attention_mask, {}
+        run.padding = None if bool(attention_mask.all()) else attention_mask
+        run.n_layers, run.kv = model.architecture.n_layers, None
+        if length > 0:
+            with torch.no_grad():
+                _, cache = model.run_with_cache(
+                    tokens[:, :length],
+                    attention_mask=None if run.padding is None else attention_mask[:, :length],
+                    names_filter=KeyValuePrefix.hook_filter(model),
+                    return_type=None,
+                )
+            run.kv = KeyValuePrefix.from_cache(cache, model, length=length)
+        return run
+
     @staticmethod
     def _entering_hook(layer: int) -> str:
         """The hook holding what block ``layer`` (> 0) receives: the previous block's output.
@@ -238,26 +258,40 @@ class BaseRun:
         spliced there would be applied twice (its reconstruction encoded again)."""
         return f"blocks.{layer - 1}.hook_resid_post"
 
-    def forward_rows(self, layers: Sequence[int], examples: Tensor, start: int, hooks: list) -> Tensor:
+    def forward_rows(
+        self,
+        layers: Sequence[int],
+        examples: Tensor,
+        start: int,
+        hooks: list,
+        *,
+        stop: int | None = None,
+        entering: Mapping[int, Tensor] | None = None,
+    ) -> Tensor:
         """The final residual stream ``[row, pos - start, d_model]`` of rows that enter at
         ``layers`` (sorted; ``n_layers`` = after the last block) with the base run's residual
-        stream, computing positions ``start:`` only, with ``hooks`` active."""
+        stream, computing positions ``start:`` only, with ``hooks`` active. ``stop``: return
+        the residual stream entering that block instead; ``entering``: residual streams
+        ``[batch, pos - start, d_model]`` that rows entering at a layer take instead of the
+        base run's."""
         model = self.model
         examples = examples.to(self.tokens.device)
         mask = None if self.padding is None else self.padding[examples]
         context = model.attention_context(mask, n_pos=self.tokens.shape[1], offset=start)
         past = self.kv.truncate(start).select(examples) if start > 0 else None
-        entering = {}
-        first = 0
-        for layer, count in _run_lengths(layers):
-            new = examples[first : first + count]
-            if layer == 0:
-                entering[0] = model.embed_tokens(self.tokens[new, start:], context.rows(count).positions)
-            else:
-                entering[layer] = self.cache[self._entering_hook(layer)][new, start:]
-            first += count
-        with model.hooks(fwd_hooks=hooks):
-            return model.run_blocks(None, context, start=layers[0], past=past, entering=entering)
+        with model.hooks(fwd_hooks=hooks):  # hooks see the embedding of rows entering at 0 too
+            rows: dict[int, Tensor] = {}
+            first = 0
+            for layer, count in _run_lengths(layers):
+                new = examples[first : first + count]
+                if entering is not None and layer in entering:
+                    rows[layer] = entering[layer][new]
+                elif layer == 0:
+                    rows[0] = model.embed_tokens(self.tokens[new, start:], context.rows(count).positions)
+                else:
+                    rows[layer] = self.cache[self._entering_hook(layer)][new, start:]
+                first += count
+            return model.run_blocks(None, context, start=layers[0], stop=stop, past=past, entering=rows)
 
 
 def _run_lengths(values: Sequence[int]) -> list[tuple[int, int]]:

@@ -32,9 +32,9 @@ from torch import Tensor
 
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.engine import BaseRun, site_index
-from mechinterp.patching.memory import bytes_per_row
+from mechinterp.patching.masked import Destination, EdgeLayout, destination_hook, run_masked
 from mechinterp.patching.result import PatchResult
-from mechinterp.patching.rows import RowSet, run_rows
+from mechinterp.patching.rows import RowSet
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
 from mechinterp.patching.sweep import Direction, TextOrTokens, axis_labels, base_and_source, prepare_pair
@@ -112,33 +112,73 @@ def sender_deltas(
     return torch.stack(deltas)
 
 
-def _receiver_hooks(model, receivers, feeds: Tensor, delta: Tensor, start: int) -> list:
-    """Hooks adding each row's sender delta to the receivers that its sender feeds.
+def _receiver_hooks(model, receivers, feeds: Tensor, delta: Tensor) -> list:
+    """The reference's hooks: each adds the sender's change to the receivers it feeds
+    (``feeds``: ``[receiver]``; ``delta``: ``[batch, pos, d_model]``)."""
+    hooks = []
+    for receiver, feed in zip(receivers, feeds.tolist(), strict=True):
+        if receiver.kind == "logits" or not feed:
+            continue
 
-    ``feeds``: ``[receiver, row]`` (1 where the row's sender writes into that receiver);
-    ``delta``: ``[row, pos, d_model]`` full-length sender changes."""
-    by_hook: dict[str, list[tuple[Receiver, Tensor]]] = {}
-    for i, receiver in enumerate(receivers):
-        if receiver.kind != "logits":
-            by_hook.setdefault(receiver.hook_name(), []).append((receiver, feeds[i]))
-
-    def make(entries):
-        def add(activation: Tensor, hook) -> Tensor:
-            n = activation.shape[0]  # rows join at their entry layer: the active rows come first
-            for receiver, feed in entries:
-                change = (delta[:n, start:] * feed[:n, None, None]).to(activation.device)
-                if receiver.kind == "mlp":
-                    activation = activation + change
-                else:
-                    head = slice(None) if receiver.head is None else receiver.head
-                    activation[:, :, head] = activation[:, :, head] + (
-                        change[:, :, None] if receiver.head is None else change
-                    )
+        def add(activation: Tensor, hook, receiver=receiver) -> Tensor:
+            if receiver.kind == "mlp":
+                return activation + delta
+            head = slice(None) if receiver.head is None else receiver.head
+            activation[:, :, head] = activation[:, :, head] + (
+                delta[:, :, None] if receiver.head is None else delta
+            )
             return activation
 
-        return add
+        hooks.append((receiver.hook_name(), add))
+    return hooks
 
-    return [(name, make(entries)) for name, entries in by_hook.items()]
+
+_CHANNEL_ORDER = {"q": 0, "k": 1, "v": 2, "mlp": 3}
+
+
+def path_edges(model, sites: Sequence[PatchSite], receivers: Sequence[Receiver]) -> tuple[EdgeLayout, Tensor]:
+    """Path patching as masked edges: each sender is a fixed source with an edge into every
+    receiver slot it writes into directly; row ``i`` of the masks turns on sender ``i``'s
+    edges. A head named by several receivers receives the sender's change once.
+
+    Returns ``(layout, masks [sender, edge])``."""
+    arch = model.architecture
+    slots: dict[tuple[int, str], set[int]] = {}  # (layer, channel) -> receiving slots
+    for receiver in receivers:
+        layer = arch.n_layers if receiver.kind == "logits" else receiver.layer
+        if receiver.kind in ("q", "k", "v"):
+            n_heads = arch.kv_heads if receiver.kind in ("k", "v") else arch.n_heads
+            heads = range(n_heads) if receiver.head is None else [receiver.head]
+        else:
+            n_heads, heads = 1, [0]
+        slots.setdefault((layer, receiver.kind), set()).update(heads)
+    destinations, masks = [], []
+    n_edges = 0
+    for (layer, channel), receiving in sorted(
+        slots.items(), key=lambda item: (item[0][0], _CHANNEL_ORDER.get(item[0][1], 4))
+    ):
+        per_head = channel in ("q", "k", "v")
+        n_slots = (arch.kv_heads if channel in ("k", "v") else arch.n_heads) if per_head else 1
+        reader = Receiver(channel, None if channel == "logits" else layer)
+        edge_ids = torch.full((n_slots, len(sites)), -1, dtype=torch.long, device="cpu")
+        for i, site in enumerate(sites):
+            if reader.reads(site, model):
+                for slot in sorted(receiving):
+                    edge_ids[slot, i] = n_edges
+                    masks.append(i)
+                    n_edges += 1
+        destinations.append(
+            Destination(
+                destination_hook(layer, channel, arch.n_layers),
+                layer,
+                per_head,
+                edge_ids,
+                final=channel == "logits",
+            )
+        )
+    table = torch.zeros(len(sites), n_edges, device="cpu")  # bookkeeping: built on the CPU
+    table[torch.tensor(masks, dtype=torch.long, device="cpu"), torch.arange(n_edges, device="cpu")] = 1.0
+    return EdgeLayout(len(sites), len(sites), tuple(destinations)), table
 
 
 @torch.no_grad()
@@ -193,11 +233,13 @@ def path_patch(
         if site.kind not in SENDER_KINDS:
             raise ValueError(f"senders must be of kind {', '.join(SENDER_KINDS)}; got {site.kind!r}")
     scorer = PositionalScorer(metric, base_tokens.shape[0], n_pos)
-    sender_hooks = {site.hook_name for site in sites}
+    layout, masks = path_edges(model, sites, receivers)
+    masks = masks.to(model.device, model.dtype)
     # a row enters at the first block one of its sender's receivers changes
     entries = [
         min((r.entry_layer(model) for r in receivers if r.reads(site, model)), default=None) for site in sites
     ]
+    sender_hooks = {site.hook_name for site in sites}
     base = BaseRun(
         model,
         base_tokens,
@@ -213,58 +255,32 @@ def path_patch(
         {n: base.source_cache[n] for n in sender_hooks},
     )
     base_value = scorer.run_values(base.logits)
-    values = base_value.expand(len(sites), *base_value.shape).clone()
+    values = base_value.expand(len(sites), *base_value.shape).clone()  # senders not run keep it
 
-    # rows: (sender, example) pairs whose delta is nonzero somewhere the metric can see
-    changed = (deltas != 0).any(-1)  # [sender, batch, pos]
-    first = torch.where(changed.any(-1), changed.int().argmax(-1), -1).cpu()
+    # a row per sender whose change reaches a position the metric reads, from its first change
+    changed = (deltas != 0).any(-1).cpu()  # [sender, batch, pos]
+    first = torch.where(changed.any(-1), changed.int().argmax(-1), n_pos)  # [sender, batch]
     entry = torch.tensor([-1 if e is None else e for e in entries], dtype=torch.long, device="cpu")
-    runnable = (first >= 0) & (first <= scorer.positions[None]) & (entry[:, None] >= 0)
-    sender, example = runnable.nonzero(as_tuple=True)
-    rows = RowSet(layer=entry[sender], start=first[sender, example])
-    feeds_table = torch.tensor(
-        [[receiver.reads(site, model) for site in sites] for receiver in receivers],
-        dtype=deltas.dtype,
-        device=deltas.device,
-    )  # [receiver, sender]
-    direct = any(receiver.kind == "logits" for receiver in receivers)
-    read_residuals, read_rows = [], []
+    senders_run = ((first <= scorer.positions[None]).any(-1) & (entry >= 0)).nonzero()[:, 0]
+    start = first[senders_run].amin(-1).clamp(max=int(scorer.positions.min()))
 
-    def run_chunk(chunk: Tensor, start: int) -> None:
-        senders_idx, examples = sender[chunk], example[chunk]
-        on_device = senders_idx.to(deltas.device), examples.to(deltas.device)
-        delta = deltas[on_device]  # [row, pos, d_model]
-        hooks = _receiver_hooks(model, receivers, feeds_table[:, on_device[0]], delta, start)
-        residual = base.forward_rows(rows.layer[chunk].tolist(), examples, start, hooks)
-        if direct:
-            residual = residual + delta[:, start:]
-        read = (scorer.positions[examples] - start).to(residual.device)
-        read_residuals.append(residual[torch.arange(len(chunk), device=residual.device), read])
-        read_rows.append(chunk)
+    def score(residual: Tensor, examples: Tensor) -> Tensor:
+        return scorer.row_values(model.unembed(model.ln_final(residual[:, None])), examples)
 
-    previous_split = [block.use_split_qkv_input for block in model.blocks]
-    for receiver in receivers:  # per-head inputs only where a head input receives
-        if receiver.kind in ("q", "k", "v"):
-            model.blocks[receiver.layer].use_split_qkv_input = True
-    try:
-        stats = run_rows(
-            rows,
-            run_chunk,
-            row_bytes=lambda computed: 2 * bytes_per_row(model, computed, 1, n_pos),
-            n_positions=n_pos,
-            device=model.device,
-            max_rows=max_batch_rows,
-            max_memory=max_memory,
-            progress=progress,
-            description="path patching",
-        )
-    finally:
-        for block, split in zip(model.blocks, previous_split, strict=True):
-            block.use_split_qkv_input = split
-    if read_rows:
-        order = torch.cat(read_rows)
-        final = model.ln_final(torch.cat(read_residuals)[:, None])
-        values[sender[order], example[order]] = scorer.row_values(model.unembed(final), example[order])
+    values[senders_run], stats = run_masked(
+        model,
+        layout,
+        masks[senders_run.to(model.device)],
+        base,
+        RowSet(layer=entry[senders_run], start=start),
+        read=scorer.positions,
+        score=score,
+        fixed=deltas,
+        max_rows=max_batch_rows,
+        max_memory=max_memory,
+        progress=progress,
+        description="path patching",
+    )
     return PatchResult(
         values=values.reshape(*shape, base_tokens.shape[0]),
         axes=tuple(axes),
@@ -279,7 +295,7 @@ def path_patch(
             "model": model.architecture.model_name,
             "metric": type(metric).__name__,
             "examples": int(base_tokens.shape[0]),
-            "rows_run": stats.rows,
+            "rows_run": stats.rows,  # senders run, each over the whole batch
             "chunks": stats.chunks,
         },
     )
@@ -315,12 +331,8 @@ def reference_path_patch(
                 {site.hook_name: base_cache[site.hook_name]},
                 {site.hook_name: source_cache[site.hook_name]},
             )[0]
-            feeds = torch.tensor(
-                [[float(receiver.reads(site, model))] * base.shape[0] for receiver in receivers],
-                dtype=delta.dtype,
-                device=delta.device,
-            )
-            hooks = _receiver_hooks(model, receivers, feeds, delta, 0)
+            feeds = torch.tensor([receiver.reads(site, model) for receiver in receivers], device="cpu")
+            hooks = _receiver_hooks(model, receivers, feeds, delta)
             if any(receiver.kind == "logits" for receiver in receivers):
                 hooks.append((final_hook, lambda activation, hook, delta=delta: activation + delta))
             logits = model.run_with_hooks(base, attention_mask=mask, fwd_hooks=hooks)
