@@ -2,17 +2,23 @@
 
 Ameisen et al. 2025 ("Circuit Tracing: Revealing Computational Graphs in Language Models") and
 the ``circuit-tracer`` library: replace each MLP by transcoder features plus an exact error
-term, freeze attention patterns and norm scales on one prompt, and read the direct effects
-between features, errors, token embeddings and logits off batched backward passes.
+term, freeze attention patterns and norm scales on one prompt (``Replacement``), read the direct
+effects between features, errors, token embeddings and logits off batched backward passes
+(``trace``), keep what carries the influence on the logits (``prune_graph``), check edges by
+intervening on features (``intervene``) and export the graph for Neuronpedia's viewer.
 
 Example:
-    >>> from circuits.tracing import random_transcoders, trace, prune_graph
+    >>> from circuits.tracing import random_transcoders, trace, prune_graph, write_attribution_graph
     >>> tc = random_transcoders(model, 64, kind="clt")
     >>> graph = trace(model, tc, "The cat sat on the")
     >>> pruned = prune_graph(graph)
+    >>> write_attribution_graph(pruned, "cat.json", slug="cat")
 """
 
+from circuits.tracing.export import to_attribution_dict, write_attribution_graph
 from circuits.tracing.graph import AttributionGraph
+from circuits.tracing.intervene import Intervention, intervene
+from circuits.tracing.prune import PrunedGraph, graph_scores, prune_graph
 from circuits.tracing.replacement import ActiveFeatures, Replacement
 from circuits.tracing.trace import trace
 from circuits.tracing.transcoders import Transcoder, load_transcoders, random_transcoders
@@ -20,9 +26,16 @@ from circuits.tracing.transcoders import Transcoder, load_transcoders, random_tr
 __all__ = [
     "ActiveFeatures",
     "AttributionGraph",
+    "Intervention",
+    "PrunedGraph",
     "Replacement",
     "Transcoder",
+    "graph_scores",
+    "intervene",
     "load_transcoders",
+    "prune_graph",
     "random_transcoders",
+    "to_attribution_dict",
     "trace",
+    "write_attribution_graph",
 ]

@@ -1,0 +1,151 @@
+"""A pruned attribution graph as Neuronpedia / circuit-tracer graph JSON (``schema_version`` 1).
+
+The same layout as ``circuits.neuronpedia`` writes for component circuits (its naming rules,
+``cantor_pair`` and the file writer are reused), with real nodes at their own positions:
+
+================  =============================================================================
+node              ``node_id`` (= ``jsNodeId``), ``layer``, ``feature``, ``feature_type``
+================  =============================================================================
+feature           ``<layer>_<index>_<pos>``, ``"<layer>"``, ``cantor_pair(layer, index)``,
+                  ``"cross layer transcoder"``; ``activation``
+error (l, p)      ``<layer>_<d_tc>_<pos>`` (index one past the layer's last feature, so ids stay
+                  unique and decode like a feature), ``cantor_pair(layer, d_tc)``,
+                  ``"mlp reconstruction error"``
+token p           ``E_<token id>_<pos>``, ``"E"``, ``p``, ``"embedding"``
+logit k           ``<L+1>_<token id>_<last pos>``, ``"<L+1>"``, the token id, ``"logit"``,
+                  ``clerp`` ``Output "<token>" (p=<probability>)``, ``token_prob``, ``is_target_logit``
+================  =============================================================================
+
+Every node has ``influence`` (its cumulative influence share, ``PrunedGraph.cumulative_influence``),
+so ``metadata.node_threshold`` is set and the viewers prune as circuit-tracer's graphs do. Links are
+the kept edges ``{source, target, weight}``.
+
+Example:
+    >>> write_attribution_graph(prune_graph(graph), "graph.json", scan="gemma-2-2b", slug="dallas")
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from circuits.export import _atomic_write
+from circuits.neuronpedia import _checked_name, cantor_pair, sanitise_name
+from circuits.tracing.prune import PrunedGraph
+
+
+def to_attribution_dict(
+    pruned: PrunedGraph, *, scan: str | None = None, slug: str | None = None
+) -> dict[str, Any]:
+    """The kept nodes and edges of ``pruned`` in Neuronpedia's graph layout (module docstring)."""
+    graph = pruned.graph
+    model_name = sanitise_name(graph.model_name)
+    scan = _checked_name(model_name if scan is None else scan, "scan")
+    slug = _checked_name(f"{model_name}-attribution-{uuid.uuid4().hex[:8]}" if slug is None else slug, "slug")
+    if graph.n_pos < 2:
+        raise ValueError(
+            "circuit-tracer's viewer hides every node of a one-token graph; trace a longer prompt"
+        )
+    last = graph.n_pos - 1
+    nodes: dict[int, dict[str, Any]] = {}
+    for node in pruned.node_mask.nonzero()[:, 0].tolist():
+        kind = graph.kind(node)
+        entry: dict[str, Any]
+        if kind == "feature":
+            layer, pos, index = graph.features[node].tolist()
+            entry = {
+                "node_id": f"{layer}_{index}_{pos}",
+                "feature": cantor_pair(layer, index),
+                "layer": str(layer),
+                "ctx_idx": pos,
+                "feature_type": "cross layer transcoder",
+                "clerp": "",
+                "activation": float(graph.activations[node]),
+            }
+        elif kind == "error":
+            layer, pos = divmod(node - graph.n_features, graph.n_pos)
+            width = graph.widths[layer]
+            entry = {
+                "node_id": f"{layer}_{width}_{pos}",
+                "feature": cantor_pair(layer, width),
+                "layer": str(layer),
+                "ctx_idx": pos,
+                "feature_type": "mlp reconstruction error",
+                "clerp": f"error of layer {layer}'s MLP at position {pos}",
+            }
+        elif kind == "token":
+            pos = node - graph.token_node(0)
+            token = int(graph.tokens[pos])
+            entry = {
+                "node_id": f"E_{token}_{pos}",
+                "feature": pos,
+                "layer": "E",
+                "ctx_idx": pos,
+                "feature_type": "embedding",
+                "clerp": "",
+            }
+        else:
+            k = node - graph.logit_node(0)
+            token, prob = int(graph.logit_tokens[k]), float(graph.logit_probabilities[k])
+            entry = {
+                "node_id": f"{graph.n_layers + 1}_{token}_{last}",
+                "feature": token,
+                "layer": str(graph.n_layers + 1),
+                "ctx_idx": last,
+                "feature_type": "logit",
+                "clerp": f'Output "{graph.logit_strings[k]}" (p={prob:.3f})',
+                "token_prob": prob,
+                "is_target_logit": k == 0,
+            }
+        entry["jsNodeId"] = entry["node_id"]
+        entry["influence"] = float(pruned.cumulative_influence[node])
+        entry["mechinterp_name"] = graph.node_label(node)
+        nodes[node] = entry
+    rows, cols = graph.edges.indices()
+    weights = graph.edges.values()
+    links = [
+        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(w)}
+        for t, s, w in zip(
+            rows[pruned.edge_mask].tolist(),
+            cols[pruned.edge_mask].tolist(),
+            weights[pruned.edge_mask].tolist(),
+            strict=True,
+        )
+    ]
+    return {
+        "metadata": {
+            "slug": slug,
+            "scan": scan,
+            "transcoder_list": [],
+            "prompt_tokens": list(graph.token_strings),
+            "prompt": "".join(graph.token_strings),
+            "schema_version": 1,
+            "node_threshold": pruned.node_threshold,
+            "info": {
+                "description": f"attribution graph of {graph.model_name} ({graph.transcoder_kind} transcoders)",
+                "generator": {"name": "mechinterp"},
+            },
+            "mechinterp": {
+                "model": graph.model_name,
+                "n_layers": graph.n_layers,
+                "replacement_score": pruned.replacement_score,
+                "completeness_score": pruned.completeness_score,
+            },
+        },
+        "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
+        "nodes": list(nodes.values()),
+        "links": links,
+    }
+
+
+def write_attribution_graph(
+    pruned: PrunedGraph, path: str | Path, *, scan: str | None = None, slug: str | None = None
+) -> Path:
+    """Write ``to_attribution_dict(pruned)`` to ``path`` (atomically, like every circuit export).
+
+    Example:
+        >>> write_attribution_graph(prune_graph(graph), "graphs/cat.json", slug="cat")
+    """
+    return _atomic_write(path, json.dumps(to_attribution_dict(pruned, scan=scan, slug=slug), indent=1))
