@@ -209,7 +209,7 @@ def _direct_effects(
             token = logit_tokens[targets[~is_feature] - n_features]
             centred = logit.gather(1, token[:, None])[:, 0] - logit.mean(-1)
             values = values.index_put((rows[~is_feature],), centred)
-        grads = torch.autograd.grad(values.sum(), [embedding, *outputs])
+        grads = torch.autograd.grad(values.sum(), [embedding, *outputs], materialize_grads=True)
     g_embed, g_out = grads[0], grads[1:]
     with torch.no_grad():
         parts = []
