@@ -148,7 +148,9 @@ def trace(
     else:
         target = source = torch.zeros(0, dtype=torch.long)
         weight = torch.zeros(0)
-    edges = torch.sparse_coo_tensor(torch.stack([target, source]), weight, (n_nodes, n_nodes)).coalesce()
+    edges = torch.sparse_coo_tensor(
+        torch.stack([target, source]), weight, (n_nodes, n_nodes), check_invariants=True
+    ).coalesce()
 
     node_values = torch.zeros(n_nodes)
     node_values[:n_features] = target_values[:n_features]
