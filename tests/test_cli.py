@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mechinterp.cli import config as schema
+from mechinterp.cli import schema
 from mechinterp.cli.app import app
 from mechinterp.cli.config import ConfigError, apply_override, load_config
 

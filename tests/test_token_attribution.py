@@ -388,7 +388,8 @@ def test_smollm2_integrated_gradients_match_captum(smollm2):
 def test_cli_config_names_the_library_choices():
     import typing
 
-    from mechinterp.cli.config import ConfigError, IntegrationRule, TokenMethod, validate
+    from mechinterp.cli.config import ConfigError, validate
+    from mechinterp.cli.schema import IntegrationRule, TokenMethod
     from mechinterp.token_attribution import METHODS, RULES
 
     assert typing.get_args(TokenMethod) == METHODS and typing.get_args(IntegrationRule) == RULES

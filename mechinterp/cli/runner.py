@@ -44,9 +44,9 @@ from plotly.offline import get_plotlyjs
 from rich.console import Console
 
 import mechinterp
-from mechinterp.cli.config import InductionDataset, IOIDataset, RunConfig
 from mechinterp.cli.files import atomic_write_text, step_dir_name
 from mechinterp.cli.report import write_report
+from mechinterp.cli.schema import InductionDataset, IOIDataset, RunConfig
 from mechinterp.cli.steps import STEPS, StepOutput
 from mechinterp.data import PromptPairs, induction_pairs, ioi_pairs, load_pairs
 from mechinterp.metrics import LogitDifference, ProbabilityDifference

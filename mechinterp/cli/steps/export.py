@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 import circuits
-from mechinterp.cli.config import ExportStep
+from mechinterp.cli.schema import ExportStep
 from mechinterp.cli.steps.output import StepOutput, table
 from mechinterp.plotting import write_circuit_html
 

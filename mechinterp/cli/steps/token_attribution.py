@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechinterp.cli.config import TokenAttributionStep
+from mechinterp.cli.schema import TokenAttributionStep
 from mechinterp.cli.steps.output import StepOutput, table
 from mechinterp.plotting import method_comparison_heatmap, token_attribution_heatmap
 from mechinterp.token_attribution import compare_methods
