@@ -1,7 +1,8 @@
 """Circuit discovery on mechinterp models: the computational graph, batched edge patching,
 discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC),
 faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia /
-circuit-tracer graph JSON, GraphML, DOT, interactive HTML).
+circuit-tracer graph JSON, GraphML, DOT; the interactive HTML page is a figure, in
+``mechinterp.plotting``).
 
 Example:
     >>> from circuits import ALGORITHMS, Graph, faithfulness_curve, write
@@ -46,7 +47,6 @@ from circuits.export import (
     write_eap_ig_json,
     write_graph_folder,
     write_graphml,
-    write_html,
     write_json,
     write_neuronpedia_json,
 )
@@ -93,7 +93,6 @@ __all__ = [
     "write_eap_ig_json",
     "write_graph_folder",
     "write_graphml",
-    "write_html",
     "write_json",
     "write_neuronpedia_json",
 ]

@@ -1,5 +1,6 @@
 """Circuit files: our JSON (lossless, versioned), EAP-IG edge JSON, Neuronpedia-style graph JSON,
-GraphML, Graphviz DOT text and a self-contained interactive HTML page.
+GraphML and Graphviz DOT text. (The interactive HTML page is a figure:
+``mechinterp.plotting.write_circuit_html``.)
 
 ``write(circuit, path, to=...)`` picks a writer from ``WRITERS`` by name; every writer is
 also public on its own. Every write goes to a temporary file in the destination folder that
@@ -33,7 +34,7 @@ the mapping.
 
 Example:
     >>> write(circuit, "runs/ioi/circuit.json")                 # our JSON
-    >>> write(circuit, "runs/ioi/circuit.html", to="html")      # open it in a browser
+    >>> write(circuit, "runs/ioi/circuit.graphml", to="graphml")  # networkx, Gephi, Cytoscape
     >>> circuit = read_json("runs/ioi/circuit.json")            # no model needed
 """
 
@@ -76,7 +77,14 @@ def _atomic(path: str | Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
-def _atomic_write(path: str | Path, text: str) -> Path:
+def write_text_atomically(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file renamed over it: an
+    interrupted write leaves ``path`` as it was. Every text writer here uses it (and
+    ``mechinterp.plotting.write_circuit_html``).
+
+    Example:
+        >>> write_text_atomically("runs/ioi/notes.txt", "hello")
+    """
     return _atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
@@ -107,7 +115,7 @@ def write_json(circuit: Circuit, path: str | Path) -> Path:
     Example:
         >>> write_json(circuit, "runs/ioi/circuit.json")
     """
-    return _atomic_write(path, json.dumps(to_json_dict(circuit), indent=1))
+    return write_text_atomically(path, json.dumps(to_json_dict(circuit), indent=1))
 
 
 def _require(container: dict, key: str, kind: type | tuple[type, ...], where: str, path: Path) -> Any:
@@ -299,7 +307,7 @@ def write_eap_ig_json(circuit: Circuit, path: str | Path) -> Path:
     Example:
         >>> write_eap_ig_json(circuit, "runs/ioi/circuit.eap_ig.json")
     """
-    return _atomic_write(path, json.dumps(to_eap_ig_dict(circuit), indent=1))
+    return write_text_atomically(path, json.dumps(to_eap_ig_dict(circuit), indent=1))
 
 
 def _node_attributes(node: Node) -> dict[str, Any]:
@@ -360,7 +368,9 @@ def write_neuronpedia_json(
     Example:
         >>> write_neuronpedia_json(circuit, "ioi.json", scan="gpt2-small", slug="ioi-eap")
     """
-    return _atomic_write(path, json.dumps(to_neuronpedia_dict(circuit, scan=scan, slug=slug), indent=1))
+    return write_text_atomically(
+        path, json.dumps(to_neuronpedia_dict(circuit, scan=scan, slug=slug), indent=1)
+    )
 
 
 def write_graph_folder(
@@ -379,12 +389,12 @@ def write_graph_folder(
     slug = data["metadata"]["slug"]
     if slug in (".", ".."):
         raise ValueError(f"slug {slug!r} cannot name a file")
-    path = _atomic_write(folder / f"{slug}.json", json.dumps(data, indent=1))
+    path = write_text_atomically(folder / f"{slug}.json", json.dumps(data, indent=1))
     index_path = folder / "graph-metadata.json"
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {"graphs": []}
     entry = {key: value for key, value in data["metadata"].items() if key != "mechinterp"}
     index["graphs"] = [graph for graph in index.get("graphs", []) if graph.get("slug") != slug] + [entry]
-    _atomic_write(index_path, json.dumps(index, indent=1))
+    write_text_atomically(index_path, json.dumps(index, indent=1))
     return path
 
 
@@ -409,20 +419,7 @@ def to_dot(circuit: Circuit) -> str:
 
 def write_dot(circuit: Circuit, path: str | Path) -> Path:
     """Graphviz DOT file (render with ``dot -Tsvg circuit.dot -o circuit.svg``)."""
-    return _atomic_write(path, to_dot(circuit))
-
-
-def write_html(circuit: Circuit, path: str | Path) -> Path:
-    """A self-contained interactive page of the in-graph edges (``circuit_figure``): plotly.js
-    is inlined, so it opens offline.
-
-    Example:
-        >>> write_html(circuit, "runs/ioi/circuit.html")
-    """
-    from mechinterp.plotting.circuits import circuit_figure  # circuits never imports plotting eagerly
-
-    html = circuit_figure(circuit).to_html(include_plotlyjs=True, full_html=True)
-    return _atomic_write(path, html)
+    return write_text_atomically(path, to_dot(circuit))
 
 
 Writer = Callable[..., Path]
@@ -432,7 +429,6 @@ WRITERS: dict[str, Writer] = {
     "neuronpedia": write_neuronpedia_json,
     "graphml": write_graphml,
     "dot": write_dot,
-    "html": write_html,
 }
 
 
@@ -441,10 +437,11 @@ def write(circuit: Circuit, path: str | Path, to: str = "json", **options: Any) 
     to that writer (``scan`` and ``slug`` for ``"neuronpedia"``).
 
     Example:
-        >>> for fmt, suffix in [("json", "json"), ("graphml", "graphml"), ("html", "html")]:
+        >>> for fmt, suffix in [("json", "json"), ("graphml", "graphml"), ("dot", "dot")]:
         ...     write(circuit, f"runs/ioi/circuit.{suffix}", to=fmt)
         >>> write(circuit, "ioi.neuronpedia.json", to="neuronpedia", scan="gpt2-small", slug="ioi")
     """
     if to not in WRITERS:
-        raise ValueError(f"unknown circuit format {to!r}; choose from {', '.join(WRITERS)}")
+        hint = "; the interactive HTML page is mechinterp.plotting.write_circuit_html" if to == "html" else ""
+        raise ValueError(f"unknown circuit format {to!r}; choose from {', '.join(WRITERS)}{hint}")
     return WRITERS[to](circuit, path, **options)

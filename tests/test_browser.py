@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 import circuits
 from mechinterp.cli.app import app
 from mechinterp.data import induction_pairs
+from mechinterp.plotting import write_circuit_html
 
 pytest.importorskip("playwright")
 
@@ -65,7 +66,7 @@ def test_exported_circuit_html_renders(induction_model, tmp_path):
         induction_model, pairs, pairs.metric(), graph, config=circuits.EAPConfig(top_n=20)
     )
     assert circuit.n_edges > 0
-    path = circuits.write(circuit, tmp_path / "circuit.html", to="html")
+    path = write_circuit_html(circuit, tmp_path / "circuit.html")
 
     rendered = render_page(path)
     assert rendered.console_errors == []

@@ -28,12 +28,11 @@ from circuits import (
     write,
     write_eap_ig_json,
     write_graphml,
-    write_html,
     write_json,
     write_neuronpedia_json,
 )
 from mechinterp.models.tiny import tiny_hf_model
-from mechinterp.plotting import circuit_figure, faithfulness_figure, roc_figure
+from mechinterp.plotting import circuit_figure, faithfulness_figure, roc_figure, write_circuit_html
 
 
 def _model(family: str, **kwargs):
@@ -126,7 +125,7 @@ def test_dot_renders_with_graphviz(circuit, tmp_path):
 def test_html_renders_offline_in_headless_chromium(circuit, tmp_path):
     pytest.importorskip("playwright")
     skip_without_chromium()
-    path = write_html(circuit, tmp_path / "c.html")
+    path = write_circuit_html(circuit, tmp_path / "c.html")
     html = path.read_text()
     assert '<script src="http' not in html  # plotly.js is inlined, no CDN
     result = render_page(path)
@@ -175,6 +174,10 @@ def test_write_dispatches_every_format(circuit, tmp_path):
         assert write(circuit, tmp_path / f"c.{name}", to=name).stat().st_size > 0
     with pytest.raises(ValueError, match=r"unknown circuit format 'svg'; choose from json, eap-ig"):
         write(circuit, tmp_path / "c.svg", to="svg")
+    with pytest.raises(
+        ValueError, match=r"the interactive HTML page is mechinterp.plotting.write_circuit_html"
+    ):
+        write(circuit, tmp_path / "c.html", to="html")
 
 
 def _edit(path, change) -> None:

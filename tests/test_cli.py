@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mechinterp.cli import config as schema
+from mechinterp.cli import schema
 from mechinterp.cli.app import app
 from mechinterp.cli.config import ConfigError, apply_override, load_config
 
@@ -177,7 +177,8 @@ def test_bad_config_fails_fast_without_torch_and_with_exit_code_2(tmp_path):
 
 
 def test_literals_match_the_library():
-    from circuits import ALGORITHMS, WRITERS
+    from circuits import ALGORITHMS
+    from mechinterp.cli.steps.export import FORMATS, SUFFIXES
     from mechinterp.patching.sites import SiteKind
     from mechinterp.probing import BUILT_IN
 
@@ -186,7 +187,7 @@ def test_literals_match_the_library():
         k for k in typing.get_args(SiteKind) if k not in latent_kinds
     )
     assert set(typing.get_args(schema.Algorithm)) == set(ALGORITHMS)
-    assert set(typing.get_args(schema.ExportFormat)) == set(WRITERS)
+    assert set(typing.get_args(schema.ExportFormat)) == set(FORMATS) == set(SUFFIXES)
     assert set(typing.get_args(schema.ProbeData)) == set(BUILT_IN)
 
 

@@ -314,7 +314,7 @@ def test_cli_explains_the_latents_of_an_earlier_sae_step(tmp_path):
 def test_cli_schema_choices_match_the_library():
     import typing
 
-    from mechinterp.cli import config as schema
+    from mechinterp.cli import schema
     from mechinterp.cli.steps.explain import UNITS
     from mechinterp.explain import METHODS
 

@@ -12,6 +12,7 @@ captum_attr = pytest.importorskip("captum.attr")
 
 from mechinterp.data import PromptPairs  # noqa: E402
 from mechinterp.models.tiny import tiny_hf_model  # noqa: E402
+from mechinterp.plotting import method_comparison_heatmap, token_attribution_heatmap  # noqa: E402
 from mechinterp.token_attribution import (  # noqa: E402
     TokenAttribution,
     ZeroBaselineWarning,
@@ -339,7 +340,7 @@ def test_result_round_trips_and_draws(tiny_llama, tmp_path):
     assert frame.groupby("example")["value"].sum().tolist() == pytest.approx(
         a.values.sum(1).tolist(), abs=1e-5
     )
-    figure = a.figure()
+    figure = token_attribution_heatmap(a)
     assert figure.data[0].type == "heatmap" and len(figure.data[0].z) == 2
 
     comparison = compare_methods(tiny_llama, "hello wor", correct="l", steps=8)
@@ -351,7 +352,7 @@ def test_result_round_trips_and_draws(tiny_llama, tmp_path):
     }
     agreement = comparison.agreement()
     assert agreement.shape == (4, 4) and (agreement.values.diagonal() > 0.999).all()
-    assert len(comparison.figure().data[0].z) == 4
+    assert len(method_comparison_heatmap(comparison).data[0].z) == 4
 
 
 # --- the real model -----------------------------------------------------------------------
@@ -387,7 +388,8 @@ def test_smollm2_integrated_gradients_match_captum(smollm2):
 def test_cli_config_names_the_library_choices():
     import typing
 
-    from mechinterp.cli.config import ConfigError, IntegrationRule, TokenMethod, validate
+    from mechinterp.cli.config import ConfigError, validate
+    from mechinterp.cli.schema import IntegrationRule, TokenMethod
     from mechinterp.token_attribution import METHODS, RULES
 
     assert typing.get_args(TokenMethod) == METHODS and typing.get_args(IntegrationRule) == RULES

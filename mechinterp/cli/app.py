@@ -21,7 +21,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mechinterp.cli.config import ConfigError, ExportFormat, load_config
+from mechinterp.cli.config import ConfigError, load_config
+from mechinterp.cli.schema import ExportFormat
 
 app = typer.Typer(
     help="Mechanistic-interpretability sweeps from YAML configs, run folders and reports.",

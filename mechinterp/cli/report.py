@@ -20,7 +20,7 @@ import plotly.io as pio
 import yaml
 from plotly.offline import get_plotlyjs
 
-from mechinterp.cli.runner import atomic_write_text, step_dir_name
+from mechinterp.cli.files import atomic_write_text, step_dir_name
 from mechinterp.cli.steps.output import shown
 
 STYLE = """

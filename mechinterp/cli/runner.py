@@ -44,7 +44,9 @@ from plotly.offline import get_plotlyjs
 from rich.console import Console
 
 import mechinterp
-from mechinterp.cli.config import InductionDataset, IOIDataset, RunConfig
+from mechinterp.cli.files import atomic_write_text, step_dir_name
+from mechinterp.cli.report import write_report
+from mechinterp.cli.schema import InductionDataset, IOIDataset, RunConfig
 from mechinterp.cli.steps import STEPS, StepOutput
 from mechinterp.data import PromptPairs, induction_pairs, ioi_pairs, load_pairs
 from mechinterp.metrics import LogitDifference, ProbabilityDifference
@@ -61,25 +63,6 @@ class SummaryRow:
     seconds: float = 0.0
     numbers: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp creates owner-only files; results are for sharing
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def step_dir_name(index: int, label: str) -> str:
-    return f"{index + 1:02d}_{label}"
 
 
 def fingerprint(config: RunConfig, index: int) -> dict:
@@ -296,8 +279,6 @@ def run_config(
     after it are ``not run``. ``report.html`` is written either way. ``ray``: ``RayExecutor``
     keywords (``address``, ``num_workers``, ...) to shard patching sweeps over Ray workers.
     """
-    from mechinterp.cli.report import write_report
-
     console = console or Console()
     steps_dir = run_dir / "steps"
     steps_dir.mkdir(parents=True, exist_ok=True)

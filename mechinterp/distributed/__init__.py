@@ -6,6 +6,9 @@ optional extra ``mechinterp[distributed]``) run the shards of a computation;
 the single-process run. ``Checkpointed(executor, folder)`` keeps finished shards on disk so
 a killed run resumes where it stopped. Ray is imported only when a ``RayExecutor`` starts.
 
+This package sits on top of the analysis layers: they define the ``Executor`` protocol
+(``mechinterp.patching.shards``, re-exported here) and never import this package.
+
 Example:
     >>> from mechinterp.distributed import ModelSpec, RayExecutor
     >>> with RayExecutor(ModelSpec(source="smollm2-135m"), num_workers=2) as executor:
@@ -13,8 +16,8 @@ Example:
 """
 
 from mechinterp.distributed.checkpoint import Checkpointed
-from mechinterp.distributed.executors import Executor, LocalExecutor, RayExecutor
+from mechinterp.distributed.executors import LocalExecutor, RayExecutor
 from mechinterp.distributed.spec import ModelSpec
-from mechinterp.distributed.sweep import select_examples
+from mechinterp.patching.shards import Executor, select_examples
 
 __all__ = ["Checkpointed", "Executor", "LocalExecutor", "ModelSpec", "RayExecutor", "select_examples"]

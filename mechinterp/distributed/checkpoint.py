@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from mechinterp.distributed.executors import Executor
+from mechinterp.patching.shards import Executor
 
 
 def _digest(value: Any, sha: Any) -> None:

@@ -3,9 +3,11 @@
 A heavy entry point (``patch_sweep(..., executor=...)``) splits its work into independent
 shards (prompt pairs), hands the executor a task ``task(model, shard) -> result`` and the
 shards, and combines the results in shard order, so the answer does not depend on where
-shards ran. ``LocalExecutor`` runs them in this process on the given model;
-``RayExecutor`` runs them on Ray actors, each holding one model replica built from a
-``ModelSpec`` (on its own GPU with ``num_gpus_per_worker=1``, else on CPU cores).
+shards ran. The protocol they implement, ``Executor``, is defined in the patching layer
+(``mechinterp.patching.shards``), which never imports this package. ``LocalExecutor``
+runs the shards in this process on the given model; ``RayExecutor`` runs them on Ray
+actors, each holding one model replica built from a ``ModelSpec`` (on its own GPU with
+``num_gpus_per_worker=1``, else on CPU cores).
 
 Faults: when an actor dies (killed, out of memory, node lost) its shard goes back in the
 queue and runs on a fresh actor; shards already finished are kept. Progress is one bar
@@ -28,40 +30,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from mechinterp.distributed.spec import ModelSpec, fingerprint
-
-Shard = TypeVar("Shard")
-Result = TypeVar("Result")
-Task = Callable[[Any, Shard], Result]
-
-
-@runtime_checkable
-class Executor(Protocol):
-    """Runs ``task(model, shard)`` for every shard; results in shard order."""
-
-    def shard_size(self, n_items: int) -> int:
-        """How many items (prompt pairs) go in one shard."""
-        ...
-
-    def map(
-        self,
-        model,
-        task: Task,
-        shards: Sequence[Shard],
-        *,
-        sizes: Sequence[int],
-        progress: bool,
-        description: str,
-        on_result: Callable[[int, Result], None] | None = None,
-    ) -> list[Result]:
-        """``[task(model, shard) for shard in shards]``; ``sizes`` (items per shard) drive
-        the progress bar; ``on_result(index, result)`` is called as each shard finishes."""
-        ...
+from mechinterp.patching.shards import Result, Shard, Task
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,11 +1,12 @@
 """Supported Hugging Face families, declared as data.
 
 Each ``Family`` says which HF ``model_type`` values it covers, how to read an
-``ArchitectureConfig`` from the HF config (``fixed`` values plus ``from_hf`` readers), and
-where each of our weights comes from (``WeightRule``: our name, the HF name, a layout
-conversion). Adding a family means adding a table entry, not a branch in the loader
-(README: "Adding a model family"); math no existing field covers becomes a field of
-``ArchitectureConfig`` implemented once in ``attention.py`` / ``block.py`` / ``layers.py``.
+``ArchitectureConfig`` from the HF config (``fixed`` values plus ``from_hf`` readers, shared
+ones in ``hf_fields.py``), and where each of our weights comes from (``WeightRule``: our
+name, the HF name, a layout conversion from ``conversions.py``). Adding a family means
+adding a table entry, not a branch in the loader (README: "Adding a model family"); math
+no existing field covers becomes a field of ``ArchitectureConfig`` implemented once in
+``attention.py`` / ``block.py`` / ``layers.py``.
 
 Families: GPT-2; Llama-style (Llama 3.x, Mistral, Qwen2); Qwen3 (QK-norm); Gemma 2 and
 Gemma 3 text (scaled embeddings, ``1 + w`` norms folded at load, sandwich norms, soft-caps,
@@ -23,92 +24,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
-
 from mechinterp.models.config import ArchitectureConfig
-
-Convert = Callable[[Tensor, ArchitectureConfig], Tensor]
-
-
-# -------------------------------------------------------------------- layout conversions
-def keep(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-    return w
-
-
-def transpose(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-    """``nn.Linear`` ``[out, in]`` -> ``[in, out]``."""
-    return w.T
-
-
-def linear_to_heads(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-    """``nn.Linear`` ``[heads * d_head, d_model]`` -> ``[heads, d_model, d_head]``."""
-    return w.reshape(-1, cfg.d_head, cfg.d_model).transpose(1, 2)
-
-
-def bias_to_heads(b: Tensor, cfg: ArchitectureConfig) -> Tensor:
-    """``[heads * d_head]`` -> ``[heads, d_head]``."""
-    return b.reshape(-1, cfg.d_head)
-
-
-def linear_out_to_heads(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-    """Output projection ``nn.Linear`` ``[d_model, heads * d_head]`` -> ``[heads, d_head, d_model]``."""
-    return w.reshape(cfg.d_model, -1, cfg.d_head).permute(1, 2, 0)
+from mechinterp.models.conversions import (
+    Convert,
+    bias_to_heads,
+    conv1d_out_to_heads,
+    fused_rows,
+    gate_up_sizes,
+    gpt2_qkv,
+    keep,
+    linear_out_to_heads,
+    linear_to_heads,
+    neox_qkv,
+    plus_one,
+    qkv_sizes,
+    transpose,
+)
+from mechinterp.models.hf_fields import (
+    DECODER_FIELDS,
+    GEMMA_FIELDS,
+    UnsupportedArchitectureError,
+    rope_parameter,
+    rope_theta,
+    rotary_dim,
+)
 
 
-def conv1d_out_to_heads(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-    """GPT-2 ``Conv1D`` ``[heads * d_head, d_model]`` (in x out) -> ``[heads, d_head, d_model]``."""
-    return w.reshape(-1, cfg.d_head, cfg.d_model)
-
-
-def gpt2_qkv(part: int, bias: bool = False) -> Convert:
-    """Slice q (0), k (1) or v (2) out of GPT-2's fused ``c_attn`` Conv1D ``[d_model, 3 d_model]``."""
-
-    def convert(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-        width = cfg.n_heads * cfg.d_head
-        piece = w[..., part * width : (part + 1) * width]
-        if bias:
-            return piece.reshape(cfg.n_heads, cfg.d_head)
-        return piece.reshape(cfg.d_model, cfg.n_heads, cfg.d_head).transpose(0, 1)
-
-    return convert
-
-
-def neox_qkv(part: int, bias: bool = False) -> Convert:
-    """Slice q/k/v out of GPT-NeoX's fused ``query_key_value``, laid out ``[head, 3, d_head, ...]``."""
-
-    def convert(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-        per_head = w.reshape(cfg.n_heads, 3, cfg.d_head, *w.shape[1:])[:, part]
-        return per_head if bias else per_head.transpose(1, 2)
-
-    return convert
-
-
-def plus_one(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-    """Gemma's RMSNorm multiplies by ``1 + w``: store the effective scale ``1 + w``."""
-    return 1 + w
-
-
-def fused_rows(
-    sizes: Callable[[ArchitectureConfig], tuple[int, ...]], part: int, then: Convert = keep
-) -> Convert:
-    """Rows ``part`` of an ``nn.Linear`` weight whose output stacks pieces of ``sizes(cfg)`` rows
-    (Phi-3's ``qkv_proj`` and ``gate_up_proj``), converted by ``then``."""
-
-    def convert(w: Tensor, cfg: ArchitectureConfig) -> Tensor:
-        return then(w.split(list(sizes(cfg)), dim=0)[part], cfg)
-
-    return convert
-
-
-def _qkv_sizes(cfg: ArchitectureConfig) -> tuple[int, ...]:
-    return (cfg.n_heads * cfg.d_head, cfg.kv_heads * cfg.d_head, cfg.kv_heads * cfg.d_head)
-
-
-def _gate_up_sizes(cfg: ArchitectureConfig) -> tuple[int, ...]:
-    return (cfg.d_mlp, cfg.d_mlp)
-
-
-# -------------------------------------------------------------------- the tables
 @dataclass(frozen=True)
 class WeightRule:
     """Our parameter ``ours`` comes from HF tensor ``hf`` through ``convert``.
@@ -142,79 +83,6 @@ def _attn_param(kind: str, part: str) -> str:
     are stored per kv head, under ``..._grouped``."""
     suffix = "_grouped" if part in ("K", "V") else ""
     return f"blocks.{{l}}.attn.{kind}_{part}{suffix}"
-
-
-def _rope(hf_config: Any, key: str, default: Any) -> Any:
-    params = getattr(hf_config, "rope_parameters", None) or {}
-    return params.get(key, getattr(hf_config, key, default))
-
-
-def _head_dim(c: Any) -> int:
-    return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-
-
-_LAYER_TYPES = {"full_attention": "full", "sliding_attention": "sliding"}
-
-
-def _layer_types(c: Any) -> tuple[str, ...] | None:
-    """HF ``layer_types`` (``"sliding_attention"`` / ``"full_attention"``) in our spelling."""
-    types = getattr(c, "layer_types", None)
-    if types is None:
-        return None
-    unknown = sorted(set(types) - set(_LAYER_TYPES))
-    if unknown:
-        raise UnsupportedArchitectureError(
-            f"layer types {unknown} are not supported (known: {', '.join(_LAYER_TYPES)})"
-        )
-    return tuple(_LAYER_TYPES[t] for t in types)
-
-
-def _rope_theta(c: Any, layer_type: str) -> float:
-    """RoPE base of one layer type (Gemma 3 keeps one ``rope_parameters`` entry per type)."""
-    params = getattr(c, "rope_parameters", None) or {}
-    if layer_type in params:
-        return params[layer_type]["rope_theta"]
-    return _rope(c, "rope_theta", 10000.0)
-
-
-def _rotary_dim(c: Any) -> int:
-    return int(_head_dim(c) * _rope(c, "partial_rotary_factor", 1.0))
-
-
-def _context(c: Any) -> int:
-    """Phi-3's long-context RoPE switches every frequency once a sequence passes
-    ``original_max_position_embeddings``; we keep the short-context frequencies and
-    refuse longer sequences rather than silently differ from HF."""
-    if _rope(c, "rope_type", "default") == "longrope":
-        return _rope(c, "original_max_position_embeddings", c.max_position_embeddings)
-    return c.max_position_embeddings
-
-
-# Llama-style decoder fields: Llama, Mistral, Qwen2/3, Gemma 2/3, OLMo 2, Phi-3.
-_DECODER_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "n_layers": lambda c: c.num_hidden_layers,
-    "d_model": lambda c: c.hidden_size,
-    "n_heads": lambda c: c.num_attention_heads,
-    "n_kv_heads": lambda c: getattr(c, "num_key_value_heads", None),
-    "d_head": _head_dim,
-    "d_mlp": lambda c: c.intermediate_size,
-    "d_vocab": lambda c: c.vocab_size,
-    "n_ctx": _context,
-    "act_fn": lambda c: c.hidden_act,
-    "norm_eps": lambda c: c.rms_norm_eps,
-    "rotary_base": lambda c: _rope_theta(c, "full_attention"),
-    "sliding_window": lambda c: getattr(c, "sliding_window", None),
-    "layer_types": _layer_types,
-}
-
-_GEMMA_FIELDS: dict[str, Callable[[Any], Any]] = {
-    **_DECODER_FIELDS,
-    "act_fn": lambda c: c.hidden_activation,
-    "attn_scale": lambda c: c.query_pre_attn_scalar**-0.5,
-    "attn_softcap": lambda c: getattr(c, "attn_logit_softcapping", None),
-    "final_softcap": lambda c: getattr(c, "final_logit_softcapping", None),
-    "embed_scale": lambda c: c.hidden_size**0.5,
-}
 
 
 def _layer(name: str) -> str:
@@ -312,7 +180,7 @@ _LLAMA = Family(
     name="llama",
     hf_model_types=("llama", "mistral", "qwen2"),
     fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated"},
-    from_hf=_DECODER_FIELDS,
+    from_hf=DECODER_FIELDS,
     weights=(
         *_norms(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
         *_separate_qkv_rules(),
@@ -325,7 +193,7 @@ _QWEN3 = Family(
     name="qwen3",
     hf_model_types=("qwen3",),
     fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated", "qk_norm": "head"},
-    from_hf=_DECODER_FIELDS,
+    from_hf=DECODER_FIELDS,
     weights=(
         *_norms(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
         *_norms(("attn.q_norm", "self_attn.q_norm"), ("attn.k_norm", "self_attn.k_norm")),
@@ -345,7 +213,7 @@ _OLMO2 = Family(
         "qk_norm": "projection",
         "block_norms": "post",
     },
-    from_hf=_DECODER_FIELDS,
+    from_hf=DECODER_FIELDS,
     weights=(
         *_norms(("ln1_post", "post_attention_layernorm"), ("ln2_post", "post_feedforward_layernorm")),
         *_norms(("attn.q_norm", "self_attn.q_norm"), ("attn.k_norm", "self_attn.k_norm")),
@@ -366,7 +234,7 @@ _GEMMA2 = Family(
     name="gemma2",
     hf_model_types=("gemma2",),
     fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated", "block_norms": "sandwich"},
-    from_hf=_GEMMA_FIELDS,
+    from_hf=GEMMA_FIELDS,
     weights=(
         *_norms(*_GEMMA_NORMS, convert=plus_one),
         *_separate_qkv_rules(),
@@ -385,7 +253,7 @@ _GEMMA3 = Family(
         "block_norms": "sandwich",
         "qk_norm": "head",
     },
-    from_hf={**_GEMMA_FIELDS, "rotary_base_local": lambda c: _rope_theta(c, "sliding_attention")},
+    from_hf={**GEMMA_FIELDS, "rotary_base_local": lambda c: rope_theta(c, "sliding_attention")},
     weights=(
         *_norms(*_GEMMA_NORMS, convert=plus_one),
         *_norms(("attn.q_norm", "self_attn.q_norm"), ("attn.k_norm", "self_attn.k_norm"), convert=plus_one),
@@ -399,14 +267,14 @@ _PHI3 = Family(
     name="phi3",
     hf_model_types=("phi3",),
     fixed={"norm": "rmsnorm", "positional": "rotary", "mlp": "gated"},
-    from_hf={**_DECODER_FIELDS, "rotary_dim": _rotary_dim},
+    from_hf={**DECODER_FIELDS, "rotary_dim": rotary_dim},
     weights=(
         *_norms(("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")),
         *(
             WeightRule(
                 _attn_param("W", x),
                 _layer("self_attn.qkv_proj.weight"),
-                fused_rows(_qkv_sizes, i, linear_to_heads),
+                fused_rows(qkv_sizes, i, linear_to_heads),
             )
             for i, x in enumerate("QKV")
         ),
@@ -414,10 +282,10 @@ _PHI3 = Family(
         WeightRule(
             "blocks.{l}.mlp.W_gate",
             _layer("mlp.gate_up_proj.weight"),
-            fused_rows(_gate_up_sizes, 0, transpose),
+            fused_rows(gate_up_sizes, 0, transpose),
         ),
         WeightRule(
-            "blocks.{l}.mlp.W_in", _layer("mlp.gate_up_proj.weight"), fused_rows(_gate_up_sizes, 1, transpose)
+            "blocks.{l}.mlp.W_in", _layer("mlp.gate_up_proj.weight"), fused_rows(gate_up_sizes, 1, transpose)
         ),
         WeightRule("blocks.{l}.mlp.W_out", _layer("mlp.down_proj.weight"), transpose),
         *_ends(),
@@ -438,11 +306,11 @@ _NEOX = Family(
         "n_ctx": lambda c: c.max_position_embeddings,
         "act_fn": lambda c: c.hidden_act,
         "norm_eps": lambda c: c.layer_norm_eps,
-        "rotary_base": lambda c: _rope(c, "rope_theta", 10000.0),
+        "rotary_base": lambda c: rope_parameter(c, "rope_theta", 10000.0),
         "rotary_dim": lambda c: int(
             c.hidden_size
             // c.num_attention_heads
-            * _rope(c, "partial_rotary_factor", getattr(c, "rotary_pct", 1.0))
+            * rope_parameter(c, "partial_rotary_factor", getattr(c, "rotary_pct", 1.0))
         ),
         "parallel_attn_mlp": lambda c: c.use_parallel_residual,
     },
@@ -533,10 +401,6 @@ _GPTJ = Family(
 
 FAMILIES: tuple[Family, ...] = (_GPT2, _LLAMA, _QWEN3, _GEMMA2, _GEMMA3, _OLMO2, _PHI3, _NEOX, _GPTJ)
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.hf_model_types)
-
-
-class UnsupportedArchitectureError(ValueError):
-    """Raised for an HF ``model_type`` with no native family."""
 
 
 def family_for(model_type: str) -> Family:

@@ -16,9 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -30,8 +27,9 @@ from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechinterp.models.attention import AttentionContext, Rotary
 from mechinterp.models.block import AttentionOnlyBlock, TransformerBlock
-from mechinterp.models.cache import HookedLMCache
 from mechinterp.models.config import ArchitectureConfig
+from mechinterp.models.generation import GenerationMixin
+from mechinterp.models.hooks import HookingMixin
 from mechinterp.models.layers import Embed, Norm, PosEmbed, Unembed
 from mechinterp.models.placement import DeviceMap, place_blocks, resolve_device_map
 from mechinterp.models.prefix import KeyValuePrefix
@@ -42,12 +40,16 @@ from mechinterp.models.weights import WeightsMixin
 ReturnType = Literal["logits", "loss", "both"] | None
 
 
-class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
+class HookedLM(TokenizationMixin, WeightsMixin, HookingMixin, GenerationMixin, HookedRootModule):
     """A hooked decoder-only transformer built from an ``ArchitectureConfig``.
 
     Build one with ``mechinterp.load_model`` (real weights) or ``HookedLM(cfg)`` (zeros;
     load a state dict yourself). ``model.architecture`` is our config;
     ``model.cfg`` is the TransformerLens view of it that TL utilities read.
+
+    This module holds the forward pass and the block runner; the methods live by concern in
+    mixins: tokenization (``tokenization``), weights (``weights``), hooks, caching and
+    splicing (``hooks``), generation (``generation``).
     """
 
     def __init__(self, architecture: ArchitectureConfig, tokenizer: Any | None = None):
@@ -127,46 +129,6 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
             final_rms=rms,
             dtype=self.dtype,
         )
-
-    def set_use_attn_result(self, use: bool) -> None:
-        """Turn on ``blocks.{l}.attn.hook_result`` (per-head outputs, ``[batch pos head d_model]``)."""
-        for block in self.blocks:
-            block.attn.use_attn_result = use
-
-    def set_use_split_qkv_input(self, use: bool) -> None:
-        """Turn on per-head inputs ``blocks.{l}.hook_q_input|k_input|v_input``."""
-        for block in self.blocks:
-            block.use_split_qkv_input = use
-
-    @contextmanager
-    def per_head_hooks(self, *, results: bool = False, split_inputs: bool = False) -> Iterator[None]:
-        """Turn on ``hook_result`` and/or the per-head q/k/v inputs for the body of a
-        ``with`` block; the previous settings come back afterwards, also on an exception.
-
-        Example:
-            >>> with model.per_head_hooks(results=True):
-            ...     _, cache = model.run_with_cache(tokens)   # cache["blocks.0.attn.hook_result"]
-        """
-        previous = (self.blocks[0].attn.use_attn_result, self.blocks[0].use_split_qkv_input)
-        self.set_use_attn_result(results or previous[0])
-        self.set_use_split_qkv_input(split_inputs or previous[1])
-        try:
-            yield
-        finally:
-            self.set_use_attn_result(previous[0])
-            self.set_use_split_qkv_input(previous[1])
-
-    def saes(self, saes: Any, *, use_error_term: bool = False):
-        """Context manager splicing sparse autoencoders / transcoders (``mechinterp.sae.SAE``)
-        into their hooks for the body of a ``with`` block; see ``mechinterp.sae.splice``.
-
-        Example:
-            >>> with model.saes([sae], use_error_term=True):
-            ...     _, cache = model.run_with_cache(tokens)   # cache[f"{sae.hook_name}.hook_sae_acts_post"]
-        """
-        from mechinterp.sae.splice import splice_saes  # the sae package builds on models
-
-        return splice_saes(self, saes, use_error_term=use_error_term)
 
     def __repr__(self) -> str:
         a = self.architecture
@@ -384,190 +346,3 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookedRootModule):
         predicted = logits[:, :-1].flatten(0, 1)
         keep = (mask[:, :-1] * mask[:, 1:]).flatten().bool()
         return F.cross_entropy(predicted[keep], tokens[:, 1:].flatten()[keep])
-
-    # ------------------------------------------------------------------ hooks and caching
-    def check_hook_name(self, name: str) -> None:
-        """Raise ``ValueError`` if ``name`` is not a hook (naming the closest valid names) or
-        is an opt-in hook that is switched off (saying how to switch it on)."""
-        if name not in self.hook_dict:
-            close = difflib.get_close_matches(name, list(self.hook_dict), n=5, cutoff=0.5)
-            hint = f"; closest: {', '.join(close)}" if close else ""
-            raise ValueError(f"unknown hook name {name!r}{hint}")
-        switch = self._opt_in_switch(name)
-        if switch is not None:
-            raise ValueError(
-                f"hook {name!r} is switched off, so a hook on it would never fire; switch it on with "
-                f"model.{switch}(True) (or for one block of code: with model.per_head_hooks(...):)"
-            )
-
-    def _opt_in_switch(self, name: str) -> str | None:
-        """The setter that turns on opt-in hook ``name``, if it is switched off."""
-        block = self.blocks[int(name.split(".")[1])] if name.startswith("blocks.") else None
-        if block is None:
-            return None
-        if name.endswith(".attn.hook_result") and not block.attn.use_attn_result:
-            return "set_use_attn_result"
-        split = (".hook_q_input", ".hook_k_input", ".hook_v_input")
-        if name.endswith(split) and not block.use_split_qkv_input:
-            return "set_use_split_qkv_input"
-        return None
-
-    def add_hook(self, name: str | Callable, hook: Callable, *args: Any, **kwargs: Any) -> None:
-        if isinstance(name, str):
-            self.check_hook_name(name)
-        super().add_hook(name, hook, *args, **kwargs)
-
-    def hooks(self, fwd_hooks: Any = (), bwd_hooks: Any = (), *args: Any, **kwargs: Any):
-        """Context manager adding hooks for its body and removing them after, even on error.
-
-        Example:
-            >>> with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", lambda x, hook: 0 * x)]):
-            ...     logits = model(tokens)
-        """
-        for name, _ in [*fwd_hooks, *bwd_hooks]:
-            if isinstance(name, str):
-                self.check_hook_name(name)
-        return super().hooks(list(fwd_hooks), list(bwd_hooks), *args, **kwargs)
-
-    def run_with_cache(
-        self, *model_args: Any, names_filter: Any = None, remove_batch_dim: bool = False, **kwargs: Any
-    ) -> tuple[Any, HookedLMCache]:
-        """Run the model and return ``(output, cache)``, the cache a TransformerLens
-        ``ActivationCache`` (``HookedLMCache``).
-
-        Accepts TransformerLens' ``names_filter`` (name, list of names or predicate),
-        ``device``, ``pos_slice``, ``remove_batch_dim`` and ``incl_bwd``; every other
-        keyword goes to ``forward``.
-
-        Example:
-            >>> _, cache = model.run_with_cache(tokens, names_filter=["blocks.0.hook_resid_post"])
-        """
-        names = [names_filter] if isinstance(names_filter, str) else names_filter
-        if isinstance(names, (list, tuple)):
-            for name in names:
-                self.check_hook_name(name)
-        else:  # None or a predicate: the matching hooks that fire (switched-off ones never would)
-            wanted = names_filter
-
-            def names_filter(name: str) -> bool:
-                return (wanted is None or wanted(name)) and self._opt_in_switch(name) is None
-
-        if "device" not in kwargs and len(set(self.block_devices)) > 1:
-            kwargs["device"] = self.device  # a split model caches on its home device
-        output, cache_dict = super().run_with_cache(
-            *model_args, names_filter=names_filter, remove_batch_dim=remove_batch_dim, **kwargs
-        )
-        return output, HookedLMCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
-
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(
-        self,
-        input: TextInput | Int[Tensor, "batch pos"],
-        max_new_tokens: int = 20,
-        *,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        stop_at_eos: bool = True,
-        use_past_kv_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> Int[Tensor, "batch new_pos"] | str | list[str]:
-        """Greedy (default) or sampled continuation; text in gives text out (a list of
-        prompts is left-padded into one batch).
-
-        With ``use_past_kv_cache`` (default, TransformerLens' name) the prompt runs once and
-        every step runs only the new token, reading earlier keys and values from a cache;
-        hooks then see the prompt once and each new position on its own. Without it each
-        step reruns the whole sequence. Both give the same tokens.
-
-        Example:
-            >>> model.generate("The capital of France is", max_new_tokens=3)
-        """
-        if isinstance(input, (str, list)):
-            tokens, mask = self.encode(input, padding_side="left")
-        else:
-            tokens, mask = self._check_tokens(input), torch.ones_like(input, device=self.device)
-        eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
-        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=self.device)
-        step = _CachedSteps(self) if use_past_kv_cache else None
-        for _ in range(max_new_tokens):
-            if step is None:
-                logits = self(tokens, attention_mask=mask)[:, -1].float()
-            else:
-                logits = step(tokens, mask).float()
-            next_token = self._next_token(logits, do_sample, temperature, top_k, generator)
-            was_finished = finished.clone()
-            if eos is not None and stop_at_eos:
-                next_token = torch.where(was_finished, eos, next_token)
-                finished |= next_token == eos
-            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            mask = torch.cat([mask, (~was_finished).long()[:, None]], dim=1)
-            if finished.all():
-                break
-        if isinstance(input, torch.Tensor):
-            return tokens
-        texts = [
-            self.tokenizer.decode(row[m.bool()], skip_special_tokens=True)
-            for row, m in zip(tokens, mask, strict=True)
-        ]
-        return texts[0] if isinstance(input, str) else texts
-
-    @staticmethod
-    def _next_token(
-        logits: Float[Tensor, "batch d_vocab"],
-        do_sample: bool,
-        temperature: float,
-        top_k: int | None,
-        generator: torch.Generator | None,
-    ) -> Int[Tensor, " batch"]:
-        if not do_sample:
-            return logits.argmax(-1)
-        logits = logits / temperature
-        if top_k is not None:
-            kth = logits.topk(top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-
-
-class _CachedSteps:
-    """Next-token logits for a growing sequence, computing only positions not seen before.
-
-    Each call runs the positions after the cached ones with ``past=`` (a ``KeyValuePrefix``)
-    and records their keys (after rotary) and values from the attention hooks, as the
-    hooks left them, so a hook that edits keys or values also edits what later steps read.
-    """
-
-    def __init__(self, model: HookedLM):
-        self.model = model
-        self.past: KeyValuePrefix | None = None
-
-    def __call__(self, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]) -> Tensor:
-        model = self.model
-        done = 0 if self.past is None else self.past.length
-        new = tokens[:, done:]
-        keys: list[Tensor] = []
-        values: list[Tensor] = []
-        key_hook = KeyValuePrefix.key_hook(model).split(".")[-1]
-        handles = []
-        try:
-            for block in model.blocks:
-                handles.append(getattr(block.attn, key_hook).register_forward_hook(_keep(keys)))
-                handles.append(block.attn.hook_v.register_forward_hook(_keep(values)))
-            last = torch.full((new.shape[0], 1), new.shape[1] - 1, device=model.device)
-            logits = model(new, attention_mask=mask, past=self.past, logit_positions=last)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if self.past is not None:
-            keys = [torch.cat([old, k], dim=1) for old, k in zip(self.past.keys, keys, strict=True)]
-            values = [torch.cat([old, v], dim=1) for old, v in zip(self.past.values, values, strict=True)]
-        self.past = KeyValuePrefix(tuple(keys), tuple(values))
-        return logits[:, -1]
-
-
-def _keep(store: list[Tensor]) -> Callable[..., None]:
-    def hook(module: nn.Module, args: Any, output: Tensor) -> None:
-        store.append(output)
-
-    return hook

@@ -1,9 +1,23 @@
-"""``patch_sweep``: the public entry point of the batched patching engine."""
+"""``patch_sweep``: the public entry point of the batched patching engine.
+
+With ``executor=`` the sweep is split by prompt pairs: every shard runs the ordinary batched
+sweep on its pairs (on whatever the executor runs it: this process, Ray actors), and the
+per-example results are joined along the ``batch`` axis in pair order. Prompts are tokenised
+once, here, and shards keep the full padded length, so every shard sees exactly the
+positions of the unsharded run. Two settings couple examples and cannot be split: a metric
+that is not positional (a callable on the logits may mix examples) and ``ablation="mean"``
+(a mean over all examples); both raise.
+
+Example:
+    >>> with RayExecutor(ModelSpec(source="smollm2-135m"), num_workers=2) as executor:
+    ...     result = patch_sweep(model, clean, corrupt, SweepSpec(kind="resid_pre"), metric, executor=executor)
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -12,6 +26,7 @@ from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.engine import Ablation, BatchedPatcher
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import FullLogitScorer, PositionalScorer
+from mechinterp.patching.shards import Executor, select_examples
 from mechinterp.patching.sites import SweepGrid, SweepSpec
 
 Direction = Literal["denoise", "noise"]
@@ -106,7 +121,7 @@ def patch_sweep(
     max_batch_rows: int | Literal["auto"] = "auto",
     max_memory: int | None = None,
     progress: bool = True,
-    executor=None,
+    executor: Executor | None = None,
 ) -> PatchResult:
     """Patch every cell of ``spec`` and measure ``metric``, in a few batched forwards.
 
@@ -125,9 +140,10 @@ def patch_sweep(
         max_batch_rows: rows (cells x examples) per forward; ``"auto"`` fits a memory
             budget (``max_memory`` bytes, default half the free device memory).
         progress: show a progress bar.
-        executor: split the prompt pairs into shards run by a
-            ``mechinterp.distributed`` executor (``RayExecutor`` for a cluster); the
-            results equal the unsharded run's. Needs a positional metric.
+        executor: split the prompt pairs into shards run by an ``Executor``
+            (``mechinterp.distributed``: ``LocalExecutor``, ``RayExecutor`` for a cluster,
+            ``Checkpointed``); the results equal the unsharded run's. Needs a positional
+            metric.
 
     Returns:
         ``PatchResult`` with values ``[*spec axes, batch]`` (positional / per-example
@@ -139,9 +155,7 @@ def patch_sweep(
         >>> result.normalized()   # [layer, pos], 0 = corrupted, 1 = clean
     """
     if executor is not None:
-        from mechinterp.distributed.sweep import sharded_patch_sweep
-
-        return sharded_patch_sweep(
+        return _sharded_patch_sweep(
             model,
             clean,
             corrupt,
@@ -197,3 +211,126 @@ def sweep_metadata(model, spec: SweepSpec, metric, direction: str, ablation: str
         "metric": type(metric).__name__,
         **counts,
     }
+
+
+@dataclass(frozen=True)
+class SweepShard:
+    """The prompt pairs of one shard (CPU tensors) and the metric restricted to them."""
+
+    clean: Tensor
+    corrupt: Tensor
+    attention_mask: Tensor
+    metric: PositionalMetric
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepTask:
+    """Runs the ordinary ``patch_sweep`` on one shard (what each worker executes)."""
+
+    spec: SweepSpec
+    direction: str
+    ablation: str
+    max_batch_rows: int | Literal["auto"]
+    max_memory: int | None
+
+    def __call__(self, model, shard: SweepShard) -> dict[str, Any]:
+        result = patch_sweep(
+            model,
+            shard.clean,
+            shard.corrupt,
+            self.spec,
+            shard.metric,
+            direction=self.direction,
+            ablation=self.ablation,
+            attention_mask=shard.attention_mask,
+            max_batch_rows=self.max_batch_rows,
+            max_memory=self.max_memory,
+            progress=False,
+        )
+        return {
+            "values": result.values.cpu(),
+            "base": result.base.cpu(),
+            "source": None if result.source is None else result.source.cpu(),
+            "rows_run": result.metadata["rows_run"],
+            "chunks": result.metadata["chunks"],
+        }
+
+
+def _sharded_patch_sweep(
+    model,
+    clean,
+    corrupt,
+    spec: SweepSpec,
+    metric,
+    *,
+    executor: Executor,
+    direction: str,
+    ablation: str,
+    attention_mask: Tensor | None,
+    max_batch_rows: int | Literal["auto"],
+    max_memory: int | None,
+    progress: bool,
+) -> PatchResult:
+    """``patch_sweep`` with its prompt pairs split into shards run by ``executor`` (see the
+    module docstring)."""
+    if not isinstance(metric, PositionalMetric):
+        raise ValueError(
+            "a sweep split over an executor needs a positional metric (mechinterp.metrics: "
+            "LogitDifference, ProbabilityDifference, KLDivergence, Normalized); "
+            f"{type(metric).__name__} may mix examples"
+        )
+    if ablation == "mean":
+        raise ValueError(
+            "ablation='mean' averages over all examples and cannot be split into shards; "
+            "run it without an executor"
+        )
+    clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
+    batch, n_pos = clean_tokens.shape
+    grid = spec.enumerate(model, n_pos)  # checks the spec before any worker starts
+    size = executor.shard_size(batch)
+    ranges = [torch.arange(first, min(first + size, batch)) for first in range(0, batch, size)]
+    shards = [
+        SweepShard(
+            clean_tokens[index].cpu(),
+            corrupt_tokens[index].cpu(),
+            mask[index].cpu(),
+            select_examples(metric, index, batch),
+        )
+        for index in ranges
+    ]
+    task = SweepTask(
+        spec=spec,
+        direction=direction,
+        ablation=ablation,
+        max_batch_rows=max_batch_rows,
+        max_memory=max_memory,
+    )
+    parts = executor.map(
+        model,
+        task,
+        shards,
+        sizes=[len(index) for index in ranges],
+        progress=progress,
+        description=f"patching {spec.kind}",
+    )
+    sources = [part["source"] for part in parts]
+    return PatchResult(
+        values=torch.cat([part["values"] for part in parts], dim=-1),
+        axes=grid.axes,
+        labels=axis_labels(model, grid, clean_tokens),
+        base=torch.cat([part["base"] for part in parts]),
+        source=None if sources[0] is None else torch.cat(sources),
+        per_example=True,
+        metadata=sweep_metadata(
+            model,
+            spec,
+            metric,
+            direction,
+            ablation,
+            examples=batch,
+            rows_run=sum(part["rows_run"] for part in parts),
+            chunks=sum(part["chunks"] for part in parts),
+            shards=len(parts),
+            executor=type(executor).__name__,
+        ),
+    )

@@ -5,7 +5,7 @@ Example:
     >>> patch_heatmap(result).show()
 """
 
-from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure
+from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure, write_circuit_html
 from mechinterp.plotting.explain import (
     explanation_dashboard,
     explanation_scores,
@@ -44,5 +44,6 @@ __all__ = [
     "sae_evaluation_figure",
     "scorer_check",
     "token_attribution_heatmap",
+    "write_circuit_html",
     "write_explanation_dashboard",
 ]

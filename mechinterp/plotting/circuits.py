@@ -1,16 +1,21 @@
-"""Figures of circuits and their evaluations: the circuit graph, faithfulness curves, ROC curves.
+"""Figures of circuits and their evaluations: the circuit graph, faithfulness curves, ROC curves,
+and the circuit graph as a self-contained HTML page.
 
 Example:
     >>> circuit_figure(circuit).show()
+    >>> write_circuit_html(circuit, "runs/ioi/circuit.html")   # opens offline in a browser
     >>> faithfulness_figure(curve).show(); roc_figure(roc_against(circuit, reference)).show()
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import plotly.graph_objects as go
 
 from circuits.circuit import Circuit
 from circuits.evaluate import FaithfulnessCurve, RocCurve
+from circuits.export import write_text_atomically
 from circuits.graph import Graph, Node
 
 _WIDTH_LEVELS = 4  # edges are drawn in this many widths per sign (one trace each)
@@ -140,6 +145,17 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None) -> go.Figure:
         },
     )
     return figure
+
+
+def write_circuit_html(circuit: Circuit, path: str | Path, *, title: str | None = None) -> Path:
+    """A self-contained interactive page of the in-graph edges (``circuit_figure``): plotly.js
+    is inlined, so it opens offline. Written atomically, like every ``circuits.write`` format.
+
+    Example:
+        >>> write_circuit_html(circuit, "runs/ioi/circuit.html")
+    """
+    html = circuit_figure(circuit, title=title).to_html(include_plotlyjs=True, full_html=True)
+    return write_text_atomically(path, html)
 
 
 def faithfulness_figure(curve: FaithfulnessCurve, *, title: str | None = None) -> go.Figure:

@@ -44,6 +44,8 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from mechinterp.sae.splice import SAESplice
+
 Architecture = Literal["relu", "jumprelu", "topk", "gated"]
 Normalization = Literal["none", "constant_norm_rescale", "layer_norm"]
 FORMAT_VERSION = 1
@@ -160,6 +162,16 @@ class SAE(nn.Module):
     @property
     def hook_name(self) -> str:
         return self.cfg.hook_name
+
+    @property
+    def splice_hook(self) -> str:
+        """The hook whose activation is replaced when spliced (``cfg.splice_hook``)."""
+        return self.cfg.splice_hook
+
+    def spliced(self, model, *, use_error_term: bool = False) -> SAESplice:
+        """This SAE spliced into ``model``, as a context manager (``model.saes`` enters it;
+        see ``mechinterp.sae.splice``). Makes an SAE a ``mechinterp.models.splicing.Splice``."""
+        return SAESplice(model, self, use_error_term)
 
     @property
     def device(self) -> torch.device:

@@ -25,14 +25,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
-from mechinterp.sae.model import SAE
+if TYPE_CHECKING:
+    from mechinterp.sae.model import SAE
 
 POINTS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error")
 
@@ -60,13 +62,16 @@ def activation_shapes(model, hook_names: Sequence[str]) -> dict[str, tuple[int, 
     return {name: tuple(cache[name].shape[2:]) for name in hook_names}
 
 
-class _Splice:
-    """One SAE spliced at one hook point: child hook points, a forward pre-hook that swaps
-    the activation for the reconstruction, and (transcoders) a pre-hook reading the input."""
+class SAESplice:
+    """One SAE spliced at one hook point (``SAE.spliced``): child hook points, a forward
+    pre-hook that swaps the activation for the reconstruction, and (transcoders) a pre-hook
+    reading the input. Checks the hooks exist and that the SAE's widths fit the model's
+    activations there (a one-token forward reads them)."""
 
-    def __init__(self, model, sae: SAE, use_error_term: bool, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, model, sae: SAE, use_error_term: bool):
         self.sae, self.use_error_term = sae, use_error_term
         cfg = sae.cfg
+        shapes = activation_shapes(model, sorted({cfg.hook_name, cfg.splice_hook}))
         self.point: HookPoint = model.hook_dict[cfg.splice_hook]
         self.source_point: HookPoint = model.hook_dict[cfg.hook_name]
         if getattr(self.point, "spliced_sae", None) is not None:
@@ -88,7 +93,7 @@ class _Splice:
             "was the SAE trained on another model or hook?"
         )
 
-    def __enter__(self) -> _Splice:
+    def __enter__(self) -> SAESplice:
         for name in POINTS:
             self.point.add_module(name, HookPoint())
         object.__setattr__(self.point, "spliced_sae", self.sae)
@@ -137,29 +142,12 @@ class _Splice:
         return (out.unflatten(-1, self.out_shape) if len(self.out_shape) == 2 else out,)
 
 
-@contextmanager
-def splice_saes(model, saes: Sequence[SAE] | SAE, *, use_error_term: bool = False) -> Iterator[None]:
-    """Splice ``saes`` into ``model`` for the body of a ``with`` block (``model.saes``).
+def splice_saes(model, saes: Sequence[SAE] | SAE, *, use_error_term: bool = False) -> AbstractContextManager:
+    """Splice ``saes`` into ``model`` for the body of a ``with`` block: ``model.saes`` as a
+    function (the model splices any ``mechinterp.models.splicing.Splice``; an SAE is one).
 
-    Checks each SAE's hook exists and that its widths fit the model's activations there
-    (a one-token forward reads them); everything is undone on exit, also on an exception.
+    Example:
+        >>> with splice_saes(model, [sae], use_error_term=True):
+        ...     _, cache = model.run_with_cache(tokens)
     """
-    saes = [saes] if isinstance(saes, SAE) else list(saes)
-    if not saes:
-        raise ValueError("model.saes needs at least one SAE")
-    for sae in saes:
-        if not isinstance(sae, SAE):
-            raise TypeError(f"expected mechinterp.sae.SAE objects, got {type(sae).__name__}; use load_sae")
-    targets = [sae.cfg.splice_hook for sae in saes]
-    if len(set(targets)) != len(targets):
-        raise ValueError(f"two SAEs write the same hook: {targets}")
-    shapes = activation_shapes(model, sorted({h for s in saes for h in (s.cfg.hook_name, s.cfg.splice_hook)}))
-    with ExitStack() as stack:
-        try:
-            for sae in saes:
-                stack.enter_context(_Splice(model, sae, use_error_term, shapes))
-            model.setup()
-            yield
-        finally:
-            stack.close()
-            model.setup()
+    return model.saes(saes, use_error_term=use_error_term)

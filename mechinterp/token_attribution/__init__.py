@@ -33,7 +33,7 @@ Example:
     >>> from mechinterp.token_attribution import attribute_tokens, compare_methods
     >>> a = attribute_tokens(model, "The Eiffel Tower is in the city of", correct=" Paris", steps=64)
     >>> a.completeness.max_gap                  # relative gap of the sum, e.g. 0.003
-    >>> a.figure().show()
+    >>> mechinterp.plotting.token_attribution_heatmap(a).show()
     >>> compare_methods(model, "The Eiffel Tower is in the city of", correct=" Paris").agreement()
 """
 

@@ -227,7 +227,7 @@ def compare_methods(
     Example:
         >>> comparison = compare_methods(model, "The Eiffel Tower is in the city of", correct=" Paris")
         >>> comparison.agreement()              # Spearman correlations, methods x methods
-        >>> comparison.figure().show()
+        >>> method_comparison_heatmap(comparison).show()     # from mechinterp.plotting
     """
     found = {}
     for method in methods:

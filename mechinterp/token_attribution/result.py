@@ -7,7 +7,8 @@ Example:
     >>> attribution.completeness                  # sum of scores vs f(x) - f(baseline)
     >>> attribution.to_dataframe().head()
     >>> attribution.save("runs/paris_ig")         # paris_ig.safetensors + paris_ig.json
-    >>> attribution.figure().show()               # plotly heatmap over the tokens
+    >>> from mechinterp.plotting import token_attribution_heatmap
+    >>> token_attribution_heatmap(attribution).show()   # plotly heatmap over the tokens
 """
 
 from __future__ import annotations
@@ -99,13 +100,6 @@ class TokenAttribution:
                     records += [{**base, "head": h, "value": float(v)} for h, v in enumerate(row[pos])]
         return pd.DataFrame.from_records(records)
 
-    def figure(self, *, example: int | None = None, title: str | None = None):
-        """A plotly heatmap over the tokens: one row per example (a head site: one row per
-        head of ``example``). Needs plotly (``mechinterp.plotting``)."""
-        from mechinterp.plotting.token_attribution import token_attribution_heatmap
-
-        return token_attribution_heatmap(self, example=example, title=title)
-
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``PATH.safetensors`` (tensors) and ``PATH.json`` (tokens, method, metadata)."""
         path = Path(path)
@@ -159,7 +153,7 @@ class MethodComparison:
     Example:
         >>> comparison = compare_methods(model, prompt, correct=" Paris")
         >>> comparison.agreement()           # Spearman correlation of every pair of methods
-        >>> comparison.figure().show()       # one heatmap row per method
+        >>> method_comparison_heatmap(comparison).show()   # mechinterp.plotting: a row per method
     """
 
     attributions: dict[str, TokenAttribution]
@@ -179,10 +173,3 @@ class MethodComparison:
         flat = {n: a.values[example].float().cpu()[real].flatten() for n, a in self.attributions.items()}
         matrix = [[spearman(flat[a], flat[b]) for b in names] for a in names]
         return pd.DataFrame(matrix, index=names, columns=names)
-
-    def figure(self, *, example: int = 0, title: str | None = None):
-        """A heatmap with one row per method for ``example``, each row scaled by its largest
-        magnitude (methods have different units)."""
-        from mechinterp.plotting.token_attribution import method_comparison_heatmap
-
-        return method_comparison_heatmap(self, example=example, title=title)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mechinterp.cli.config import AttributionStep
+from mechinterp.cli.schema import AttributionStep
 from mechinterp.cli.steps.output import StepOutput, significant, table
 from mechinterp.cli.steps.patching import summarize, sweep_spec
 from mechinterp.patching import PatchResult, attribution_patch, compare

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 import circuits
-from mechinterp.cli.config import CircuitStep
+from mechinterp.cli.schema import CircuitStep
 from mechinterp.cli.steps.output import StepOutput, significant, table
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure
 

@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import mechinterp
-from mechinterp.cli.config import CORPUS_NAMES, ChatEndpoint, ExplainStep
+from mechinterp.cli.schema import CORPUS_NAMES, ChatEndpoint, ExplainStep
 from mechinterp.cli.steps.output import StepOutput, table
 from mechinterp.data.corpus import load_corpus
 from mechinterp.explain import (

@@ -1,5 +1,6 @@
 """Step ``export``: write an earlier circuit step's circuit in several graph formats
-(``circuits.WRITERS``: our JSON, EAP-IG JSON, Neuronpedia JSON, GraphML, DOT, HTML).
+(``FORMATS``: ``circuits.WRITERS`` (our JSON, EAP-IG JSON, Neuronpedia JSON, GraphML, DOT) and
+the interactive HTML page of ``mechinterp.plotting.write_circuit_html``).
 
 Example config::
 
@@ -17,8 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 import circuits
-from mechinterp.cli.config import ExportStep
+from mechinterp.cli.schema import ExportStep
 from mechinterp.cli.steps.output import StepOutput, table
+from mechinterp.plotting import write_circuit_html
+
+FORMATS = {**circuits.WRITERS, "html": write_circuit_html}
 
 SUFFIXES = {
     "json": "json",
@@ -37,8 +41,7 @@ def export_circuit(
     ``scan`` and ``slug`` options of that format."""
     options = {"neuronpedia": neuronpedia or {}}
     return [
-        circuits.write(circuit, folder / f"{stem}.{SUFFIXES[fmt]}", to=fmt, **options.get(fmt, {}))
-        for fmt in formats
+        FORMATS[fmt](circuit, folder / f"{stem}.{SUFFIXES[fmt]}", **options.get(fmt, {})) for fmt in formats
     ]
 
 

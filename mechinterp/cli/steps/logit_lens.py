@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from safetensors.torch import save_file
 
-from mechinterp.cli.config import LogitLensStep
+from mechinterp.cli.schema import LogitLensStep
 from mechinterp.cli.steps.output import StepOutput, table
 from mechinterp.lens import LensResult, logit_lens
 from mechinterp.plotting import lens_heatmap, lens_trajectory

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechinterp.cli.config import AttributionStep, PatchingStep
+from mechinterp.cli.schema import AttributionStep, PatchingStep
 from mechinterp.cli.steps.output import StepOutput, significant, table
 from mechinterp.patching import PatchResult, SweepSpec, patch_sweep
 from mechinterp.patching.compare import cell_labels, effects

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechinterp.cli.config import ProbeStep
+from mechinterp.cli.schema import ProbeStep
 from mechinterp.cli.steps.output import StepOutput, significant, table
 from mechinterp.plotting import probe_accuracy
 from mechinterp.probing import BUILT_IN, collect_activations, train_probes

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechinterp.cli.config import SAEStep
+from mechinterp.cli.schema import SAEStep
 from mechinterp.cli.steps.output import StepOutput, table
 from mechinterp.data.corpus import load_corpus
 from mechinterp.plotting import dashboard_html, sae_evaluation_figure

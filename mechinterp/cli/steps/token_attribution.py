@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mechinterp.cli.config import TokenAttributionStep
+from mechinterp.cli.schema import TokenAttributionStep
 from mechinterp.cli.steps.output import StepOutput, table
+from mechinterp.plotting import method_comparison_heatmap, token_attribution_heatmap
 from mechinterp.token_attribution import compare_methods
 
 SHOWN_EXAMPLES = 4
@@ -52,7 +53,7 @@ def run(step: TokenAttributionStep, context, out: Path) -> StepOutput:
     figures, top_rows = {}, []
     for method, attribution in comparison.attributions.items():
         attribution.save(out / method)
-        figures[method] = attribution.figure()
+        figures[method] = token_attribution_heatmap(attribution)
         frame = attribution.to_dataframe()
         frame = frame[frame["example"] == 0]
         top = frame.loc[frame["value"].abs().sort_values(ascending=False).index].head(5)
@@ -62,7 +63,7 @@ def run(step: TokenAttributionStep, context, out: Path) -> StepOutput:
     tables = []
     if first.values.ndim == 2:
         for example in range(min(SHOWN_EXAMPLES, first.values.shape[0])):
-            figures[f"methods_{example}"] = comparison.figure(example=example)
+            figures[f"methods_{example}"] = method_comparison_heatmap(comparison, example=example)
         agreement = comparison.agreement()
         tables.append(
             table("Spearman agreement between methods (example 0)", agreement.reset_index(names="method"))
