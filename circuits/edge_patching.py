@@ -37,7 +37,7 @@ from torch import Tensor
 
 from circuits.graph import Graph, Node
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.engine import BaseRun
+from mechinterp.patching.base_run import BaseRun
 from mechinterp.patching.masked import (
     Destination,
     EdgeLayout,

@@ -53,7 +53,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechinterp.patching.engine import BaseRun
+from mechinterp.patching.base_run import BaseRun
 from mechinterp.patching.memory import bytes_per_row
 from mechinterp.patching.rows import RowSet, RowStats, run_rows
 

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.engine import BaseRun, site_index
+from mechinterp.patching.base_run import BaseRun
+from mechinterp.patching.engine import site_index
 from mechinterp.patching.masked import Destination, EdgeLayout, destination_hook, run_masked
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.rows import RowSet
