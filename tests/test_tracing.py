@@ -462,7 +462,7 @@ def test_circuit_tracer_layout_and_sae_transcoders_load(tiny_llama, tmp_path):
 
 
 def test_export_follows_the_neuronpedia_reader_rules(llama_graph, tmp_path):
-    model, _, graph = llama_graph
+    model, tc, graph = llama_graph
     pruned = prune_graph(graph)
     path = write_attribution_graph(pruned, tmp_path / "graph.json", scan="tiny-llama", slug="cab.1")
     assert path.stat().st_size >= 1024  # Neuronpedia's upload refuses smaller files
@@ -510,3 +510,17 @@ def test_export_follows_the_neuronpedia_reader_rules(llama_graph, tmp_path):
     assert sum(n["is_target_logit"] for n in data["nodes"] if n["feature_type"] == "logit") == 1
     with pytest.raises(ValueError, match="not a valid Neuronpedia name"):
         to_attribution_dict(pruned, slug="a/b")
+    # with the replacement, each link also lists the heads that carry it (an extra field)
+    rep = Replacement(model, tc, graph.tokens[None])
+    with_heads = to_attribution_dict(pruned, slug="cab.2", replacement=rep)
+    assert [{k: link[k] for k in ("source", "target", "weight")} for link in with_heads["links"]] == data[
+        "links"
+    ]
+    shares = [link["mechinterp_heads"] for link in with_heads["links"]]
+    assert any(shares) and all(len(heads) <= 5 for heads in shares)
+    for heads in shares:
+        assert all(
+            0 <= layer < graph.n_layers and 0 <= head < model.architecture.n_heads for layer, head, _ in heads
+        )
+        assert [abs(w) for _, _, w in heads] == sorted((abs(w) for _, _, w in heads), reverse=True)
+    assert "head_split" in with_heads["metadata"]["mechinterp"]
