@@ -17,14 +17,18 @@ import mechinterp
 from circuits.tracing import (
     Replacement,
     Transcoder,
+    head_split,
+    head_splits,
     intervene,
     load_transcoders,
     prune_graph,
+    qk_split,
     random_transcoders,
     to_attribution_dict,
     trace,
     write_attribution_graph,
 )
+from circuits.tracing.replacement import apply_values
 from mechinterp.models.tiny import tiny_hf_model
 from mechinterp.sae import SAE, SAEConfig
 
@@ -243,6 +247,134 @@ def test_a_planted_copy_feature_carries_the_strongest_path():
     )
 
 
+# ---------------------------------------------------------------- attention explained
+
+
+def _literal_head_effects(rep: Replacement, target, on, off, layer: int):
+    """Through the frozen replacement, literally: the target with the source on (``on``: MLP
+    outputs and embedding of the prompt) and off; per head of ``layer``, what the target loses
+    when only that head's ``z`` is reset to its source-off value; and the effect that bypasses the
+    layer (every head's ``z`` reset). Returns ``(total, per_head, bypass)``."""
+    model, tc = rep.model, rep.transcoders
+    name = f"blocks.{layer}.attn.hook_z"
+    kind, place = target
+    stored = {}
+
+    def value(inputs, heads=None):
+        hooks = [(name, lambda z, hook: stored.__setitem__("z", z.clone()))]
+        if heads is not None:
+
+            def reset(z, hook):
+                z = z.clone()
+                z[:, :, heads] = stored["off"][:, :, heads]
+                return z
+
+            hooks = [(name, reset)]
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            recorded, normed = rep.run(inputs[0], embedding=inputs[1])
+        if kind == "feature":
+            at, pos, index = place
+            return float(recorded[at][0, pos] @ tc.W_enc[at][index] + tc.b_enc[at][index])
+        logits = model.unembed.uncapped(normed[0, -1]).detach()
+        return float(logits[place] - logits.mean())
+
+    off_value = value(off)
+    stored["off"] = stored["z"]
+    total = value(on) - off_value
+    n_heads = model.architecture.n_heads
+    per_head = torch.tensor([total - (value(on, [h]) - off_value) for h in range(n_heads)])
+    bypass = value(on, list(range(n_heads))) - off_value
+    return total, per_head, bypass
+
+
+def test_head_split_adds_up_to_each_edge_and_matches_literal_head_resets(llama_graph):
+    model, tc, graph = llama_graph
+    rep = Replacement(model, tc, graph.tokens[None])
+    prompt = ([out[None] for out in rep.mlp_outputs()], rep.embedding[None])
+    sources, _ = graph.incoming(graph.logit_node(0))
+    features = sources[sources < graph.n_features]
+    feature = int(features[graph.features[features, 0] == 0][0])  # a layer-0 feature: both layers after it
+    zeroed = apply_values(rep.active, {tuple(graph.features[feature].tolist()): 0.0})
+    without_feature = [out[None] for out in rep.mlp_outputs(zeroed)]
+    without_token = rep.embedding.clone()
+    without_token[1] = 0
+    logit = ("logit", int(graph.logit_tokens[0]))
+    late = int((graph.features[:, 0] == 1).nonzero()[-1, 0])  # a layer-1 feature at a later position
+    cases = [  # (target, source, the target for the literal check, source-off inputs, layer checked)
+        (graph.logit_node(0), feature, logit, (without_feature, prompt[1]), 1),
+        (graph.logit_node(0), graph.token_node(1), logit, (prompt[0], without_token[None]), 0),
+        (late, graph.token_node(1), ("feature", tuple(graph.features[late].tolist())), None, None),
+    ]
+    splits = head_splits(rep, graph, [case[:2] for case in cases], batch_size=2)
+    dense = graph.dense()
+    for split, (target, source, described, off, at) in zip(splits, cases, strict=True):
+        assert split.weight == float(dense[target, source]) and split.weight != 0
+        assert torch.allclose(split.heads.sum(1) + split.remainder, torch.full((2,), split.weight), atol=1e-4)
+        if at is not None:
+            total, per_head, bypass = _literal_head_effects(rep, described, prompt, off, at)
+            assert total == pytest.approx(split.weight, rel=1e-4, abs=1e-5)
+            assert torch.allclose(split.heads[at], per_head, atol=1e-4), (at, split.heads[at], per_head)
+            assert split.remainder[at] == pytest.approx(bypass, rel=1e-3, abs=1e-4)
+    # many edges at once: every row of every split adds up to its edge
+    targets, sources = graph.edges.indices()
+    pairs = list(zip(targets[::50].tolist(), sources[::50].tolist(), strict=True))
+    for split in head_splits(rep, graph, pairs):
+        assert torch.allclose(split.heads.sum(1) + split.remainder, torch.tensor(split.weight), atol=1e-4)
+
+
+def test_a_planted_head_carries_every_cross_position_edge():
+    """Only head 1 of layer 0 writes (every other W_O is zero): an edge from the first token to the
+    logit crosses positions through that head alone, so it gets the whole weight."""
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2)
+    model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+    with torch.no_grad():
+        for layer, block in enumerate(model.blocks):
+            keep = block.attn.W_O[1].clone()
+            block.attn.W_O.zero_()
+            if layer == 0:
+                block.attn.W_O[1] = 3 * keep
+    tc = random_transcoders(model, 16, kind="clt", seed=5)
+    graph = trace(model, tc, PROMPT, progress=False)
+    rep = Replacement(model, tc, graph.tokens[None])
+    split = head_split(rep, graph, graph.logit_node(0), graph.token_node(0))
+    assert abs(split.weight) > 1e-3
+    assert split.heads[0, 1] == pytest.approx(split.weight, rel=1e-4)
+    assert float(split.heads.abs().sum()) == pytest.approx(abs(split.weight), rel=1e-4)
+    assert abs(float(split.remainder[0])) < 1e-5 and split.remainder[1] == pytest.approx(
+        split.weight, rel=1e-4
+    )
+    assert split.top(3) == [(0, 1, float(split.heads[0, 1]))]
+
+
+def test_qk_split_adds_up_to_the_models_attention_score(llama_graph):
+    model, tc, graph = llama_graph
+    rep = Replacement(model, tc, graph.tokens[None])
+    _, cache = model.run_with_cache(graph.tokens[None])
+    last = graph.n_pos - 1
+    for layer, head, key in [(1, 2, 1), (0, 0, last)]:
+        qk = qk_split(rep, graph, layer=layer, head=head, query_pos=last, key_pos=key)
+        expected = float(cache[f"blocks.{layer}.attn.hook_attn_scores"][0, head, last, key])
+        assert qk.score == pytest.approx(expected, rel=1e-4)
+        parts = float(qk.pairs.sum() + qk.query_bias.sum() + qk.key_bias.sum()) + qk.bias
+        assert parts == pytest.approx(qk.score, rel=1e-4, abs=1e-5)
+        kinds = {graph.kind(int(n)) for n in qk.nodes}
+        assert kinds == ({"token"} if layer == 0 else {"feature", "error", "token"})
+        positions = torch.tensor([_node_pos(graph, int(n)) for n in qk.nodes])
+        assert bool((qk.key_totals[positions > key] == 0).all())  # causal: later nodes do not reach the key
+        assert float(qk.query_totals.abs().max()) > 0
+    with pytest.raises(ValueError, match="key_pos <= query_pos"):
+        qk_split(rep, graph, layer=0, head=0, query_pos=1, key_pos=2)
+
+
+def _node_pos(graph, node: int) -> int:
+    kind = graph.kind(node)
+    if kind == "feature":
+        return int(graph.features[node, 1])
+    if kind == "error":
+        return (node - graph.n_features) % graph.n_pos
+    return node - graph.token_node(0)
+
+
 # ---------------------------------------------------------------- pruning and scores
 
 
@@ -330,7 +462,7 @@ def test_circuit_tracer_layout_and_sae_transcoders_load(tiny_llama, tmp_path):
 
 
 def test_export_follows_the_neuronpedia_reader_rules(llama_graph, tmp_path):
-    model, _, graph = llama_graph
+    model, tc, graph = llama_graph
     pruned = prune_graph(graph)
     path = write_attribution_graph(pruned, tmp_path / "graph.json", scan="tiny-llama", slug="cab.1")
     assert path.stat().st_size >= 1024  # Neuronpedia's upload refuses smaller files
@@ -378,3 +510,17 @@ def test_export_follows_the_neuronpedia_reader_rules(llama_graph, tmp_path):
     assert sum(n["is_target_logit"] for n in data["nodes"] if n["feature_type"] == "logit") == 1
     with pytest.raises(ValueError, match="not a valid Neuronpedia name"):
         to_attribution_dict(pruned, slug="a/b")
+    # with the replacement, each link also lists the heads that carry it (an extra field)
+    rep = Replacement(model, tc, graph.tokens[None])
+    with_heads = to_attribution_dict(pruned, slug="cab.2", replacement=rep)
+    assert [{k: link[k] for k in ("source", "target", "weight")} for link in with_heads["links"]] == data[
+        "links"
+    ]
+    shares = [link["mechinterp_heads"] for link in with_heads["links"]]
+    assert any(shares) and all(len(heads) <= 5 for heads in shares)
+    for heads in shares:
+        assert all(
+            0 <= layer < graph.n_layers and 0 <= head < model.architecture.n_heads for layer, head, _ in heads
+        )
+        assert [abs(w) for _, _, w in heads] == sorted((abs(w) for _, _, w in heads), reverse=True)
+    assert "head_split" in with_heads["metadata"]["mechinterp"]

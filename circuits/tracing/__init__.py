@@ -4,7 +4,8 @@ Ameisen et al. 2025 ("Circuit Tracing: Revealing Computational Graphs in Languag
 the ``circuit-tracer`` library: replace each MLP by transcoder features plus an exact error
 term, freeze attention patterns and norm scales on one prompt (``Replacement``), read the direct
 effects between features, errors, token embeddings and logits off batched backward passes
-(``trace``), keep what carries the influence on the logits (``prune_graph``), check edges by
+(``trace``), split edges over the attention heads that carry them and a head's score over the
+nodes that drive it (``head_split``, ``qk_split``), keep what carries the influence on the logits (``prune_graph``), check edges by
 intervening on features (``intervene``) and export the graph for Neuronpedia's viewer.
 
 Example:
@@ -17,6 +18,7 @@ Example:
 
 from circuits.tracing.export import to_attribution_dict, write_attribution_graph
 from circuits.tracing.graph import AttributionGraph
+from circuits.tracing.heads import HeadSplit, QKSplit, head_split, head_splits, qk_split
 from circuits.tracing.intervene import Intervention, intervene
 from circuits.tracing.prune import PrunedGraph, graph_scores, prune_graph
 from circuits.tracing.replacement import ActiveFeatures, Replacement
@@ -26,14 +28,19 @@ from circuits.tracing.transcoders import Transcoder, load_transcoders, random_tr
 __all__ = [
     "ActiveFeatures",
     "AttributionGraph",
+    "HeadSplit",
     "Intervention",
     "PrunedGraph",
+    "QKSplit",
     "Replacement",
     "Transcoder",
     "graph_scores",
+    "head_split",
+    "head_splits",
     "intervene",
     "load_transcoders",
     "prune_graph",
+    "qk_split",
     "random_transcoders",
     "to_attribution_dict",
     "trace",

@@ -16,6 +16,10 @@ logit k           ``<L+1>_<token id>_<last pos>``, ``"<L+1>"``, the token id, ``
                   ``clerp`` ``Output "<token>" (p=<probability>)``, ``token_prob``, ``is_target_logit``
 ================  =============================================================================
 
+Given the prompt's ``Replacement``, each link also gets ``mechinterp_heads``: the attention heads
+that carry most of it, ``[[layer, head, share], ...]`` (``HeadSplit.top``; an extra field the
+viewers ignore), and ``metadata.mechinterp.head_split`` says how to read it.
+
 Every node has ``influence`` (its cumulative influence share, ``PrunedGraph.cumulative_influence``),
 so ``metadata.node_threshold`` is set and the viewers prune as circuit-tracer's graphs do. Links are
 the kept edges ``{source, target, weight}``.
@@ -33,13 +37,21 @@ from typing import Any
 
 from circuits.export import _atomic_write
 from circuits.neuronpedia import _checked_name, cantor_pair, sanitise_name
+from circuits.tracing.heads import head_splits
 from circuits.tracing.prune import PrunedGraph
+from circuits.tracing.replacement import Replacement
 
 
 def to_attribution_dict(
-    pruned: PrunedGraph, *, scan: str | None = None, slug: str | None = None
+    pruned: PrunedGraph,
+    *,
+    scan: str | None = None,
+    slug: str | None = None,
+    replacement: Replacement | None = None,
+    top_heads: int = 5,
 ) -> dict[str, Any]:
-    """The kept nodes and edges of ``pruned`` in Neuronpedia's graph layout (module docstring)."""
+    """The kept nodes and edges of ``pruned`` in Neuronpedia's graph layout (module docstring);
+    with the prompt's ``replacement``, each link's ``top_heads`` heads (``mechinterp_heads``)."""
     graph = pruned.graph
     model_name = sanitise_name(graph.model_name)
     scan = _checked_name(model_name if scan is None else scan, "scan")
@@ -114,6 +126,20 @@ def to_attribution_dict(
             strict=True,
         )
     ]
+    mechinterp: dict[str, Any] = {
+        "model": graph.model_name,
+        "n_layers": graph.n_layers,
+        "replacement_score": pruned.replacement_score,
+        "completeness_score": pruned.completeness_score,
+    }
+    if replacement is not None:
+        kept = zip(rows[pruned.edge_mask].tolist(), cols[pruned.edge_mask].tolist(), strict=True)
+        for link, split in zip(links, head_splits(replacement, graph, list(kept)), strict=True):
+            link["mechinterp_heads"] = [[layer, head, share] for layer, head, share in split.top(top_heads)]
+        mechinterp["head_split"] = (
+            "mechinterp_heads: [layer, head, share] for the heads carrying most of a link; the shares of "
+            "one layer's heads plus what bypasses that layer's attention add up to the link's weight"
+        )
     return {
         "metadata": {
             "slug": slug,
@@ -127,12 +153,7 @@ def to_attribution_dict(
                 "description": f"attribution graph of {graph.model_name} ({graph.transcoder_kind} transcoders)",
                 "generator": {"name": "mechinterp"},
             },
-            "mechinterp": {
-                "model": graph.model_name,
-                "n_layers": graph.n_layers,
-                "replacement_score": pruned.replacement_score,
-                "completeness_score": pruned.completeness_score,
-            },
+            "mechinterp": mechinterp,
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
         "nodes": list(nodes.values()),
@@ -141,11 +162,18 @@ def to_attribution_dict(
 
 
 def write_attribution_graph(
-    pruned: PrunedGraph, path: str | Path, *, scan: str | None = None, slug: str | None = None
+    pruned: PrunedGraph,
+    path: str | Path,
+    *,
+    scan: str | None = None,
+    slug: str | None = None,
+    replacement: Replacement | None = None,
 ) -> Path:
     """Write ``to_attribution_dict(pruned)`` to ``path`` (atomically, like every circuit export).
 
     Example:
         >>> write_attribution_graph(prune_graph(graph), "graphs/cat.json", slug="cat")
+        >>> write_attribution_graph(pruned, "cat.json", replacement=Replacement(model, tc, graph.tokens[None]))
     """
-    return _atomic_write(path, json.dumps(to_attribution_dict(pruned, scan=scan, slug=slug), indent=1))
+    data = to_attribution_dict(pruned, scan=scan, slug=slug, replacement=replacement)
+    return _atomic_write(path, json.dumps(data, indent=1))

@@ -132,6 +132,17 @@ class AttributionGraph:
         rows = indices[0] == node
         return indices[1, rows], values[rows]
 
+    def edge_weights(self, targets: Int[Tensor, " k"], sources: Int[Tensor, " k"]) -> Float[Tensor, " k"]:
+        """``A[target, source]`` for each pair (zero where there is no edge), by binary search in
+        the coalesced (row-major sorted) indices."""
+        rows, cols = self.edges.indices()
+        keys = rows * self.n_nodes + cols
+        wanted = targets.long() * self.n_nodes + sources.long()
+        at = torch.searchsorted(keys, wanted).clamp(max=max(keys.shape[0] - 1, 0))
+        if not keys.shape[0]:
+            return torch.zeros(wanted.shape, dtype=self.edges.dtype)
+        return torch.where(keys[at] == wanted, self.edges.values()[at], 0.0)
+
     def dense(self) -> Float[Tensor, "n_nodes n_nodes"]:
         """The adjacency as a dense matrix (small graphs only)."""
         return self.edges.to_dense()

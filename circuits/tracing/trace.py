@@ -187,30 +187,12 @@ def _direct_effects(
     """Target values ``[B]`` and the direct effects of every source on each target ``[B, n_sources]``
     (sources: features, errors by layer then position, tokens), from one forward and one backward
     of the frozen replacement on ``B`` copies of the prompt."""
-    model, tc, active = rep.model, rep.transcoders, rep.active
-    batch, n_features = targets.shape[0], len(active)
+    tc, active, batch = rep.transcoders, rep.active, targets.shape[0]
     embedding = rep.embedding[None].expand(batch, -1, -1).clone().requires_grad_(True)
     outputs = [out[None].expand(batch, -1, -1).clone().requires_grad_(True) for out in rep.mlp_out]
-    rows = torch.arange(batch, device=targets.device)
     with torch.enable_grad():
         inputs, normed = rep.run(outputs, embedding=embedding, batch=batch)
-        values = torch.zeros(batch, dtype=torch.float32, device=targets.device)
-        is_feature = targets < n_features
-        feature_rows, features = rows[is_feature], targets[is_feature]
-        for layer in range(len(inputs)):
-            chosen = active.layer[features] == layer
-            if not chosen.any():
-                continue
-            feature, row = features[chosen], feature_rows[chosen]
-            x = inputs[layer][row, active.pos[feature]].to(tc.dtype)
-            index = active.index[feature]
-            pre = (x * tc.W_enc[layer][index]).sum(-1) + tc.b_enc[layer][index]
-            values = values.index_put((row,), pre.float())
-        if (~is_feature).any():
-            logit = model.unembed.uncapped(normed[rows[~is_feature], -1]).float()
-            token = logit_tokens[targets[~is_feature] - n_features]
-            centred = logit.gather(1, token[:, None])[:, 0] - logit.mean(-1)
-            values = values.index_put((rows[~is_feature],), centred)
+        values = target_values(rep, targets, logit_tokens, inputs, normed)
         grads = torch.autograd.grad(values.sum(), [embedding, *outputs], materialize_grads=True)
     g_embed, g_out = grads[0], grads[1:]
     with torch.no_grad():
@@ -226,3 +208,36 @@ def _direct_effects(
         parts += [(g * error).sum(-1).float() for g, error in zip(g_out, rep.errors, strict=True)]
         parts.append((g_embed * rep.embedding).sum(-1).float())
         return values.detach(), torch.cat(parts, dim=1)
+
+
+def target_values(
+    rep: Replacement,
+    targets: Int[Tensor, " batch"],
+    logit_tokens: Int[Tensor, " k"],
+    inputs: list[Tensor],
+    normed: Float[Tensor, "batch pos d_model"],
+) -> Float[Tensor, " batch"]:
+    """Row ``b``'s target value from one run of the frozen replacement (``Replacement.run``'s
+    ``inputs`` and ``normed``): a feature's pre-activation (``targets[b] < n_features``) or a
+    logit node's centred uncapped logit (``targets[b] = n_features + k`` for ``logit_tokens[k]``)."""
+    model, tc, active = rep.model, rep.transcoders, rep.active
+    batch, n_features = targets.shape[0], len(active)
+    rows = torch.arange(batch, device=targets.device)
+    values = torch.zeros(batch, dtype=torch.float32, device=targets.device)
+    is_feature = targets < n_features
+    feature_rows, features = rows[is_feature], targets[is_feature]
+    for layer in range(len(inputs)):
+        chosen = active.layer[features] == layer
+        if not chosen.any():
+            continue
+        feature, row = features[chosen], feature_rows[chosen]
+        x = inputs[layer][row, active.pos[feature]].to(tc.dtype)
+        index = active.index[feature]
+        pre = (x * tc.W_enc[layer][index]).sum(-1) + tc.b_enc[layer][index]
+        values = values.index_put((row,), pre.float())
+    if (~is_feature).any():
+        logit = model.unembed.uncapped(normed[rows[~is_feature], -1]).float()
+        token = logit_tokens[targets[~is_feature] - n_features]
+        centred = logit.gather(1, token[:, None])[:, 0] - logit.mean(-1)
+        values = values.index_put((rows[~is_feature],), centred)
+    return values
