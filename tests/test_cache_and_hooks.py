@@ -111,8 +111,8 @@ def test_hooks_edit_activations_and_never_leak(tiny_llama, random_tokens):
 
 
 @torch.no_grad()
-def test_decompose_resid_sums_to_final_residual(tiny_pair, random_tokens):
-    model, _ = tiny_pair
+def test_decompose_resid_sums_to_final_residual(representative_pair, random_tokens):
+    model, _ = representative_pair
     _, cache = model.run_with_cache(random_tokens())
     parts = cache.decompose_resid()
     final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
@@ -120,8 +120,8 @@ def test_decompose_resid_sums_to_final_residual(tiny_pair, random_tokens):
 
 
 @torch.no_grad()
-def test_accumulated_resid_and_head_results(tiny_pair, random_tokens):
-    model, _ = tiny_pair
+def test_accumulated_resid_and_head_results(representative_pair, random_tokens):
+    model, _ = representative_pair
     _, cache = model.run_with_cache(random_tokens())
     n = model.cfg.n_layers
     stack, labels = cache.accumulated_resid(return_labels=True)

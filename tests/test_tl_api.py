@@ -21,8 +21,8 @@ def test_return_type_none_still_runs_the_final_norm(tiny_llama, random_tokens):
 
 
 @torch.no_grad()
-def test_start_at_layer_zero_takes_a_residual_stream(tiny_pair, random_tokens):
-    model, _ = tiny_pair
+def test_start_at_layer_zero_takes_a_residual_stream(representative_pair, random_tokens):
+    model, _ = representative_pair
     tokens = random_tokens(2, 8)
     resid = model(tokens, stop_at_layer=0)
     expected = model(tokens)
