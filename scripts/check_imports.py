@@ -27,7 +27,7 @@ Exit status 0 when clean, 1 with the list otherwise.
 
 Example:
     $ python scripts/check_imports.py
-    imports: 142 files, 389 edges, no cycles, no upward imports
+    imports: 129 files, 348 edges, no cycles, no upward imports
 """
 
 from __future__ import annotations
