@@ -63,12 +63,12 @@ def test_attn_result_and_split_inputs_are_exact_opt_ins(tiny_pair, random_tokens
     finally:
         model.set_use_attn_result(False)
         model.set_use_split_qkv_input(False)
-    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)  # summation order differs
     heads, kv = model.cfg.n_heads, model.architecture.kv_heads
     assert opted["blocks.0.attn.hook_result"].shape == (3, 20, heads, 64)
     assert opted["blocks.1.hook_k_input"].shape == (3, 20, kv, 64)
     summed = opted["blocks.0.attn.hook_result"].sum(2) + model.blocks[0].attn.b_O
-    torch.testing.assert_close(summed, cache["blocks.0.hook_attn_out"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(summed, cache["blocks.0.hook_attn_out"], atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
