@@ -52,3 +52,23 @@ def test_smollm2_knows_paris(smollm2):
     model, _ = smollm2
     logits = model("The Eiffel Tower is located in the city of")
     assert model.to_string(logits[0, -1].argmax()) == " Paris"
+
+
+def test_char_tokenizer_leaves_no_temporary_folders(tmp_path):
+    """One folder per process, removed at exit (the suite used to leave ~150 per run)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from mechinterp.models.tiny import char_tokenizer\n"
+        "a, b = char_tokenizer(), char_tokenizer()\n"
+        "assert a.name_or_path == b.name_or_path\n"
+        "print(a.name_or_path)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    found = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip().startswith(str(tmp_path))
+    assert not list(tmp_path.glob("mechinterp-chartok-*"))
