@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from mechinterp.data.pairs import PromptPairs
+from mechinterp.models.tokenization import token_labels
 from mechinterp.token_attribution.gradients import input_gradients, integrated_gradients, objective_at
 from mechinterp.token_attribution.inputs import (
     Answer,
@@ -187,10 +188,7 @@ def _result(
     score: Tensor | None = None,
     completeness: Completeness | None = None,
 ) -> TokenAttribution:
-    try:
-        labels = [model.to_str_tokens(row) for row in tokens]
-    except ValueError:  # no tokenizer: token ids as labels
-        labels = [[str(t) for t in row.tolist()] for row in tokens]
+    labels = [token_labels(model.tokenizer, row.tolist()) for row in tokens]  # no tokenizer: <id N>
     return TokenAttribution(
         values=values.detach().float().cpu(),
         tokens=labels,
