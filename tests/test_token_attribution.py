@@ -354,6 +354,21 @@ def test_result_round_trips_and_draws(tiny_llama, tmp_path):
     assert len(comparison.figure().data[0].z) == 4
 
 
+def test_unconverged_integrated_gradients_warn_and_auto_steps_converge(tiny_llama, random_tokens):
+    tokens = random_tokens(2, 8)
+    with pytest.warns(UserWarning, match=r"did not converge.*with 1 steps \(riemann_left\) from baseline"):
+        attribute_tokens(tiny_llama, tokens, correct=5, steps=1, rule="riemann_left")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = attribute_tokens(tiny_llama, tokens, correct=5, steps="auto")
+    used = auto.metadata["steps"]
+    assert used in (32, 64, 128, 256, 512, 1024) and auto.completeness.max_gap <= 0.05
+    fixed = attribute_tokens(tiny_llama, tokens, correct=5, steps=used)
+    torch.testing.assert_close(fixed.values, auto.values)
+    with pytest.warns(UserWarning, match=r"steps='auto' stopped at max_steps=32"):
+        attribute_tokens(tiny_llama, tokens, correct=5, steps="auto", tolerance=1e-9, max_steps=32)
+
+
 # --- the real model -----------------------------------------------------------------------
 
 
