@@ -126,6 +126,8 @@ def attribute_tokens(
         for name, value in (("steps", steps), ("rule", rule)):
             if value is not None:
                 raise ValueError(f"{name}= only applies to integrated_gradients, not {method}")
+        if (tolerance, max_steps) != (DEFAULT_TOLERANCE, MAX_AUTO_STEPS):
+            raise ValueError(f"tolerance= and max_steps= only apply to integrated_gradients, not {method}")
     if method not in BASELINE_METHODS and baseline is not None:
         raise ValueError(f"{method} uses no baseline; baselines go with integrated_gradients and occlusion")
     tokens, mask = prompt_tokens(model, input, attention_mask)
@@ -269,7 +271,7 @@ def compare_methods(
 ) -> MethodComparison:
     """Run several methods on the same input and objective, side by side.
 
-    ``steps`` and ``rule`` go to integrated gradients, ``baseline`` to the methods that
+    ``steps``, ``rule``, ``tolerance`` and ``max_steps`` go to integrated gradients, ``baseline`` to the methods that
     take one (integrated gradients, occlusion); every other keyword goes to all methods.
 
     Example:
@@ -277,11 +279,12 @@ def compare_methods(
         >>> comparison.agreement()              # Spearman correlations, methods x methods
         >>> comparison.figure().show()
     """
+    ig_only = {name: arguments.pop(name) for name in ("tolerance", "max_steps") if name in arguments}
     found = {}
     for method in methods:
         extra = {}
         if method == "integrated_gradients":
-            extra = {"steps": steps, "rule": rule}
+            extra = {"steps": steps, "rule": rule} | ig_only
         if method in BASELINE_METHODS:
             extra["baseline"] = baseline
         found[method] = attribute_tokens(model, input, method=method, **extra, **arguments)
