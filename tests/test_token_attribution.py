@@ -399,6 +399,23 @@ def test_smollm2_integrated_gradients_match_captum(smollm2):
     assert abs(gap - delta.item()) <= 0.01 * abs(ours.completeness.change.item())
 
 
+@pytest.mark.slow
+def test_smollm2_auto_steps_converge_from_a_corrupt_prompt_and_say_so_from_pad(smollm2):
+    """benchmarks/bench_ig_convergence.py: from the pad baseline the gap does not fall
+    steadily with steps (it stays above 5% up to 512); from a corrupt prompt it is tiny."""
+    model, _ = smollm2
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    corrupt = "When Mary and John went to the store, Mary gave a drink to"
+    answers = {"correct": " Mary", "incorrect": " John"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = attribute_tokens(model, prompt, **answers, steps="auto", baseline=corrupt)
+    assert found.metadata["steps"] == 32 and found.completeness.max_gap <= 0.05
+    with pytest.warns(UserWarning, match=r"did not converge.*with 64 steps .* from baseline pad token"):
+        found = attribute_tokens(model, prompt, **answers, steps="auto", max_steps=64)
+    assert found.metadata["steps"] == 64 and found.completeness.max_gap > 0.05
+
+
 def test_cli_config_names_the_library_choices():
     import typing
 
