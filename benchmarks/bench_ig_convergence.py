@@ -1,6 +1,7 @@
 """How integrated gradients' completeness gap falls with steps on SmolLM2-135M.
 
     .venv/bin/python benchmarks/bench_ig_convergence.py [--steps 32 64 128 256 512]
+        [--prompts 1 2] [--baselines pad zero corrupt]
 
 For two prompts (logit difference of the right answer over a wrong one) and three baselines
 (the pad token at every position, zero embeddings, and a corrupt prompt of the same length),
@@ -36,15 +37,19 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, nargs="+", default=[32, 64, 128, 256, 512])
     parser.add_argument("--tolerance", type=float, default=0.05)
+    parser.add_argument("--prompts", type=int, nargs="+", default=[1, 2], help="which prompts (1, 2)")
+    parser.add_argument("--baselines", nargs="+", default=["pad", "zero", "corrupt"])
     args = parser.parse_args()
     model = mechinterp.load_model("smollm2-135m", device="cpu")
     header = "".join(f"{n:>8}" for n in args.steps)
     print(f"{'prompt':<8}{'baseline':<10}{header}   auto (tol {args.tolerance:.0%})")
     for index, (prompt, corrupt, correct, incorrect) in enumerate(PROMPTS):
+        if index + 1 not in args.prompts:
+            continue
         if len(model.to_tokens(prompt)[0]) != len(model.to_tokens(corrupt)[0]):
             corrupt = None  # a corrupt prompt must have the same length
         for name, baseline in (("pad", "pad"), ("zero", "zero"), ("corrupt", corrupt)):
-            if baseline is None:
+            if baseline is None or name not in args.baselines:
                 continue
             gaps, start = [], time.perf_counter()
             for steps in args.steps:
