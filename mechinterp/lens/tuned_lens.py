@@ -9,8 +9,8 @@ layers train together as one batched optimisation (their losses simply add).
 Memory does not grow with the corpus: each training step runs the model on the next
 ``texts_per_step`` texts (reshuffled each pass) and keeps only ``tokens_per_step`` of their
 tokens, whose final log-probabilities are the targets; ``evaluate`` streams its texts in
-batches and averages per token. (SmolLM2-135M, default 2,000 texts: peak RSS under 2 GB,
-the same for 20,000 texts; ``benchmarks/bench_tuned_lens_memory.py``.)
+batches and averages per token. (SmolLM2-135M on the CPU, 2,000 texts: peak RSS 2.6 GB over
+20 steps, 2.5 GB with 20,000 texts; ``benchmarks/bench_tuned_lens_memory.py``.)
 
 Training text: by default the offline English corpus ``load_corpus("default", "train")``
 (WordNet glosses and standard-library docstrings; ``mechinterp.data.corpus``), so evaluating
