@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mechinterp.models.tokenization import token_labels
+
 
 def _correct_tokens(data, metric) -> Tensor | None:
     """Per-example correct answer ids from the data or the (possibly wrapped) metric."""
@@ -40,10 +42,8 @@ def _correct_tokens(data, metric) -> Tensor | None:
 
 
 def _token_strings(model, ids: list[int]) -> list[str]:
-    """Each token decoded on its own; a model without a tokenizer gets the ids as text."""
-    if model.tokenizer is None:
-        return [str(i) for i in ids]
-    return [model.tokenizer.decode([i]) for i in ids]
+    """Each token decoded on its own; a model without a tokenizer gets ``<id N>`` labels."""
+    return token_labels(model.tokenizer, ids)
 
 
 @torch.no_grad()

@@ -404,8 +404,9 @@ def test_prompt_record_answer_sources():
         logits = model(clean[:1])[0, 3]
     metric = LogitDifference(torch.tensor([3, 3]), torch.tensor([7, 8]), torch.tensor([8, 7]))
     record = circuits.prompt_record(model, data, metric)
-    assert record["tokens"] == ["1", "5", "7", "5"] and record["text"] == "1 5 7 5"
-    assert (record["answer"], record["answer_source"]) == ("7", "correct answer")
+    assert record["tokens"] == ["<id 1>", "<id 5>", "<id 7>", "<id 5>"]
+    assert record["text"] == "<id 1> <id 5> <id 7> <id 5>"
+    assert (record["answer"], record["answer_source"]) == ("<id 7>", "correct answer")
     assert record["answer_prob"] == pytest.approx(float(logits.softmax(-1)[7]), rel=1e-5)
     kl = KLDivergence(torch.tensor([3, 3]), logits.expand(2, -1))
     record = circuits.prompt_record(model, data, kl)

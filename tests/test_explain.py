@@ -205,7 +205,18 @@ def test_planted_units_beat_shuffled_explanations(tiny):
         assert (frame.loc[["detection", "fuzzing"], f"baseline_{metric}"] < 0.9).all()
     np.testing.assert_allclose(frame.loc["simulation", "correlation"].to_numpy(), 1.0, rtol=1e-9)
     assert (frame.loc["simulation", "baseline_correlation"] < 0.5).all()
+    assert frame.loc["simulation", "baseline_correlation"].notna().all()
     assert set(frame["shuffled"]) == set(RULES) and (frame["shuffled"] != frame["explanation"]).all()
+
+
+def test_a_constant_simulation_counts_as_correlation_zero():
+    from mechinterp.explain.scoring import _metrics
+
+    flat = np.zeros(11)
+    flat[0] = 1.0  # the scorer rates every token 0: the explanation never matches
+    found = _metrics("simulation", [flat] * 6, [0.0, 2.0, 0.0, 1.0, 0.0, 3.0])
+    assert found["correlation"] == 0.0 and "error" not in found
+    assert np.isnan(_metrics("simulation", [flat] * 6, [0.0] * 6)["correlation"])  # nothing varies
 
 
 def test_parse_explanation():

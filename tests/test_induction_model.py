@@ -130,4 +130,4 @@ def test_attribution_and_attention_patterns_work_without_mlps_or_tokenizer(induc
     )
     assert result.values.shape == (2, 4, 4) and bool(result.values.isfinite().all())
     patterns = attention_patterns(induction_model, pairs.clean[0], [(1, 0)])
-    assert patterns.str_tokens == [str(t) for t in pairs.clean[0].tolist()]  # token ids label the axes
+    assert patterns.str_tokens == [f"<id {t}>" for t in pairs.clean[0].tolist()]  # token ids label the axes

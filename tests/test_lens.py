@@ -148,3 +148,24 @@ def test_tuned_lens_beats_the_logit_lens_on_held_out_text(tiny_llama, tmp_path):
         TunedLens.load(tmp_path / "lens", other)
     with pytest.raises(ValueError, match="needs training texts"):
         TunedLens.train(tiny_llama, [])
+
+
+def test_tuned_lens_streams_its_texts(tiny_llama, monkeypatch):
+    """Training and evaluation see a few texts per forward, whatever the corpus size, and
+    evaluating in batches gives the per-token mean of evaluating all at once."""
+    from mechinterp.lens import TunedLens, stdlib_corpus
+
+    corpus = stdlib_corpus(40)
+    seen = []
+    encode = tiny_llama.encode
+    monkeypatch.setattr(
+        tiny_llama, "encode", lambda texts, **kw: seen.append(len(texts)) or encode(texts, **kw)
+    )
+    lens = TunedLens.train(tiny_llama, corpus, steps=6, texts_per_step=3, max_tokens=16, progress=False)
+    assert seen == [3] * 6
+    seen.clear()
+    one = lens.evaluate(tiny_llama, corpus[:9], max_tokens=16, texts_per_forward=9)
+    batched = lens.evaluate(tiny_llama, corpus[:9], max_tokens=16, texts_per_forward=2)
+    assert seen == [9, 2, 2, 2, 2, 1]
+    for name in ("tuned", "logit"):
+        torch.testing.assert_close(one[name], batched[name], rtol=1e-4, atol=1e-5)

@@ -244,9 +244,13 @@ def test_ablating_a_feature_keeps_the_error_term(tiny_llama, random_tokens):
     torch.testing.assert_close(ablated[HOOK], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_transcoder_splices_from_mlp_input_to_output(tiny_llama, random_tokens):
+@pytest.mark.parametrize("skip", [False, True])
+def test_transcoder_splices_from_mlp_input_to_output(tiny_llama, random_tokens, skip):
     model, tokens = tiny_llama, random_tokens(2, 9)
-    tc = _sae("relu", hook="blocks.0.hook_mlp_in", hook_name_out="blocks.0.hook_mlp_out")
+    tc = _sae("relu", hook="blocks.0.hook_mlp_in", hook_name_out="blocks.0.hook_mlp_out", skip=skip)
+    if skip:  # the skip connection's term is part of the spliced output
+        with torch.no_grad():
+            tc.W_skip.copy_(torch.randn(tc.W_skip.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
     clean = model(tokens)
     with model.saes([tc], use_error_term=True):
         torch.testing.assert_close(model(tokens), clean, atol=1e-3, rtol=0)

@@ -31,6 +31,12 @@ def test_dashboard_contexts_peak_where_the_latent_does(tiny_llama, sae):
         assert best.peak == pytest.approx(float(peak), rel=1e-5) and max(best.activations) == best.peak
         assert [c.peak for c in board.contexts] == sorted((c.peak for c in board.contexts), reverse=True)
         assert len(board.promoted) == 10 and board.promoted[0][1] >= board.suppressed[0][1]
+    # streamed: batches of 2 texts keep only the best windows, and find the same ones
+    small = feature_dashboards(tiny_llama, sae, texts, [0, 5], n_contexts=3, context=24, texts_per_forward=2)
+    for board, other in zip(boards.features, small.features, strict=True):
+        assert [c.text_index for c in board.contexts] == [c.text_index for c in other.contexts]
+        assert [c.tokens for c in board.contexts] == [c.tokens for c in other.contexts]
+        assert [c.peak for c in board.contexts] == pytest.approx([c.peak for c in other.contexts], rel=1e-5)
 
 
 def test_dashboard_page_renders_offline_in_chromium(tiny_llama, sae, tmp_path):

@@ -355,6 +355,21 @@ def test_result_round_trips_and_draws(tiny_llama, tmp_path):
     assert len(method_comparison_heatmap(comparison).data[0].z) == 4
 
 
+def test_unconverged_integrated_gradients_warn_and_auto_steps_converge(tiny_llama, random_tokens):
+    tokens = random_tokens(2, 8)
+    with pytest.warns(UserWarning, match=r"did not converge.*with 1 steps \(riemann_left\) from baseline"):
+        attribute_tokens(tiny_llama, tokens, correct=5, steps=1, rule="riemann_left")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auto = attribute_tokens(tiny_llama, tokens, correct=5, steps="auto")
+    used = auto.metadata["steps"]
+    assert used in (32, 64, 128, 256, 512, 1024) and auto.completeness.max_gap <= 0.05
+    fixed = attribute_tokens(tiny_llama, tokens, correct=5, steps=used)
+    torch.testing.assert_close(fixed.values, auto.values)
+    with pytest.warns(UserWarning, match=r"steps='auto' stopped at max_steps=32"):
+        attribute_tokens(tiny_llama, tokens, correct=5, steps="auto", tolerance=1e-9, max_steps=32)
+
+
 # --- the real model -----------------------------------------------------------------------
 
 
@@ -383,6 +398,23 @@ def test_smollm2_integrated_gradients_match_captum(smollm2):
     within_share_of_largest(ours.values, reference.sum(-1).detach(), 0.01)
     gap = (ours.completeness.total - ours.completeness.change).item()
     assert abs(gap - delta.item()) <= 0.01 * abs(ours.completeness.change.item())
+
+
+@pytest.mark.slow
+def test_smollm2_auto_steps_converge_from_a_corrupt_prompt_and_say_so_from_pad(smollm2):
+    """benchmarks/bench_ig_convergence.py: from the pad baseline the gap does not fall
+    steadily with steps (it stays above 5% up to 512); from a corrupt prompt it is tiny."""
+    model, _ = smollm2
+    prompt = "When Mary and John went to the store, John gave a drink to"
+    corrupt = "When Mary and John went to the store, Mary gave a drink to"
+    answers = {"correct": " Mary", "incorrect": " John"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = attribute_tokens(model, prompt, **answers, steps="auto", baseline=corrupt)
+    assert found.metadata["steps"] == 32 and found.completeness.max_gap <= 0.05
+    with pytest.warns(UserWarning, match=r"did not converge.*with 64 steps .* from baseline pad token"):
+        found = attribute_tokens(model, prompt, **answers, steps="auto", max_steps=64)
+    assert found.metadata["steps"] == 64 and found.completeness.max_gap > 0.05
 
 
 def test_cli_config_names_the_library_choices():

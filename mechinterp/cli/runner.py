@@ -50,6 +50,7 @@ from mechinterp.cli.schema import InductionDataset, IOIDataset, RunConfig
 from mechinterp.cli.steps import STEPS, StepOutput
 from mechinterp.data import PromptPairs, induction_pairs, ioi_pairs, load_pairs
 from mechinterp.metrics import LogitDifference, ProbabilityDifference
+from mechinterp.models.tokenization import token_labels
 
 
 @dataclass
@@ -201,7 +202,7 @@ def write_dataset(run_dir: Path, model, pairs: PromptPairs) -> None:
         try:
             return model.to_string(tokens)
         except ValueError:  # a model without a tokenizer: token ids
-            return " ".join(str(t) for t in tokens.reshape(-1).tolist())
+            return " ".join(token_labels(None, tokens.reshape(-1).tolist()))
 
     def prompt(tokens, i: int) -> str:
         return text(tokens[i] if pairs.attention_mask is None else tokens[i][pairs.attention_mask[i].bool()])

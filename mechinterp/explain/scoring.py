@@ -13,7 +13,10 @@ the top contexts):
   number of inactive tokens of the same excerpt marked. Balanced accuracy and AUC.
 - ``simulation``: for each token, the scorer's probabilities over ratings 0-10 give an
   expected rating; its Pearson correlation with the real activations over all tokens of
-  ``simulation_contexts`` excerpts (half activating, half not) is the score.
+  ``simulation_contexts`` excerpts (half activating, half not) is the score. A constant
+  prediction (the same expected rating for every token, as from an explanation that never
+  matches) carries no information about the activations and counts as correlation 0, not
+  NaN, so the margin over the shuffled baseline stays defined when the baseline is flat.
 
 Every score sits next to the same scorer given a **shuffled** explanation (another unit's,
 a derangement): an explanation that carries information about its unit beats that baseline.
@@ -282,6 +285,21 @@ def _simulation_items(examples: UnitExamples, rng, n_contexts: int) -> tuple[lis
 _ITEMS = {"detection": _detection_items, "fuzzing": _fuzzing_items, "simulation": _simulation_items}
 
 
+def _correlation(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """Pearson correlation; 0 for a constant prediction, NaN when there is nothing to
+    correlate (fewer than three items, or activations that never vary).
+
+    Example:
+        >>> _correlation(np.full(4, 3.0), np.array([0.0, 1.0, 0.0, 2.0]))
+        0.0
+    """
+    if len(actual) <= 2 or actual.std() == 0:
+        return float("nan")
+    if predicted.std() == 0:
+        return 0.0
+    return float(np.corrcoef(predicted, actual)[0, 1])
+
+
 def _metrics(method: str, answers: list, truth: list) -> dict:
     failed = [a for a in answers if isinstance(a, ChatError)]
     keep = [i for i, a in enumerate(answers) if not isinstance(a, ChatError)]
@@ -293,8 +311,7 @@ def _metrics(method: str, answers: list, truth: list) -> dict:
     y = np.array([truth[i] for i in keep], dtype=float)
     if method == "simulation":
         predicted = np.array([float(np.dot(answers[i], np.arange(len(SCALE)))) for i in keep])
-        enough = len(y) > 2 and y.std() > 0 and predicted.std() > 0
-        out["correlation"] = float(np.corrcoef(predicted, y)[0, 1]) if enough else float("nan")
+        out["correlation"] = _correlation(predicted, y)
         return out
     p_yes = np.array([float(answers[i][0]) for i in keep])
     positive = y == 1

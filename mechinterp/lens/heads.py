@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from mechinterp.models.tokenization import token_labels
+
 HeadKind = Literal["previous_token", "duplicate_token", "induction"]
 
 
@@ -120,9 +122,5 @@ def attention_patterns(model, text: str | Tensor, heads: list[tuple[int, int]]) 
     _, cache = model.run_with_cache(tokens, names_filter=list(names))
     patterns = torch.stack([cache[f"blocks.{layer}.attn.hook_pattern"][0, head] for layer, head in heads])
     # models without a tokenizer (token-id toys) label positions by token id
-    labels = (
-        model.to_str_tokens(tokens[0])
-        if model.tokenizer is not None
-        else [str(t) for t in tokens[0].tolist()]
-    )
+    labels = token_labels(model.tokenizer, tokens[0].tolist())
     return AttentionPatterns(patterns.cpu(), list(heads), labels)

@@ -7,6 +7,7 @@ numerical reference.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,43 @@ def _auto_classes():
     return AutoModelForCausalLM, AutoTokenizer
 
 
-def from_pretrained(name_or_dir: str | Path, dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
-    """A hub id or a local HF directory (config.json + weights + tokenizer files)."""
+# Any of these in a local folder means it has a tokenizer (fast, SentencePiece or BPE files).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
+
+
+def from_pretrained(
+    name_or_dir: str | Path, dtype: torch.dtype, *, load_tokenizer: bool = True, **kwargs: Any
+) -> tuple[Any, Any]:
+    """A hub id or a local HF directory (config.json + weights + tokenizer files).
+
+    A local folder without tokenizer files (``save_pretrained`` of a model alone) gives
+    tokenizer ``None`` and one warning saying how to pass one: transformers would otherwise
+    build an empty tokenizer that decodes every id to ``""``.
+    """
     model_cls, tokenizer_cls = _auto_classes()
     model = model_cls.from_pretrained(name_or_dir, dtype=dtype, attn_implementation="eager", **kwargs)
+    if not load_tokenizer:
+        return model.eval(), None
+    folder = Path(name_or_dir)
+    if (
+        folder.is_dir()
+        and "gguf_file" not in kwargs
+        and not any((folder / f).is_file() for f in TOKENIZER_FILES)
+    ):
+        warnings.warn(
+            f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}), so the model is loaded "
+            "without a tokenizer: text input raises an error and tokens are shown as <id N>. Pass one with "
+            "load_model(path, tokenizer=AutoTokenizer.from_pretrained(<the model's original folder or hub id>))",
+            stacklevel=3,
+        )
+        return model.eval(), None
     tokenizer = tokenizer_cls.from_pretrained(name_or_dir, **kwargs)
     return model.eval(), tokenizer
 

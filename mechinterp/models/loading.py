@@ -65,7 +65,9 @@ def load_model(
             (pass its ``tokenizer`` too).
         dtype: parameter dtype (``torch.float32`` default; ``"bfloat16"`` etc. accepted).
         device: where to put the model; default CUDA when available, else CPU.
-        tokenizer: the tokenizer for an HF model object (other sources bring their own).
+        tokenizer: the tokenizer for an HF model object; for a local folder or hub id it
+            replaces the source's own (needed for a folder saved without tokenizer files,
+            which otherwise loads with ``model.tokenizer is None`` and a warning).
         fold_final_norm: move the final norm's scale (and LayerNorm bias) into ``W_U``
             (and ``b_U``), so ``ln_final.w`` is all ones. On by default: TransformerLens'
             logit attribution (``cache.logit_attrs``, ``apply_ln_to_stack``,
@@ -117,28 +119,34 @@ def load_model(
         model = TOY_MODELS[str(source)]()
         process.apply(model)
         return model.to(device=device, dtype=dtype)
-    hf_model, hf_tokenizer = load_hf(source, dtype=dtype)
+    hf_model, hf_tokenizer = load_hf(source, dtype=dtype, load_tokenizer=tokenizer is None)
+    hf_tokenizer = tokenizer if tokenizer is not None else hf_tokenizer
     return from_hf_model(
         hf_model, hf_tokenizer, dtype=dtype, device=device, model_name=str(source), weight_processing=process
     )
 
 
-def load_hf(source: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+def load_hf(
+    source: str | Path, *, dtype: torch.dtype = torch.float32, load_tokenizer: bool = True
+) -> tuple[Any, Any]:
     """The Hugging Face ``(model, tokenizer)`` behind a source, in eager attention: the
-    reference that parity checks compare a ``HookedLM`` against."""
+    reference that parity checks compare a ``HookedLM`` against. The tokenizer is ``None``
+    with ``load_tokenizer=False`` and for a local folder without tokenizer files (warned)."""
     if str(source) in TOY_MODELS:
         raise ValueError(f"{source!r} is a native toy model with no Hugging Face counterpart; use load_model")
     if str(source) in EMBEDDED_MODELS:
-        return hf_sources.from_pretrained(embedded_model_dir(str(source)), dtype)
+        return hf_sources.from_pretrained(
+            embedded_model_dir(str(source)), dtype, load_tokenizer=load_tokenizer
+        )
     path = Path(source)
     if path.is_file():
         return hf_sources.from_gguf(path, dtype)
     if path.is_dir():
-        return hf_sources.from_pretrained(path, dtype)
+        return hf_sources.from_pretrained(path, dtype, load_tokenizer=load_tokenizer)
     if path.suffix == ".gguf":
         raise FileNotFoundError(f"GGUF file {path} does not exist")
     try:
-        return hf_sources.from_pretrained(str(source), dtype)
+        return hf_sources.from_pretrained(str(source), dtype, load_tokenizer=load_tokenizer)
     except OSError as error:
         raise ModelSourceError(_not_found_message(str(source), error)) from error
 

@@ -10,8 +10,11 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import string
 import tempfile
+from functools import cache
 from typing import Any
 
 import torch
@@ -38,9 +41,17 @@ def char_tokenizer() -> Any:
 
     It is saved to and reloaded from a temporary directory so that it behaves like any
     tokenizer loaded from disk (TransformerLens reloads tokenizers by ``name_or_path``).
+    The directory is written once per process and removed when the process exits.
     """
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_char_tokenizer_dir())
+
+
+@cache
+def _char_tokenizer_dir() -> str:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     symbols = [*SPECIAL_TOKENS, *string.printable[:95]]
     core = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<pad>"))
@@ -50,8 +61,9 @@ def char_tokenizer() -> Any:
         tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
     )
     directory = tempfile.mkdtemp(prefix="mechinterp-chartok-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     fast.save_pretrained(directory)
-    return AutoTokenizer.from_pretrained(directory)
+    return directory
 
 
 def tiny_hf_config(

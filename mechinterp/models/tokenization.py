@@ -11,6 +11,24 @@ from torch import Tensor
 TextInput = str | list[str]
 
 
+def id_label(token_id: int) -> str:
+    """How a token is shown when there is no tokenizer to decode it: ``<id 36>``."""
+    return f"<id {token_id}>"
+
+
+def token_labels(tokenizer, ids: list[int]) -> list[str]:
+    """Each token decoded on its own, or ``<id N>`` labels when ``tokenizer`` is ``None``
+    (never empty strings that hide which token it was).
+
+    Example:
+        >>> token_labels(None, [1, 36])
+        ['<id 1>', '<id 36>']
+    """
+    if tokenizer is None:
+        return [id_label(i) for i in ids]
+    return [tokenizer.decode([i]) for i in ids]
+
+
 class TokenizationMixin:
     """``to_tokens``, ``to_str_tokens``, ``to_string``, ``to_single_token``.
 
@@ -25,8 +43,8 @@ class TokenizationMixin:
     def _require_tokenizer(self):
         if self.tokenizer is None:
             raise ValueError(
-                "this model has no tokenizer: pass token ids, or load it with one "
-                "(load_model(hf_model, tokenizer=...))"
+                "this model has no tokenizer, so it cannot read or write text: pass token ids, or "
+                "load it with one (load_model(path_or_hf_model, tokenizer=AutoTokenizer.from_pretrained(...)))"
             )
         return self.tokenizer
 

@@ -79,7 +79,10 @@ def feature_dashboards(
         raise ValueError("feature_dashboards needs texts")
     index = _check_features(sae, features)
     acts_name = f"{sae.cfg.splice_hook}.hook_sae_acts_post"
-    peaks, peak_pos, token_rows, act_rows, nonzero = [], [], [], [], [[] for _ in index]
+    # per feature, the best n_contexts windows so far: (peak, text index, token ids, activations);
+    # only these and the non-zero activations stay resident, not every text's tokens
+    best: list[list[tuple[float, int, Tensor, Tensor]]] = [[] for _ in index]
+    nonzero: list[list[Tensor]] = [[] for _ in index]
     total_tokens = 0
     bos = getattr(model.tokenizer, "bos_token_id", None)
     with spliced(model, sae):
@@ -89,36 +92,39 @@ def feature_dashboards(
             keep = mask.bool() if bos is None else mask.bool() & (tokens != bos)
             _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=[acts_name])
             acts = cache[acts_name][..., index].float() * keep[..., None]  # [batch, pos, feature]
-            best, where = acts.max(1)
-            peaks.append(best.cpu())
-            peak_pos.append(where.cpu())
-            for row in range(tokens.shape[0]):
-                n = int(mask[row].sum())
-                token_rows.append(tokens[row, :n].cpu())
-                act_rows.append(acts[row, :n].cpu())
+            peaks, where = acts.max(1)  # [batch, feature]
+            lengths = mask.sum(1).tolist()
             for j in range(len(index)):
+                found = []
+                for row in peaks[:, j].argsort(descending=True)[:n_contexts].tolist():
+                    if peaks[row, j] <= 0:
+                        break
+                    peak = int(where[row, j])
+                    lo, hi = max(0, peak - window), min(lengths[row], peak + 4)
+                    found.append(
+                        (
+                            float(peaks[row, j]),
+                            start + row,
+                            tokens[row, lo:hi].cpu(),
+                            acts[row, lo:hi, j].cpu(),
+                        )
+                    )
+                best[j] = sorted(best[j] + found, key=lambda c: (-c[0], c[1]))[:n_contexts]
                 values = acts[..., j][keep]
                 nonzero[j].append(values[values > 0].cpu())
             total_tokens += int(keep.sum())
-    peaks_t, pos_t = torch.cat(peaks), torch.cat(peak_pos)
     effects = feature_logit_effects(model, sae, index.tolist())
     boards = []
     for j, feature in enumerate(index.tolist()):
-        order = peaks_t[:, j].argsort(descending=True)[:n_contexts]
-        contexts = []
-        for text in order.tolist():
-            if peaks_t[text, j] <= 0:
-                break
-            peak = int(pos_t[text, j])
-            lo, hi = max(0, peak - window), min(len(token_rows[text]), peak + 4)
-            contexts.append(
-                Context(
-                    text_index=text,
-                    tokens=model.to_str_tokens(token_rows[text][lo:hi]),
-                    activations=act_rows[text][lo:hi, j].tolist(),
-                    peak=float(peaks_t[text, j]),
-                )
+        contexts = [
+            Context(
+                text_index=text,
+                tokens=model.to_str_tokens(window_tokens),
+                activations=window_acts.tolist(),
+                peak=peak,
             )
+            for peak, text, window_tokens, window_acts in best[j]
+        ]
         values = torch.cat(nonzero[j])
         top, bottom = effects[j].topk(n_tokens), (-effects[j]).topk(n_tokens)
         boards.append(

@@ -2,16 +2,23 @@
 and our own (``SAE.save``).
 
 - **SAELens** folder: ``cfg.json`` and ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``,
-  ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``, plus ``threshold`` for JumpReLU and
-  ``b_gate``/``b_mag``/``r_mag`` for gated SAEs). ``cfg.json`` names ``architecture``
-  (``standard`` = our ``relu``), ``d_in``, ``d_sae``, ``k``, ``apply_b_dec_to_input``,
-  ``normalize_activations`` and ``hook_name`` (top level, or under ``metadata`` in SAELens 6).
+  ``b_enc``, ``W_dec [d_sae, d_in]``, ``b_dec``, plus ``threshold`` for JumpReLU,
+  ``b_gate``/``b_mag``/``r_mag`` for gated SAEs and ``W_skip`` for skip transcoders).
+  ``cfg.json`` names ``architecture`` (``standard``, ``jumprelu``, ``topk``, ``gated``,
+  ``transcoder``, ``jumprelu_transcoder``, ``skip_transcoder``, ``jumprelu_skip_transcoder``;
+  see ``mechinterp.sae.saelens_format``), ``d_in``, ``d_sae``, ``d_out``, ``k``,
+  ``apply_b_dec_to_input``, ``normalize_activations``, ``hook_name`` and ``hook_name_out``
+  (top level, or under ``metadata`` in SAELens 6). JumpReLU follows SAELens' form
+  ``relu(pre) * (pre > threshold)``; a TopK with ``rescale_acts_by_decoder_norm`` (as
+  SAELens' trainer saves it) has its decoder norms folded in (``fold_decoder_norms``).
 - **Gemma Scope** (Lieberum et al. 2024): ``params.npz`` with ``W_enc``, ``W_dec``, ``b_enc``,
   ``b_dec``, ``threshold``; JumpReLU on ``x @ W_enc + b_enc`` (the input is not centred by
-  ``b_dec``). The file does not say which hook it belongs to: pass ``hook_name``.
+  ``b_dec``), in the paper's form ``pre * (pre > threshold)``. The file does not say which
+  hook it belongs to: pass ``hook_name``.
 
 Files are read as tensors only: ``np.load(..., allow_pickle=False)`` and safetensors, so
-loading never runs code from the file.
+loading never runs code from the file. A damaged file raises an error naming it and what is
+wrong (``mechinterp.sae.files``); weights holding NaN or infinity are refused.
 
 Example:
     >>> sae = load_sae("downloads/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz",
@@ -21,34 +28,18 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors.torch import load_file
 
+from mechinterp.sae.files import read_json, read_npz, read_safetensors
 from mechinterp.sae.model import CONFIG_FILE, SAE, SAEConfig, from_tensors
+from mechinterp.sae.saelens_format import ARCHITECTURES as SAELENS_ARCHITECTURES
+from mechinterp.sae.saelens_format import CONFIG_FILE as SAELENS_CONFIG
+from mechinterp.sae.saelens_format import NORMALIZATIONS as SAELENS_NORMALIZATIONS
+from mechinterp.sae.saelens_format import WEIGHTS_FILE as SAELENS_WEIGHTS
 
-SAELENS_CONFIG = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
-SAELENS_ARCHITECTURES = {
-    "standard": "relu",
-    "relu": "relu",
-    "jumprelu": "jumprelu",
-    "topk": "topk",
-    "gated": "gated",
-}
-# SAELens' "expected_average_only_in" scales inputs by a factor kept outside the folder
-# (SAELens folds it into the weights before saving); at run time it is the identity.
-SAELENS_NORMALIZATIONS = {
-    "none": "none",
-    None: "none",
-    "expected_average_only_in": "none",
-    "constant_norm_rescale": "constant_norm_rescale",
-    "layer_norm": "layer_norm",
-}
 
 
 def load_sae(
@@ -80,7 +71,7 @@ def load_sae(
 
 def _load_saelens(folder: Path, hook_name: str | None, device, dtype) -> SAE:
     cfg_file = folder / SAELENS_CONFIG
-    raw = json.loads(cfg_file.read_text())
+    raw = read_json(cfg_file)
     metadata = raw.get("metadata") or {}
 
     def field(name: str, default=KeyError):
@@ -98,19 +89,24 @@ def _load_saelens(folder: Path, hook_name: str | None, device, dtype) -> SAE:
             f"{cfg_file}: architecture {arch_name!r} is not supported; "
             f"supported: {', '.join(SAELENS_ARCHITECTURES)}"
         )
+    architecture, transcoder, skip = SAELENS_ARCHITECTURES[arch_name]
     norm_name = field("normalize_activations", "none")
     if norm_name not in SAELENS_NORMALIZATIONS:
         raise ValueError(
             f"{cfg_file}: normalize_activations={norm_name!r} is not supported; "
             f"supported: {', '.join(str(n) for n in SAELENS_NORMALIZATIONS if n)}"
         )
-    if field("rescale_acts_by_decoder_norm", False):
-        raise ValueError(f"{cfg_file}: rescale_acts_by_decoder_norm=True TopK SAEs are not supported")
+    if transcoder and SAELENS_NORMALIZATIONS[norm_name] != "none":
+        raise ValueError(
+            f"{cfg_file}: a transcoder with normalize_activations={norm_name!r} is not supported "
+            "(SAELens does not undo the normalisation on a transcoder's output)"
+        )
     hook = hook_name or field("hook_name", None)
     if hook is None:
         raise KeyError(f"{cfg_file}: no hook_name (top level or under metadata); pass hook_name=")
-    architecture = SAELENS_ARCHITECTURES[arch_name]
     hook_out = field("hook_name_out", None)
+    if transcoder and hook_out is None:
+        raise KeyError(f"{cfg_file}: a {arch_name} needs hook_name_out (top level or under metadata)")
     cfg = SAEConfig(
         architecture=architecture,
         d_in=int(field("d_in")),
@@ -122,17 +118,42 @@ def _load_saelens(folder: Path, hook_name: str | None, device, dtype) -> SAE:
         apply_b_dec_to_input=bool(field("apply_b_dec_to_input", False)),
         normalize_activations=SAELENS_NORMALIZATIONS[norm_name],
         model_name=field("model_name", None),
+        threshold_relu=architecture == "jumprelu",
+        skip=skip,
     )
     weights_file = folder / SAELENS_WEIGHTS
     if not weights_file.is_file():
         raise FileNotFoundError(f"{folder} has {SAELENS_CONFIG} but no {SAELENS_WEIGHTS}")
-    tensors = load_file(str(weights_file))
+    tensors = read_safetensors(weights_file)
     scaling = tensors.pop("scaling_factor", None)  # old SAELens fine-tuning scale on the latents
     if scaling is not None and not torch.all(scaling == 1):
         raise ValueError(f"{weights_file}: a scaling_factor other than 1 is not supported")
     if architecture == "gated" and "b_gate" in tensors:  # our gated SAE keeps the gate bias in b_enc
         tensors["b_enc"] = tensors.pop("b_gate")
+    if field("rescale_acts_by_decoder_norm", False):
+        if architecture != "topk":
+            raise ValueError(f"{cfg_file}: rescale_acts_by_decoder_norm is only defined for topk SAEs")
+        tensors = fold_decoder_norms(tensors)
     return from_tensors(cfg, tensors, source=str(weights_file), device=device, dtype=dtype)
+
+
+def fold_decoder_norms(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens' ``rescale_acts_by_decoder_norm`` TopK, folded into plain weights.
+
+    SAELens computes ``pre = (x @ W_enc + b_enc) * n`` and decodes ``(acts / n) @ W_dec``
+    with ``n`` the decoder row norms. With ``W_enc * n``, ``b_enc * n`` and ``W_dec / n``
+    a plain TopK SAE gives the same latents and reconstruction exactly (up to float
+    rounding). Files written by SAELens' ``save_inference_model`` already have unit-norm
+    rows (SAELens folds on save), so there this changes nothing beyond rounding.
+    """
+    norms = tensors["W_dec"].norm(dim=-1)
+    if bool((norms == 0).any()):
+        raise ValueError("rescale_acts_by_decoder_norm with a zero decoder row cannot be folded")
+    return tensors | {
+        "W_enc": tensors["W_enc"] * norms,
+        "b_enc": tensors["b_enc"] * norms,
+        "W_dec": tensors["W_dec"] / norms[:, None],
+    }
 
 
 def _load_gemma_scope(npz: Path, hook_name: str | None, device, dtype) -> SAE:
@@ -141,8 +162,7 @@ def _load_gemma_scope(npz: Path, hook_name: str | None, device, dtype) -> SAE:
             f"{npz}: Gemma Scope files do not record their hook; pass hook_name= "
             "(e.g. 'blocks.12.hook_resid_post' for a residual-stream SAE of layer 12)"
         )
-    with np.load(npz, allow_pickle=False) as archive:
-        tensors = {name: torch.from_numpy(np.asarray(archive[name])) for name in archive.files}
+    tensors = read_npz(npz)
     if "W_enc" not in tensors or tensors["W_enc"].ndim != 2:
         raise KeyError(f"{npz}: missing a 2-D W_enc (found: {', '.join(sorted(tensors))})")
     d_in, d_sae = tensors["W_enc"].shape

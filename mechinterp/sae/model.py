@@ -10,13 +10,17 @@ writes an activation ``x`` as a sparse non-negative combination of learned direc
 with ``f`` one of
 
 - ``relu`` (SAELens ``standard``): ``relu(pre)``, trained with an L1 penalty;
-- ``jumprelu`` (Rajamanoharan et al. 2024): ``pre * (pre > threshold)``, per-latent thresholds;
+- ``jumprelu`` (Rajamanoharan et al. 2024): ``pre * (pre > threshold)``, per-latent thresholds
+  (with ``threshold_relu``, SAELens' form ``relu(pre) * (pre > threshold)``; the two differ
+  only where a threshold is negative);
 - ``topk`` (Gao et al. 2024): the ``k`` largest entries of ``relu(pre)``, the rest zero;
 - ``gated`` (Rajamanoharan et al. 2024): a gate ``x @ W_enc + b_enc > 0`` decides which
   latents fire, a magnitude path ``relu(x @ (W_enc * exp(r_mag)) + b_mag)`` says how much.
 
 A **transcoder** (Dunefsky et al. 2024) has the same parts but reads one hook (the MLP's
 input) and writes another (its output): ``hook_name_out`` is set and ``d_out`` may differ.
+A **skip transcoder** (``skip=True``, SAELens' ``skip_transcoder``) adds a linear path from
+the raw input: ``x̂ = acts @ W_dec + b_dec + x @ W_skip.T`` with ``W_skip [d_out, d_in]``.
 
 ``normalize_activations`` follows SAELens: ``constant_norm_rescale`` scales each input to
 norm ``sqrt(d_in)`` and ``layer_norm`` standardises it; ``forward`` undoes either on the
@@ -28,6 +32,7 @@ Example:
     >>> acts = sae.encode(resid)            # [batch, pos, 4608], at most 32 non-zero per token
     >>> recon = sae.decode(acts)            # [batch, pos, 576]
     >>> sae.save("runs/sae"); SAE.load("runs/sae")
+    >>> sae.save("runs/sae-saelens", format="saelens")    # cfg.json + sae_weights.safetensors
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ from typing import Literal, get_args
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from mechinterp.sae.files import check_finite, read_json, read_safetensors
+from mechinterp.sae.saelens_format import write_saelens
 from mechinterp.sae.splice import SAESplice
 
 Architecture = Literal["relu", "jumprelu", "topk", "gated"]
@@ -67,6 +74,9 @@ class SAEConfig:
         apply_b_dec_to_input: subtract ``b_dec`` from the input before encoding.
         normalize_activations: input normalisation, undone on the output (see module docs).
         model_name: the model it was trained on (informational).
+        threshold_relu: ``jumprelu`` only: ``relu(pre) * (pre > threshold)`` (SAELens) instead
+            of the paper's ``pre * (pre > threshold)`` (Gemma Scope, our training).
+        skip: a skip connection ``x @ W_skip.T`` from the raw input to the output.
     """
 
     architecture: Architecture
@@ -79,6 +89,8 @@ class SAEConfig:
     apply_b_dec_to_input: bool = False
     normalize_activations: Normalization = "none"
     model_name: str | None = None
+    threshold_relu: bool = False
+    skip: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture not in get_args(Architecture):
@@ -92,6 +104,8 @@ class SAEConfig:
             )
         if (self.architecture == "topk") != (self.k is not None):
             raise ValueError("k is required for architecture='topk' and only allowed there")
+        if self.threshold_relu and self.architecture != "jumprelu":
+            raise ValueError(f"threshold_relu applies to jumprelu SAEs only, not {self.architecture}")
         if self.k is not None and not 0 < self.k <= self.d_sae:
             raise ValueError(f"k must lie in [1, d_sae={self.d_sae}], got {self.k}")
         if min(self.d_in, self.d_sae, self.width_out) <= 0:
@@ -119,7 +133,8 @@ class SAE(nn.Module):
 
     Parameters (TransformerLens / SAELens layout): ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
     ``W_dec [d_sae, d_out]``, ``b_dec [d_out]``; ``threshold [d_sae]`` (jumprelu);
-    ``b_mag``, ``r_mag [d_sae]`` (gated; ``b_enc`` is the gate's bias).
+    ``b_mag``, ``r_mag [d_sae]`` (gated; ``b_enc`` is the gate's bias); ``W_skip [d_out, d_in]``
+    (skip connection).
     Build one with ``SAE.create`` (random init), ``SAE.load`` (our format) or ``load_sae``.
     """
 
@@ -136,6 +151,8 @@ class SAE(nn.Module):
         if cfg.architecture == "gated":
             self.b_mag = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
             self.r_mag = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        if cfg.skip:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.width_out, cfg.d_in, **kw))
         if cfg.apply_b_dec_to_input and cfg.width_out != cfg.d_in:
             raise ValueError(
                 f"apply_b_dec_to_input needs d_out == d_in (b_dec is subtracted from the input); "
@@ -216,12 +233,16 @@ class SAE(nn.Module):
         if arch == "relu":
             return pre.relu()
         if arch == "jumprelu":
-            return pre * (pre > self.threshold)
+            return (pre.relu() if self.cfg.threshold_relu else pre) * (pre > self.threshold)
         if arch == "topk":
             values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
             return torch.zeros_like(pre).scatter(-1, indices, values.relu())
         gate = self._centred(x) @ self.W_enc + self.b_enc
         return (gate > 0).to(pre.dtype) * pre.relu()
+
+    def skip_term(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_out"] | float:
+        """The skip connection's contribution ``x @ W_skip.T`` from the raw input (0 without one)."""
+        return x @ self.W_skip.T if self.cfg.skip else 0.0
 
     def _centred(self, x: Tensor) -> Tensor:
         return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
@@ -246,15 +267,22 @@ class SAE(nn.Module):
 
     def forward(self, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_out"]:
         """The reconstruction of ``x`` (a transcoder: its prediction of the output hook)."""
-        x, undo = self.normalizer(self._check_input(x))
-        return undo(self.decode(self.activate(self.hidden_pre(x), x)))
+        raw = self._check_input(x)
+        x, undo = self.normalizer(raw)
+        return undo(self.decode(self.activate(self.hidden_pre(x), x))) + self.skip_term(raw)
 
     # ------------------------------------------------------------------ our file format
-    def save(self, path: str | Path) -> Path:
-        """Write ``sae.json`` (config, format version) and ``sae.safetensors`` into folder ``path``."""
+    def save(self, path: str | Path, *, format: Literal["mechinterp", "saelens"] = "mechinterp") -> Path:
+        """Write ``sae.json`` (config, format version) and ``sae.safetensors`` into folder ``path``;
+        with ``format="saelens"``, SAELens 6's ``cfg.json`` and ``sae_weights.safetensors``
+        (read by ``sae_lens.SAE.load_from_disk``; see ``mechinterp.sae.saelens_format``)."""
         folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: p.detach().contiguous().cpu() for name, p in self.named_parameters()}
+        if format == "saelens":
+            return write_saelens(folder, self.cfg, tensors)
+        if format != "mechinterp":
+            raise ValueError(f"format must be 'mechinterp' or 'saelens', got {format!r}")
+        folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(folder / WEIGHTS_FILE))
         meta = {"format": "mechinterp-sae", "version": FORMAT_VERSION, "config": asdict(self.cfg)}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
@@ -267,7 +295,7 @@ class SAE(nn.Module):
         meta_file = folder / CONFIG_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"{folder} has no {CONFIG_FILE}; is it an SAE saved by SAE.save?")
-        meta = json.loads(meta_file.read_text())
+        meta = read_json(meta_file)
         if meta.get("format") != "mechinterp-sae" or meta.get("version") != FORMAT_VERSION:
             raise ValueError(
                 f"{meta_file} is not a version-{FORMAT_VERSION} mechinterp SAE "
@@ -275,9 +303,8 @@ class SAE(nn.Module):
             )
         known = {f.name for f in fields(SAEConfig)}
         cfg = SAEConfig(**{k: v for k, v in meta["config"].items() if k in known})
-        return from_tensors(
-            cfg, load_file(str(folder / WEIGHTS_FILE)), source=str(folder), device=device, dtype=dtype
-        )
+        weights = folder / WEIGHTS_FILE
+        return from_tensors(cfg, read_safetensors(weights), source=str(weights), device=device, dtype=dtype)
 
     def with_config(self, **changes) -> SAE:
         """A copy with config fields changed (e.g. ``hook_name``), sharing no tensors."""
@@ -298,6 +325,8 @@ def expected_shapes(cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
         shapes["threshold"] = (cfg.d_sae,)
     if cfg.architecture == "gated":
         shapes |= {"b_mag": (cfg.d_sae,), "r_mag": (cfg.d_sae,)}
+    if cfg.skip:
+        shapes["W_skip"] = (cfg.width_out, cfg.d_in)
     return shapes
 
 
@@ -307,7 +336,8 @@ def from_tensors(
     """An SAE with ``tensors`` as parameters, after checking every name and shape.
 
     Raises ``KeyError`` naming missing parameters, ``ValueError`` for parameters it would
-    have to ignore and for shape mismatches (naming both shapes), each mentioning ``source``.
+    have to ignore, for shape mismatches (naming both shapes) and for NaN or infinite
+    values (naming the tensor), each mentioning ``source``.
     """
     shapes = expected_shapes(cfg)
     missing = sorted(set(shapes) - set(tensors))
@@ -328,6 +358,7 @@ def from_tensors(
                 f"{source}: {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
                 f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}, d_out={cfg.width_out})"
             )
+    check_finite({name: tensors[name] for name in shapes}, source)
     first = tensors["W_enc"]
     dtype = dtype or (first.dtype if first.is_floating_point() else torch.float32)
     sae = SAE(cfg, dtype=dtype, device="meta")

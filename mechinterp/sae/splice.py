@@ -10,8 +10,12 @@ engine and TransformerLens utilities see them:
     {hook}.hook_sae_acts_post   latent activations          [..., d_sae]
     {hook}.hook_sae_recons      the reconstruction x̂        [..., d_out]
     {hook}.hook_sae_error       x - x̂ (with the error term) [..., d_out]
+    {hook}.hook_sae_output      what the rest of the model sees: x̂ (+ the error) [..., d_out]
 
-``{hook}`` itself then holds what the rest of the model sees (SAELens' ``hook_sae_output``).
+These are the names and values of SAELens' ``HookedSAETransformer.run_with_cache_with_saes``;
+``{hook}`` itself also holds the output. A skip transcoder's skip term is part of x̂ here
+(``hook_sae_recons`` is the decoder's part alone, as in SAELens); SAELens' splice leaves the
+skip term out.
 With ``use_error_term=True`` the output is ``x̂ + (x - x̂_clean)`` where ``x̂_clean`` is the
 reconstruction *without* any hooks on the SAE's points: the forward pass is unchanged, and
 ablating or patching latents moves ``x̂`` but not the error (as in SAELens and Marks et al.
@@ -36,7 +40,14 @@ from transformer_lens.hook_points import HookPoint
 if TYPE_CHECKING:
     from mechinterp.sae.model import SAE
 
-POINTS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons", "hook_sae_error")
+POINTS = (
+    "hook_sae_input",
+    "hook_sae_acts_pre",
+    "hook_sae_acts_post",
+    "hook_sae_recons",
+    "hook_sae_error",
+    "hook_sae_output",
+)
 
 
 def spliced_sae(model, hook_name: str) -> SAE:
@@ -132,13 +143,13 @@ class SAESplice:
         normed, undo = sae.normalizer(sae_in)
         pre = p.hook_sae_acts_pre(sae.hidden_pre(normed))
         post = p.hook_sae_acts_post(sae.activate(pre, normed))
-        recons = undo(p.hook_sae_recons(sae.decode(post)))
+        recons = undo(p.hook_sae_recons(sae.decode(post))) + sae.skip_term(flat_in.to(sae.dtype))
         if self.use_error_term:
             hooked = any(len(getattr(p, n)._forward_hooks) for n in POINTS[:4])
             clean = sae(flat_in.to(sae.dtype)) if hooked else recons
             flat_x = x.flatten(-2) if len(self.out_shape) == 2 else x
             recons = recons + p.hook_sae_error(flat_x.to(sae.dtype) - clean)
-        out = recons.to(x.dtype)
+        out = p.hook_sae_output(recons).to(x.dtype)
         return (out.unflatten(-1, self.out_shape) if len(self.out_shape) == 2 else out,)
 
 

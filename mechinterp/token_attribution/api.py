@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mechinterp.data.pairs import PromptPairs
+from mechinterp.models.tokenization import token_labels
 from mechinterp.token_attribution.gradients import input_gradients, integrated_gradients, objective_at
 from mechinterp.token_attribution.inputs import (
     Answer,
@@ -36,6 +38,9 @@ Method = Literal["integrated_gradients", "gradient_x_input", "saliency", "occlus
 METHODS: tuple[str, ...] = Method.__args__
 BASELINE_METHODS = ("integrated_gradients", "occlusion")
 DEFAULT_STEPS = 64
+AUTO_START_STEPS = 32
+MAX_AUTO_STEPS = 1024
+DEFAULT_TOLERANCE = 0.05
 
 
 def attribute_tokens(
@@ -45,11 +50,13 @@ def attribute_tokens(
     correct: Answer | None = None,
     incorrect: Answer | None = None,
     method: Method = "integrated_gradients",
-    steps: int | None = None,
+    steps: int | Literal["auto"] | None = None,
     baseline: Baseline | None = None,
     positions: Sequence[int] | Tensor | None = None,
     attention_mask: Tensor | None = None,
     target: Target = "logit",
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_steps: int = MAX_AUTO_STEPS,
     rule: IntegrationRule | None = None,
     layer: str | None = None,
     max_batch_rows: int | Literal["auto"] = "auto",
@@ -70,7 +77,14 @@ def attribute_tokens(
         method: ``integrated_gradients`` (default), ``gradient_x_input``, ``saliency``
             (gradient L2 norm), ``occlusion`` (leave one out: replace one position by the
             baseline's), ``attention_rollout`` (Abnar & Zuidema 2020; needs no answer).
-        steps: integrated gradients' gradient evaluations (default 64).
+        steps: integrated gradients' gradient evaluations (default 64), or ``"auto"``: start
+            at 32 and double until the completeness gap (``|sum of attributions - (f(x) -
+            f(baseline))| / |f(x) - f(baseline)|``, worst example) is at most ``tolerance``
+            or ``max_steps`` (default 1024) is reached; ``metadata["steps"]`` says how many
+            were used. Either way a gap above ``tolerance`` (default 0.05) warns, naming the
+            steps and the baseline: the attributions then do not add up to the change they
+            claim to explain (on SmolLM2 the pad baseline needs hundreds of steps; see the
+            README's table).
         baseline: ``"pad"`` (default; the pad token at every real position), a token id,
             ``"zero"`` (zero activations; warns on RMSNorm models), or a corrupt prompt of
             the same length (text, texts or token ids). Used by integrated gradients (path
@@ -106,11 +120,14 @@ def attribute_tokens(
     if method == "integrated_gradients":
         rule = rule or "gauss_legendre"
         steps = DEFAULT_STEPS if steps is None else steps
-        alphas, weights = integration_points(rule, steps)
+        if steps != "auto":
+            integration_points(rule, steps)  # checks steps before any work
     else:
         for name, value in (("steps", steps), ("rule", rule)):
             if value is not None:
                 raise ValueError(f"{name}= only applies to integrated_gradients, not {method}")
+        if (tolerance, max_steps) != (DEFAULT_TOLERANCE, MAX_AUTO_STEPS):
+            raise ValueError(f"tolerance= and max_steps= only apply to integrated_gradients, not {method}")
     if method not in BASELINE_METHODS and baseline is not None:
         raise ValueError(f"{method} uses no baseline; baselines go with integrated_gradients and occlusion")
     tokens, mask = prompt_tokens(model, input, attention_mask)
@@ -150,9 +167,10 @@ def attribute_tokens(
             score = objective_at(runner, actual, chunk)
             values = occlusion(runner, actual, reference, mask, score, chunk)
             return _result(model, values, tokens, mask, method, site, metadata, score=score)
-        metadata |= {"steps": steps, "rule": rule}
-        path = integrated_gradients(runner, actual, reference, alphas, weights, chunk)  # zero at padding
-        completeness = Completeness(path.values.flatten(1).sum(1), path.score - path.baseline_score)
+        path, completeness, used = _converged_path(
+            runner, actual, reference, chunk, rule, steps, tolerance, max_steps, described
+        )
+        metadata |= {"steps": used, "rule": rule}
         return _result(
             model,
             path.values,
@@ -164,6 +182,41 @@ def attribute_tokens(
             score=path.score,
             completeness=completeness,
         )
+
+
+def _converged_path(runner, actual, reference, chunk, rule, steps, tolerance, max_steps, baseline):
+    """Integrated gradients with ``steps`` points, or with ``"auto"`` doubling from
+    ``AUTO_START_STEPS`` until the worst completeness gap is within ``tolerance`` (or
+    ``max_steps``); warns if the gap it ends with is above ``tolerance``."""
+    n = AUTO_START_STEPS if steps == "auto" else steps
+    while True:
+        alphas, weights = integration_points(rule, n)
+        path = integrated_gradients(runner, actual, reference, alphas, weights, chunk)  # zero at padding
+        completeness = Completeness(path.values.flatten(1).sum(1), path.score - path.baseline_score)
+        gap = worst_gap(completeness)
+        if steps != "auto" or gap <= tolerance or n * 2 > max_steps:
+            break
+        n *= 2
+    if gap > tolerance:
+        how = (
+            f"steps='auto' stopped at max_steps={max_steps}"
+            if steps == "auto"
+            else "use steps='auto', more steps"
+        )
+        warnings.warn(
+            f"integrated gradients did not converge: the attributions miss f(x) - f(baseline) by "
+            f"{gap:.1%} (worst example; tolerance {tolerance:.0%}) with {n} steps ({rule}) from baseline "
+            f"{baseline}; {how}, or a baseline closer to the input (e.g. a corrupt prompt)",
+            stacklevel=3,
+        )
+    return path, completeness, n
+
+
+def worst_gap(completeness: Completeness) -> float:
+    """The largest relative completeness gap over examples whose input and baseline score
+    differently (0 when none does)."""
+    gaps = completeness.gap[completeness.change != 0]
+    return float(gaps.max()) if gaps.numel() else 0.0
 
 
 def rollout_positions(target: Target, positions: Sequence[int] | Tensor | None, mask: Tensor) -> Tensor:
@@ -187,10 +240,7 @@ def _result(
     score: Tensor | None = None,
     completeness: Completeness | None = None,
 ) -> TokenAttribution:
-    try:
-        labels = [model.to_str_tokens(row) for row in tokens]
-    except ValueError:  # no tokenizer: token ids as labels
-        labels = [[str(t) for t in row.tolist()] for row in tokens]
+    labels = [token_labels(model.tokenizer, row.tolist()) for row in tokens]  # no tokenizer: <id N>
     return TokenAttribution(
         values=values.detach().float().cpu(),
         tokens=labels,
@@ -214,14 +264,14 @@ def compare_methods(
         "occlusion",
         "attention_rollout",
     ),
-    steps: int | None = None,
+    steps: int | Literal["auto"] | None = None,
     rule: IntegrationRule | None = None,
     baseline: Baseline | None = None,
     **arguments,
 ) -> MethodComparison:
     """Run several methods on the same input and objective, side by side.
 
-    ``steps`` and ``rule`` go to integrated gradients, ``baseline`` to the methods that
+    ``steps``, ``rule``, ``tolerance`` and ``max_steps`` go to integrated gradients, ``baseline`` to the methods that
     take one (integrated gradients, occlusion); every other keyword goes to all methods.
 
     Example:
@@ -229,11 +279,12 @@ def compare_methods(
         >>> comparison.agreement()              # Spearman correlations, methods x methods
         >>> method_comparison_heatmap(comparison).show()     # from mechinterp.plotting
     """
+    ig_only = {name: arguments.pop(name) for name in ("tolerance", "max_steps") if name in arguments}
     found = {}
     for method in methods:
         extra = {}
         if method == "integrated_gradients":
-            extra = {"steps": steps, "rule": rule}
+            extra = {"steps": steps, "rule": rule} | ig_only
         if method in BASELINE_METHODS:
             extra["baseline"] = baseline
         found[method] = attribute_tokens(model, input, method=method, **extra, **arguments)
