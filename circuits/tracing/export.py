@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from circuits.export import _atomic_write
+from circuits.export import write_text_atomically
 from circuits.neuronpedia import _checked_name, cantor_pair, sanitise_name
 from circuits.tracing.heads import head_splits
 from circuits.tracing.prune import PrunedGraph
@@ -176,4 +176,4 @@ def write_attribution_graph(
         >>> write_attribution_graph(pruned, "cat.json", replacement=Replacement(model, tc, graph.tokens[None]))
     """
     data = to_attribution_dict(pruned, scan=scan, slug=slug, replacement=replacement)
-    return _atomic_write(path, json.dumps(data, indent=1))
+    return write_text_atomically(path, json.dumps(data, indent=1))
