@@ -28,7 +28,6 @@ top        the ``k`` entries of a top-k
 step       integration steps (integrated gradients)
 variant    runs of one example that an objective combines (correct / incorrect continuation)
 source     source nodes of a circuit graph (components that write)
-target     target nodes of a circuit graph (components that read)
 edge       edges of a circuit graph
 point      points of a curve (ROC thresholds, faithfulness edge counts)
 item       items a ROC curve ranks (edges or nodes of a circuit graph)
@@ -77,7 +76,6 @@ AXES = (
     "step",
     "variant",
     "source",
-    "target",
     "edge",
     "point",
     "item",

@@ -21,7 +21,9 @@ and exits 1 when there is any.
 
 Example:
     $ python scripts/check_shapes.py
-    shape annotations: 0 violations (41 axis names, 412 annotations, 371 public callables)
+    public API without shapes (1):
+      mechinterp/lens/heads.py:26: mechinterp.lens.heads.detection_pattern: return is a bare Tensor
+    shape annotations: 1 violations (28 axis names, 314 annotations, 178 public functions and classes)
 """
 
 from __future__ import annotations

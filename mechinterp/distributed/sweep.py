@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from mechinterp.distributed.executors import Executor
@@ -30,7 +31,9 @@ from mechinterp.patching.result import PatchResult
 from mechinterp.patching.sites import SweepSpec
 
 
-def select_examples(metric: PositionalMetric, examples: Tensor, batch: int) -> PositionalMetric:
+def select_examples(
+    metric: PositionalMetric, examples: Int[Tensor, " _batch"], batch: int
+) -> PositionalMetric:
     """The metric restricted to ``examples`` (indices into its ``batch`` examples): every
     per-example tensor field is indexed, nested metrics too; one-number fields are kept.
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -49,11 +50,13 @@ def _residuals(model, texts: list[str], max_tokens: int) -> tuple[Tensor, Tensor
 class TunedLens:
     """Translators ``weight`` ``[layer, d_model, d_model]`` and ``bias`` ``[layer, d_model]``."""
 
-    weight: Tensor
-    bias: Tensor
+    weight: Float[Tensor, "layer d_model d_model"]
+    bias: Float[Tensor, "layer d_model"]
     model_name: str
 
-    def decode(self, model, residual: Tensor, layer: int) -> Tensor:
+    def decode(
+        self, model, residual: Float[Tensor, "*batch d_model"], layer: int
+    ) -> Float[Tensor, "*batch d_vocab"]:
         """Log-probabilities of the lens at ``layer`` for residual streams ``[..., d_model]``."""
         translated = residual + residual @ self.weight[layer] + self.bias[layer]
         return model.unembed(model.ln_final(translated)).float().log_softmax(-1)
@@ -105,7 +108,9 @@ class TunedLens:
         return cls(weight.detach(), bias.detach(), arch.model_name)
 
     @torch.no_grad()
-    def evaluate(self, model, texts: list[str], *, max_tokens: int = 64) -> dict[str, Tensor]:
+    def evaluate(
+        self, model, texts: list[str], *, max_tokens: int = 64
+    ) -> dict[str, Float[Tensor, " layer"]]:
         """Mean KL(final || lens) per layer on ``texts``, for this lens and the logit lens."""
         residuals, final = _residuals(model, texts, max_tokens)
         tuned, logit = [], []

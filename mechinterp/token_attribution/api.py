@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from jaxtyping import Int, Shaped
 from torch import Tensor
 
 from mechinterp.data.pairs import PromptPairs
@@ -47,8 +48,8 @@ def attribute_tokens(
     method: Method = "integrated_gradients",
     steps: int | None = None,
     baseline: Baseline | None = None,
-    positions: Sequence[int] | Tensor | None = None,
-    attention_mask: Tensor | None = None,
+    positions: Sequence[int] | Int[Tensor, " _batch"] | None = None,
+    attention_mask: Shaped[Tensor, "*batch pos"] | None = None,
     target: Target = "logit",
     rule: IntegrationRule | None = None,
     layer: str | None = None,
