@@ -46,6 +46,7 @@ from circuits.eap import eap_ig_scores, eap_scores
 from circuits.edge_patching import Ablation, patch_edges
 from circuits.graph import Graph
 from circuits.prompt import prompt_record
+from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
 
 Level = Literal["edge", "node"]
@@ -56,9 +57,9 @@ Selection = Literal["top_n", "greedy"]
 class PairedData:
     """Clean and corrupt token batches ``[batch, pos]`` of equal shape (and their padding mask)."""
 
-    clean: Tensor
-    corrupt: Tensor
-    attention_mask: Tensor | None = None
+    clean: Tokens
+    corrupt: Tokens
+    attention_mask: AttentionMask | None = None
 
     def __post_init__(self) -> None:
         if self.clean.shape != self.corrupt.shape:

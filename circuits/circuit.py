@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuits.graph import Edge, Graph, Node
@@ -22,8 +23,8 @@ class Circuit:
     """``scores`` ``[edge]`` (higher magnitude = more important) and ``in_graph`` ``[edge]``."""
 
     graph: Graph
-    scores: Tensor
-    in_graph: Tensor | None = None
+    scores: Float[Tensor, " edge"]
+    in_graph: Bool[Tensor, " edge"] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

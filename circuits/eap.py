@@ -37,6 +37,7 @@ from circuits.edge_patching import (
     source_outputs,
 )
 from circuits.graph import Graph, Node
+from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
 
 
@@ -122,12 +123,12 @@ def _output_difference(model, graph: Graph, clean: Tensor, corrupt: Tensor, mask
 
 def eap_scores(
     model,
-    clean: Tensor,
-    corrupt: Tensor,
+    clean: Tokens,
+    corrupt: Tokens,
     graph: Graph,
     metric: PositionalMetric,
     *,
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
 ) -> Float[Tensor, " edge"]:
     """EAP scores ``[edge]`` (summed over the batch): the estimated change of the summed
     metric when each edge alone carries the corrupted source."""
@@ -143,13 +144,13 @@ def eap_scores(
 
 def eap_ig_scores(
     model,
-    clean: Tensor,
-    corrupt: Tensor,
+    clean: Tokens,
+    corrupt: Tokens,
     graph: Graph,
     metric: PositionalMetric,
     *,
     steps: int = 5,
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
 ) -> Float[Tensor, " edge"]:
     """EAP-IG scores ``[edge]`` (summed over the batch): EAP with the gradient averaged over
     ``steps`` points between the corrupt and clean input embeddings."""
@@ -167,7 +168,7 @@ def eap_ig_scores(
     return _scores_from_gradients(graph, grads, delta, first_difference(clean, corrupt, "resample"))
 
 
-def node_scores(graph: Graph, edge_scores: Tensor) -> dict[Node, float]:
+def node_scores(graph: Graph, edge_scores: Float[Tensor, " edge"]) -> dict[Node, float]:
     """A node-level view: each source node's summed outgoing edge scores."""
     totals: dict[Node, float] = {}
     for edge, score in zip(graph.edges, edge_scores.tolist(), strict=True):

@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuits.circuit import Circuit
 from circuits.edge_patching import Ablation, patch_edges
+from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
 
 
@@ -54,8 +56,8 @@ class FaithfulnessCurve:
     """Edge counts, raw metric values (example mean) and normalised faithfulness per count."""
 
     counts: list[int]
-    values: Tensor
-    faithfulness: Tensor
+    values: Float[Tensor, " point"]
+    faithfulness: Float[Tensor, " point"]
     full_model: float
     all_patched: float
     n_edges_total: int
@@ -77,13 +79,13 @@ def _reference_rows(masks: Tensor) -> Tensor:
 @torch.no_grad()
 def evaluate_circuit(
     model,
-    clean: Tensor,
-    corrupt: Tensor,
+    clean: Tokens,
+    corrupt: Tokens,
     circuit: Circuit,
     metric: PositionalMetric,
     *,
     ablation: Ablation = "resample",
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
 ) -> CircuitScore:
     """The circuit's metric with every edge outside it ablated, in one batched forward with
     the full model and the fully ablated model.
@@ -102,14 +104,14 @@ def evaluate_circuit(
 @torch.no_grad()
 def faithfulness_curve(
     model,
-    clean: Tensor,
-    corrupt: Tensor,
+    clean: Tokens,
+    corrupt: Tokens,
     circuit: Circuit,
     metric: PositionalMetric,
     counts: Sequence[int],
     *,
     ablation: Ablation = "resample",
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
 ) -> FaithfulnessCurve:
     """Faithfulness of the top-``n`` edges (by ``circuit.scores``) for every ``n`` in
     ``counts``, all in one batched forward (plus the two reference rows)."""
@@ -151,15 +153,15 @@ class RocCurve:
     counting one half.
     """
 
-    fpr: Tensor
-    tpr: Tensor
-    thresholds: Tensor
+    fpr: Float[Tensor, " point"]
+    tpr: Float[Tensor, " point"]
+    thresholds: Float[Tensor, " point"]
     auc: float
     n_positive: int
     n_negative: int
 
 
-def roc_curve(scores: Tensor, labels: Tensor) -> RocCurve:
+def roc_curve(scores: Float[Tensor, " item"], labels: Bool[Tensor, " item"]) -> RocCurve:
     """ROC of ranking ``scores`` ``[item]`` (higher = more likely in the reference) against
     boolean ``labels`` ``[item]``.
 

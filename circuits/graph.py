@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import Literal
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 NodeKind = Literal["input", "head", "mlp", "logits"]
@@ -143,7 +144,7 @@ class Graph:
         )
 
     @cached_property
-    def edge_arrays(self) -> tuple[Tensor, Tensor, Tensor]:
+    def edge_arrays(self) -> tuple[Int[Tensor, " edge"], Int[Tensor, " _edge"], Int[Tensor, " _edge"]]:
         """``(source, pair_edge, pair_target)`` node indices for vectorised graph walks:
         ``source[e]`` is edge ``e``'s source node; each ``(pair_edge[i], pair_target[i])``
         says edge ``pair_edge[i]`` feeds node ``pair_target[i]``. A key or value edge feeds
@@ -164,7 +165,7 @@ class Graph:
         return source, torch.tensor(pair_edge, device="cpu"), torch.tensor(pair_target, device="cpu")
 
     @cached_property
-    def channel_tables(self) -> tuple[tuple[int | None, Channel, Tensor], ...]:
+    def channel_tables(self) -> tuple[tuple[int | None, Channel, Int[Tensor, "_head _source"]], ...]:
         """``(layer, channel, edge_ids)`` per destination channel in forward order (``layer``
         is ``None`` for the logits): ``edge_ids[slot, source]`` is the edge from
         ``source_nodes[source]`` into that slot (the head for q/k/v, slot 0 otherwise), or -1."""

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -23,21 +23,27 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechinterp.dims import AttentionMask, Logits
+
 Reduce = Literal["mean", "none"]
+# A TransformerLens-style metric: logits to one number, or one number per example.
+MetricFn = Callable[[Logits], Float[Tensor, "*batch"]]
 
 
 @runtime_checkable
 class PositionalMetric(Protocol):
     """A metric that reads one position per example."""
 
-    positions: Tensor  # [batch]
+    positions: Int[Tensor, " batch"]
 
-    def score(self, logits: Tensor, examples: Tensor) -> Tensor:
+    def score(
+        self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
+    ) -> Float[Tensor, " row"]:
         """Values ``[row]`` from logits ``[row, d_vocab]`` of rows belonging to ``examples``."""
         ...
 
 
-def last_positions(attention_mask: Tensor) -> Int[Tensor, " batch"]:
+def last_positions(attention_mask: AttentionMask) -> Int[Tensor, " batch"]:
     """Index of each example's last real token (right or left padding)."""
     n_pos = attention_mask.shape[1]
     idx = torch.arange(n_pos, device=attention_mask.device)
@@ -60,7 +66,7 @@ class _PositionalBase:
         if len(sizes) != 1:
             raise ValueError(f"per-example arguments have different lengths: {sorted(sizes)}")
 
-    def __call__(self, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+    def __call__(self, logits: Logits) -> Float[Tensor, "*batch"]:
         batch = logits.shape[0]
         if batch != self.positions.shape[0]:
             raise ValueError(f"metric was built for {self.positions.shape[0]} examples, logits have {batch}")
@@ -73,9 +79,9 @@ class _PositionalBase:
 class LogitDifference(_PositionalBase):
     """``logit[correct] - logit[incorrect]`` at each example's answer position."""
 
-    positions: Tensor
-    correct: Tensor
-    incorrect: Tensor
+    positions: Int[Tensor, " batch"]
+    correct: Int[Tensor, " batch"]
+    incorrect: Int[Tensor, " batch"]
     reduce: Reduce = "mean"
 
     def __post_init__(self) -> None:
@@ -84,10 +90,10 @@ class LogitDifference(_PositionalBase):
     @classmethod
     def last_position(
         cls,
-        attention_mask: Tensor,
+        attention_mask: AttentionMask,
         *,
-        correct: Sequence[int] | Tensor,
-        incorrect: Sequence[int] | Tensor,
+        correct: Sequence[int] | Int[Tensor, " batch"],
+        incorrect: Sequence[int] | Int[Tensor, " batch"],
         reduce: Reduce = "mean",
     ) -> LogitDifference:
         """Read each example at its last real token (``attention_mask``: ``[batch, pos]``)."""
@@ -102,7 +108,7 @@ class LogitDifference(_PositionalBase):
     def from_answers(
         cls,
         model,
-        attention_mask: Tensor,
+        attention_mask: AttentionMask,
         *,
         correct: Sequence[str],
         incorrect: Sequence[str],
@@ -145,8 +151,8 @@ class KLDivergence(_PositionalBase):
     ``reference_logits``: ``[batch, d_vocab]``, usually the clean run's logits there.
     """
 
-    positions: Tensor
-    reference_logits: Tensor
+    positions: Int[Tensor, " batch"]
+    reference_logits: Float[Tensor, "batch d_vocab"]
     reduce: Reduce = "mean"
 
     def __post_init__(self) -> None:
@@ -171,12 +177,12 @@ class Normalized(_PositionalBase):
     """
 
     metric: PositionalMetric
-    clean: Tensor
-    corrupted: Tensor
+    clean: Float[Tensor, "*batch"]
+    corrupted: Float[Tensor, "*batch"]
     reduce: Reduce = "mean"
 
     @property
-    def positions(self) -> Tensor:  # type: ignore[override]
+    def positions(self) -> Int[Tensor, " batch"]:  # type: ignore[override]
         return self.metric.positions
 
     def score(

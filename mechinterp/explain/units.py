@@ -30,7 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
+
+from mechinterp.dims import AttentionMask, Tokens
 
 UnitKind = Literal["sae_latent", "neuron", "head_output", "head_attention", "head_attention_to", "direction"]
 
@@ -48,7 +51,7 @@ class Unit:
     label: str
     index: int | None = None
     layer: int | None = None
-    direction: Tensor | None = field(default=None, repr=False)
+    direction: Float[Tensor, " _"] | None = field(default=None, repr=False)  # the hook's last axis
     bias: float = 0.0
     sae: Any = field(default=None, repr=False)
     skip_first: bool = True
@@ -125,7 +128,7 @@ class Unit:
 
     @classmethod
     def from_direction(
-        cls, hook_name: str, direction: Tensor, *, bias: float = 0.0, label: str | None = None
+        cls, hook_name: str, direction: Float[Tensor, " _"], *, bias: float = 0.0, label: str | None = None
     ) -> Unit:
         """``x @ direction + bias`` at ``hook_name`` (a probe direction, a steering vector, ...).
 
@@ -145,8 +148,12 @@ class Unit:
 
     # ------------------------------------------------------------------ reading
     def activation(
-        self, model, value: Tensor, mask: Tensor | None = None, tokens: Tensor | None = None
-    ) -> Tensor:
+        self,
+        model,
+        value: Float[Tensor, "batch ..."],
+        mask: AttentionMask | None = None,
+        tokens: Tokens | None = None,
+    ) -> Float[Tensor, "batch pos"]:
         """The unit's activation ``[batch, pos]`` (float32) from its hook's value;
         ``mask`` ``[batch, pos]`` (1 = real token) keeps padding queries out of
         ``head_attention``; ``head_attention_to`` needs the input ``tokens``."""

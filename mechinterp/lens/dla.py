@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechinterp.dims import AttentionMask, PerExample, Tokens
 from mechinterp.metrics import last_positions
 from mechinterp.models.tokenization import TextInput
 
@@ -40,27 +42,27 @@ class DLAResult:
     ``kinds`` (``embed``, ``pos_embed``, ``head``, ``attn``, ``attn_bias``, ``mlp``,
     ``neuron``, ``mlp_bias``, ``constant``). ``logit_diff`` is the model's true value."""
 
-    values: Tensor
+    values: Float[Tensor, "component batch"]
     labels: list[str]
     kinds: list[str]
     layers: list[int | None]
-    logit_diff: Tensor
+    logit_diff: PerExample
     n_layers: int
     n_heads: int
 
     @property
-    def total(self) -> Tensor:
+    def total(self) -> PerExample:
         """Sum of all attributions (equals ``logit_diff`` up to float error)."""
         return self.values.sum(0)
 
-    def by_head(self) -> Tensor:
+    def by_head(self) -> Float[Tensor, "layer head batch"]:
         """``[layer, head, batch]`` attributions of single heads (head granularity)."""
         rows = [i for i, kind in enumerate(self.kinds) if kind == "head"]
         if not rows:
             raise ValueError("no per-head attributions: use granularity='head'")
         return self.values[rows].reshape(self.n_layers, self.n_heads, -1)
 
-    def by_layer(self) -> dict[str, Tensor]:
+    def by_layer(self) -> dict[str, Float[Tensor, "layer batch"]]:
         """``{"attn": [layer, batch], "mlp": [layer, batch]}``, biases included."""
         out = {
             "attn": torch.zeros(self.n_layers, self.values.shape[1]),
@@ -77,13 +79,13 @@ class DLAResult:
 @torch.no_grad()
 def direct_logit_attribution(
     model,
-    input: TextInput | Tensor,
+    input: TextInput | Tokens,
     *,
-    correct: list[str] | Tensor,
-    incorrect: list[str] | Tensor,
-    positions: Tensor | None = None,
+    correct: list[str] | Int[Tensor, " batch"],
+    incorrect: list[str] | Int[Tensor, " batch"],
+    positions: Int[Tensor, " batch"] | None = None,
     granularity: Granularity = "head",
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
 ) -> DLAResult:
     """Attribute ``logit[correct] - logit[incorrect]`` at each example's position (default:
     its last real token) to every component writing into the final residual stream."""

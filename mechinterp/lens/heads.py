@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechinterp.dims import Tokens
 from mechinterp.models.tokenization import token_labels
 
 HeadKind = Literal["previous_token", "duplicate_token", "induction"]
 
 
-def detection_pattern(tokens: Tensor, kind: HeadKind) -> Tensor:
+def detection_pattern(tokens: Tokens, kind: HeadKind) -> Float[Tensor, "batch q_pos k_pos"]:
     """``[batch, q_pos, k_pos]`` 0/1 pattern of where a head of ``kind`` should attend."""
     n_pos = tokens.shape[-1]
     if kind == "previous_token":
@@ -45,12 +47,12 @@ def detection_pattern(tokens: Tensor, kind: HeadKind) -> Tensor:
 @torch.no_grad()
 def head_scores(
     model,
-    tokens: Tensor,
+    tokens: Tokens,
     kind: HeadKind,
     *,
     exclude_bos: bool = False,
     exclude_current_token: bool = False,
-) -> Tensor:
+) -> Float[Tensor, "layer head"]:
     """``[layer, head]`` scores of every head for ``kind`` on ``tokens`` ``[batch, pos]``."""
     tokens = tokens.to(model.device)
     target = detection_pattern(tokens, kind)[:, None]  # [batch, 1, q, k]
@@ -67,7 +69,7 @@ def head_scores(
     return torch.stack(scores).cpu()
 
 
-def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: int = 0) -> Tensor:
+def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: int = 0) -> Tokens:
     """``[batch, 1 + 2 * seq_len]``: BOS, then ``seq_len`` random tokens, then the same again."""
     generator = torch.Generator().manual_seed(seed)
     vocab = model.architecture.d_vocab
@@ -82,7 +84,9 @@ def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: in
     return torch.cat([bos, half, half], dim=1)
 
 
-def induction_scores(model, *, seq_len: int = 50, batch: int = 8, seed: int = 0) -> Tensor:
+def induction_scores(
+    model, *, seq_len: int = 50, batch: int = 8, seed: int = 0
+) -> Float[Tensor, "layer head"]:
     """``[layer, head]`` induction scores on repeated random tokens, measured on the second copy
     only (where an induction head has something to copy)."""
     tokens = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed)
@@ -102,13 +106,15 @@ def induction_scores(model, *, seq_len: int = 50, batch: int = 8, seed: int = 0)
 class AttentionPatterns:
     """Attention patterns ``[head, q_pos, k_pos]`` of chosen ``(layer, head)`` pairs on one prompt."""
 
-    patterns: Tensor
+    patterns: Float[Tensor, "_head q_pos k_pos"]  # one per (layer, head) pair
     heads: list[tuple[int, int]]
     str_tokens: list[str]
 
 
 @torch.no_grad()
-def attention_patterns(model, text: str | Tensor, heads: list[tuple[int, int]]) -> AttentionPatterns:
+def attention_patterns(
+    model, text: str | Int[Tensor, "*batch pos"], heads: list[tuple[int, int]]
+) -> AttentionPatterns:
     """The attention patterns of ``heads`` (``(layer, head)`` pairs) on one prompt; draw them
     with ``mechinterp.plotting.attention_heatmap``."""
     tokens = model.to_tokens(text) if isinstance(text, str) else text.reshape(1, -1).to(model.device)

@@ -18,8 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.models.tokenization import TextInput
 
 
@@ -29,12 +31,12 @@ class LensResult:
     target statistics (when targets were given) and KL(final || layer)."""
 
     layers: list[str]
-    top_tokens: Tensor  # [layer, batch, pos, k]
-    top_probs: Tensor  # [layer, batch, pos, k]
-    kl_to_final: Tensor  # [layer, batch, pos]
-    target_logit: Tensor | None  # [layer, batch, pos]
-    target_prob: Tensor | None
-    target_rank: Tensor | None  # 0 = top token
+    top_tokens: Int[Tensor, "layer batch pos top"]
+    top_probs: Float[Tensor, "layer batch pos top"]
+    kl_to_final: Float[Tensor, "layer batch pos"]
+    target_logit: Float[Tensor, "layer batch pos"] | None
+    target_prob: Float[Tensor, "layer batch pos"] | None
+    target_rank: Int[Tensor, "layer batch pos"] | None  # 0 = top token
     str_tokens: list[list[str]]  # [batch][pos]
     top_strings_table: list  # [layer][batch][pos][k] decoded top tokens
 
@@ -93,12 +95,12 @@ def _decode_layer(model, normed: Tensor, final_probs: Tensor, targets: Tensor | 
 @torch.no_grad()
 def logit_lens(
     model,
-    input: TextInput | Tensor,
+    input: TextInput | Tokens,
     *,
-    targets: list[str] | Tensor | None = None,
+    targets: list[str] | Int[Tensor, " batch"] | None = None,
     top_k: int = 5,
     include_mid: bool = False,
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
     vocab_chunk: int = 8192,
 ) -> LensResult:
     """Decode the residual stream entering every layer (and, with ``include_mid``, between

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -65,11 +66,13 @@ def _text_batches(texts: list[str], size: int, generator: torch.Generator) -> It
 class TunedLens:
     """Translators ``weight`` ``[layer, d_model, d_model]`` and ``bias`` ``[layer, d_model]``."""
 
-    weight: Tensor
-    bias: Tensor
+    weight: Float[Tensor, "layer d_model d_model"]
+    bias: Float[Tensor, "layer d_model"]
     model_name: str
 
-    def decode(self, model, residual: Tensor, layer: int) -> Tensor:
+    def decode(
+        self, model, residual: Float[Tensor, "*batch d_model"], layer: int
+    ) -> Float[Tensor, "*batch d_vocab"]:
         """Log-probabilities of the lens at ``layer`` for residual streams ``[..., d_model]``."""
         translated = residual + residual @ self.weight[layer] + self.bias[layer]
         return model.unembed(model.ln_final(translated)).float().log_softmax(-1)
@@ -131,7 +134,7 @@ class TunedLens:
     @torch.no_grad()
     def evaluate(
         self, model, texts: list[str], *, max_tokens: int = 64, texts_per_forward: int = 8
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Float[Tensor, " layer"]]:
         """Mean KL(final || lens) per layer over the tokens of ``texts``, for this lens and
         the logit lens (texts streamed ``texts_per_forward`` at a time)."""
         if not texts:

@@ -83,7 +83,7 @@ class Rotary(nn.Module):
 
     def forward(
         self, positions: Int[Tensor, "batch pos"]
-    ) -> tuple[Float[Tensor, "batch pos rot"], Float[Tensor, "batch pos rot"]]:
+    ) -> tuple[Float[Tensor, "batch pos d_rot"], Float[Tensor, "batch pos d_rot"]]:
         cos, signed_sin = self._tables(positions, self.inv_freq, self.attention_scaling)
         if self.inv_freq_local is None:
             return cos, signed_sin
@@ -97,8 +97,8 @@ def _inverse_frequencies(base: float, rotary_dim: int) -> Tensor:
 
 def apply_rotary(
     x: Float[Tensor, "batch pos head d_head"],
-    cos: Float[Tensor, "#batch pos rot"],
-    signed_sin: Float[Tensor, "#batch pos rot"],
+    cos: Float[Tensor, "#batch pos d_rot"],
+    signed_sin: Float[Tensor, "#batch pos d_rot"],
     interleaved: bool = False,
 ) -> Float[Tensor, "batch pos head d_head"]:
     """Rotate the first ``cos.shape[-1]`` dims of every head; the rest pass through.
@@ -163,7 +163,7 @@ class AttentionContext:
 
     def score_bias(
         self, n_heads: int, dtype: torch.dtype, window: int | None = None
-    ) -> Float[Tensor, "rows q_pos k_pos"]:
+    ) -> Float[Tensor, "row q_pos k_pos"]:
         """The additive mask of head-major scores ``[head*batch or 1, q_pos, k_pos]``: 0 where
         a query may read a key (within ``window`` positions back, for a sliding-window
         layer), the dtype's most negative number elsewhere. Made once per run (per head
@@ -447,7 +447,7 @@ def _project(
 
 
 def _prepend(
-    prefix: Float[Tensor, "batch pre kv_head d_head"], x: Float[Tensor, "batch pos kv_head d_head"]
+    prefix: Float[Tensor, "batch _pos kv_head d_head"], x: Float[Tensor, "batch pos kv_head d_head"]
 ) -> Tensor:
     """``cat([prefix, x])`` over positions, stored head-major like the projections."""
     return _heads_last(torch.cat([_heads_first(prefix), _heads_first(x)], dim=2))

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
@@ -145,10 +145,10 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookingMixin, GenerationMixin, H
         return_type: ReturnType = "logits",
         start_at_layer: int | None = None,
         stop_at_layer: int | None = None,
-        attention_mask: Tensor | None = None,
-        tokens: Tensor | None = None,
+        attention_mask: Shaped[Tensor, "batch _pos"] | None = None,
+        tokens: Int[Tensor, "batch pos"] | None = None,
         past: KeyValuePrefix | None = None,
-        logit_positions: Tensor | None = None,
+        logit_positions: Int[Tensor, "batch _pos"] | None = None,
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] = "right",
     ) -> Any:
@@ -213,7 +213,9 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookingMixin, GenerationMixin, H
         loss = self._next_token_loss(logits, tokens, mask)
         return loss if return_type == "loss" else (logits, loss)
 
-    def embed_tokens(self, tokens: Tensor, positions: Tensor) -> Float[Tensor, "batch pos d_model"]:
+    def embed_tokens(
+        self, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "#batch pos"]
+    ) -> Float[Tensor, "batch pos d_model"]:
         """The residual stream entering block 0 (token plus learned position embeddings)."""
         residual = self.hook_embed(self.embed(tokens))
         if self.pos_embed is not None:
@@ -247,7 +249,7 @@ class HookedLM(TokenizationMixin, WeightsMixin, HookingMixin, GenerationMixin, H
         start: int = 0,
         stop: int | None = None,
         past: KeyValuePrefix | None = None,
-        entering: dict[int, Tensor] | None = None,
+        entering: dict[int, Float[Tensor, "_batch pos d_model"]] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Run blocks ``start`` to ``stop - 1``: the one block loop of the model, used by
         ``forward`` and by every batched executor.

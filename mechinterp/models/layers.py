@@ -42,7 +42,7 @@ class Norm(nn.Module):
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
-    def forward(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_model"]:
         if self.centred:
             x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
@@ -50,8 +50,8 @@ class Norm(nn.Module):
         return out + self.b if self.b is not None else out
 
     def factor(
-        self, x: Float[Tensor, "*any d_model"], *, hooked: bool = True
-    ) -> Float[Tensor, "*any d_model"]:
+        self, x: Float[Tensor, "*batch d_model"], *, hooked: bool = True
+    ) -> Float[Tensor, "*batch d_model"]:
         """``w / scale(x)``, so that an RMSNorm's output is ``x * factor(x)``: a sum's norm is
         then the sum of its terms' shares (per-head outputs under a post-attention norm).
         Fires ``hook_scale`` (not ``hook_normalized``) unless ``hooked=False`` (analyses
@@ -104,14 +104,16 @@ class Unembed(nn.Module):
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
         self.softcap = cfg.final_softcap
 
-    def uncapped(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_vocab"]:
+    def uncapped(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
         """``x W_U + b_U``: the logits before the soft-cap (the same as ``forward`` without one)."""
         return x @ self.W_U + self.b_U
 
-    def forward(self, x: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_vocab"]:
+    def forward(self, x: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
         return softcap(self.uncapped(x), self.softcap)
 
-    def columns(self, x: Float[Tensor, "*any d_model"], start: int, stop: int) -> Float[Tensor, "*any vocab"]:
+    def columns(
+        self, x: Float[Tensor, "*batch d_model"], start: int, stop: int
+    ) -> Float[Tensor, "*batch _d_vocab"]:
         """The (capped) logits of vocabulary ids ``start:stop`` only: ``forward(x)[..., start:stop]``
         without computing the rest (chunked decoding of large vocabularies)."""
         return softcap(x @ self.W_U[:, start:stop] + self.b_U[start:stop], self.softcap)

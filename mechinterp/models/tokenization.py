@@ -96,7 +96,9 @@ class TokenizationMixin:
         tokens, _ = self.encode(text, prepend_bos=prepend_bos, padding_side=padding_side)
         return tokens if move_to_device else tokens.cpu()
 
-    def to_string(self, tokens: Tensor | list[int] | int) -> str | list[str]:
+    def to_string(
+        self, tokens: Int[Tensor, "*batch pos"] | Int[Tensor, ""] | list[int] | int
+    ) -> str | list[str]:
         """Decode token ids; a 2-D tensor gives one string per row."""
         tokenizer = self._require_tokenizer()
         if isinstance(tokens, Tensor) and tokens.ndim == 2:
@@ -106,7 +108,7 @@ class TokenizationMixin:
         return tokenizer.decode(tokens if isinstance(tokens, list) else [tokens])
 
     def to_str_tokens(
-        self, text: str | list[str] | Tensor, prepend_bos: bool | None = None
+        self, text: str | list[str] | Int[Tensor, "*batch pos"], prepend_bos: bool | None = None
     ) -> list[str] | list[list[str]]:
         """One string per token of a single prompt (or of a 1-D / ``[1, pos]`` token tensor);
         a list of prompts gives one such list per prompt (unpadded), as in TransformerLens.

@@ -39,7 +39,7 @@ class WeightsMixin:
     b_V_grouped = property(lambda self: self._stack("attn.b_V_grouped"), doc="``[layer, kv_head, d_head]``")
     b_O = property(lambda self: self._stack("attn.b_O"), doc="``[layer, d_model]``")
 
-    def tl_parameters(self) -> dict[str, Tensor]:
+    def tl_parameters(self) -> dict[str, Float[Tensor, "..."]]:
         """Parameters under TransformerLens names, what ``SVDInterpreter`` reads: every
         parameter, plus each layer's per-query-head ``attn.W_K|W_V|b_K|b_V``.
 
@@ -74,7 +74,7 @@ class WeightsMixin:
         return self.embed.W_E
 
     @property
-    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
+    def W_pos(self) -> Float[Tensor, "pos d_model"]:
         if self.pos_embed is None:
             raise AttributeError("W_pos")  # rotary models: hasattr(model, "W_pos") is False
         return self.pos_embed.W_pos

@@ -42,7 +42,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mechinterp.metrics import PositionalMetric
+from mechinterp.dims import AttentionMask
+from mechinterp.metrics import MetricFn, PositionalMetric
 from mechinterp.patching.engine import CellTable
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
@@ -223,13 +224,13 @@ def attribution_patch(
     model,
     clean: TextOrTokens,
     corrupt: TextOrTokens,
-    metric: PositionalMetric | Callable[[Tensor], Tensor],
+    metric: PositionalMetric | MetricFn,
     spec: SweepSpec,
     *,
     method: Method = "atp",
     grad_drop: bool = True,
     direction: Direction = "denoise",
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
 ) -> PatchResult:
     """Estimate every cell of ``spec`` by attribution patching (see the module docstring).
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechinterp.patching.result import PatchResult
@@ -62,8 +63,8 @@ class Comparison:
     top_k: int
     top_k_overlap: float
     disagreements: pd.DataFrame
-    reference: Tensor
-    estimate: Tensor
+    reference: Float[Tensor, " cell"]
+    estimate: Float[Tensor, " cell"]
     labels: list[str]
     names: tuple[str, str]
 

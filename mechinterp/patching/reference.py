@@ -6,12 +6,12 @@ readable definition of what a patching sweep computes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
-from mechinterp.metrics import PositionalMetric
+from mechinterp.dims import AttentionMask
+from mechinterp.metrics import MetricFn, PositionalMetric
 from mechinterp.patching.engine import Ablation, ablated_source, site_index
 from mechinterp.patching.sites import SweepSpec
 from mechinterp.patching.sweep import Direction, TextOrTokens, base_and_source, make_scorer, prepare_pair
@@ -23,12 +23,12 @@ def reference_patch_sweep(
     clean: TextOrTokens,
     corrupt: TextOrTokens,
     spec: SweepSpec,
-    metric: PositionalMetric | Callable[[Tensor], Tensor],
+    metric: PositionalMetric | MetricFn,
     *,
     direction: Direction = "denoise",
     ablation: Ablation = "resample",
-    attention_mask: Tensor | None = None,
-) -> Tensor:
+    attention_mask: AttentionMask | None = None,
+) -> Float[Tensor, "*cell"]:
     """Values ``[*grid, batch]`` (or ``[*grid]`` for scalar metrics), one forward per cell."""
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
     base, source = base_and_source(clean_tokens, corrupt_tokens, direction)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -37,11 +38,11 @@ class PatchResult:
     metadata: kind, direction, ablation, model, metric name.
     """
 
-    values: Tensor
+    values: Float[Tensor, "*cell"]  # the grid's axes, then batch when per_example
     axes: tuple[str, ...]
     labels: dict[str, list[str]]
-    base: Tensor
-    source: Tensor | None = None
+    base: Float[Tensor, "*batch"]
+    source: Float[Tensor, "*batch"] | None = None
     per_example: bool = True
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -54,11 +55,11 @@ class PatchResult:
     def shape(self) -> torch.Size:
         return self.mean().shape
 
-    def mean(self) -> Tensor:
+    def mean(self) -> Float[Tensor, "*cell"]:
         """Values averaged over examples: ``[*grid]``."""
         return self.values.mean(-1) if self.per_example else self.values
 
-    def normalized(self) -> Tensor:
+    def normalized(self) -> Float[Tensor, "*cell"]:
         """``(value - base) / (source - base)`` on example means: 0 = unpatched base run,
         1 = the source run (clean, when denoising)."""
         if self.source is None:

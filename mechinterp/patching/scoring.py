@@ -10,14 +10,12 @@ unpatched run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from mechinterp.metrics import PositionalMetric
-
-MetricFn = Callable[[Tensor], Tensor]
+from mechinterp.metrics import MetricFn, PositionalMetric
 
 
 class PositionalScorer:

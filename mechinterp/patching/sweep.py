@@ -22,7 +22,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from mechinterp.metrics import PositionalMetric
+from mechinterp.dims import AttentionMask, Tokens
+from mechinterp.metrics import MetricFn, PositionalMetric
 from mechinterp.patching.engine import Ablation, BatchedPatcher
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import FullLogitScorer, PositionalScorer
@@ -30,7 +31,7 @@ from mechinterp.patching.shards import Executor, select_examples
 from mechinterp.patching.sites import SweepGrid, SweepSpec
 
 Direction = Literal["denoise", "noise"]
-TextOrTokens = str | list[str] | Tensor
+TextOrTokens = str | list[str] | Tokens
 
 
 def prepare_pair(model, clean: TextOrTokens, corrupt: TextOrTokens, attention_mask: Tensor | None):
@@ -113,11 +114,11 @@ def patch_sweep(
     clean: TextOrTokens,
     corrupt: TextOrTokens,
     spec: SweepSpec,
-    metric: PositionalMetric | Callable[[Tensor], Tensor],
+    metric: PositionalMetric | MetricFn,
     *,
     direction: Direction = "denoise",
     ablation: Ablation = "resample",
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
     max_batch_rows: int | Literal["auto"] = "auto",
     max_memory: int | None = None,
     progress: bool = True,

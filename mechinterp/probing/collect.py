@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int, Num
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -24,9 +25,9 @@ class Activations:
     labels, each example's word type id for control tasks (the dataset's ``types``, else
     the token read) and provenance."""
 
-    values: Tensor
-    labels: Tensor
-    type_ids: Tensor
+    values: Float[Tensor, "layer example d_model"]
+    labels: Num[Tensor, " example"]
+    type_ids: Int[Tensor, " example"]
     layers: list[int]
     hook: str
     model_name: str

@@ -15,12 +15,18 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
+
+from mechinterp.dims import AttentionMask, Tokens
+from mechinterp.metrics import MetricFn
 
 Mode = Literal["ablate", "add"]
 
 
-def direction_hook(direction: Tensor, *, mode: Mode = "ablate", scale: float = 1.0) -> Callable:
+def direction_hook(
+    direction: Float[Tensor, " d_model"], *, mode: Mode = "ablate", scale: float = 1.0
+) -> Callable:
     """A forward hook that projects ``direction`` out (``"ablate"``) or adds ``scale`` times
     its unit vector (``"add"``) at every position."""
     if mode not in ("ablate", "add"):
@@ -39,16 +45,16 @@ def direction_hook(direction: Tensor, *, mode: Mode = "ablate", scale: float = 1
 @torch.no_grad()
 def direction_effect(
     model,
-    tokens: Tensor,
-    metric: Callable[[Tensor], Tensor],
-    direction: Tensor,
+    tokens: Tokens,
+    metric: MetricFn,
+    direction: Float[Tensor, " d_model"],
     *,
     layer: int,
     hook: str = "hook_resid_post",
     mode: Mode = "ablate",
     scale: float = 1.0,
-    attention_mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+    attention_mask: AttentionMask | None = None,
+) -> tuple[Float[Tensor, "*batch"], Float[Tensor, "*batch"]]:
     """``(metric without, metric with)`` the intervention at ``blocks.{layer}.{hook}``."""
     name = f"blocks.{layer}.{hook}"
     before = metric(model(tokens, attention_mask=attention_mask))

@@ -29,6 +29,7 @@ from typing import Literal
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Shaped
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -79,7 +80,7 @@ def split_indices(
     return groups
 
 
-def roc_auc(scores: Tensor, labels: Tensor) -> float:
+def roc_auc(scores: Float[Tensor, " example"], labels: Shaped[Tensor, " example"]) -> float:
     """Binary ROC-AUC from ranks (Mann-Whitney U), ties averaged."""
     positive = labels.bool()
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
@@ -186,15 +187,15 @@ class ProbeResult:
 
     kind: ProbeKind
     layers: list[int]
-    accuracy: dict[str, Tensor]
-    auc: dict[str, Tensor]
-    r2: dict[str, Tensor]
-    shuffled: Tensor
-    control: Tensor | None
-    weight: Tensor
-    bias: Tensor
-    mean: Tensor
-    std: Tensor
+    accuracy: dict[str, Float[Tensor, " layer"]]
+    auc: dict[str, Float[Tensor, " layer"]]
+    r2: dict[str, Float[Tensor, " layer"]]
+    shuffled: Float[Tensor, " layer"]
+    control: Float[Tensor, " layer"] | None
+    weight: Float[Tensor, "layer d_model label"]
+    bias: Float[Tensor, "layer label"]
+    mean: Float[Tensor, "layer d_model"]
+    std: Float[Tensor, "layer d_model"]
     chance: float
     model_name: str
     n_layers: int
@@ -202,12 +203,12 @@ class ProbeResult:
     split: SplitKind
 
     @property
-    def score(self) -> dict[str, Tensor]:
+    def score(self) -> dict[str, Float[Tensor, " layer"]]:
         """The headline metric: accuracy (logistic) or R^2 (linear), per split and layer."""
         return self.accuracy if self.kind == "logistic" else self.r2
 
     @property
-    def selectivity(self) -> Tensor | None:
+    def selectivity(self) -> Float[Tensor, " layer"] | None:
         return None if self.control is None else self.accuracy["test"] - self.control
 
     @property
@@ -215,7 +216,7 @@ class ProbeResult:
         """The layer whose probe does best on the validation split."""
         return self.layers[int(self.score["val"].argmax())]
 
-    def direction(self, layer: int) -> Tensor:
+    def direction(self, layer: int) -> Float[Tensor, " d_model"]:
         """The probe's direction in the residual stream of ``layer`` (binary logistic: class 1
         minus class 0; linear: the regression weights), undoing the standardisation."""
         index = self.layers.index(layer)
@@ -441,9 +442,9 @@ class MassMeanResult:
     """Difference-of-means probes: ``directions`` ``[layer, d_model]`` and test accuracy per layer."""
 
     layers: list[int]
-    directions: Tensor
-    thresholds: Tensor
-    accuracy: Tensor
+    directions: Float[Tensor, "layer d_model"]
+    thresholds: Float[Tensor, " layer"]
+    accuracy: Float[Tensor, " layer"]
 
 
 def mass_mean_probe(

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 
@@ -90,14 +91,18 @@ class ActivationStream:
             rows = [r[typical_tokens(rows[0], self.outlier_ratio)] for r in rows]
         return rows
 
-    def token_batches(self) -> Iterator[list[Tensor]]:
+    def token_batches(self) -> Iterator[list[Float[Tensor, "batch _"]]]:
         """Activations of successive groups of texts, cycling through the texts forever."""
         order = torch.randperm(len(self.texts), generator=torch.Generator().manual_seed(self.seed)).tolist()
         while True:
             for start in range(0, len(order), self.texts_per_forward):
                 yield self._forward([self.texts[i] for i in order[start : start + self.texts_per_forward]])
 
-    def batches(self, batch_size: int) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
+    def batches(
+        self, batch_size: int
+    ) -> Iterator[
+        Float[Tensor, "batch d_in"] | tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_out"]]
+    ]:
         """Shuffled training batches ``[batch_size, d_in]`` (transcoders: ``(input, output)`` pairs)."""
         if batch_size > self.buffer_tokens // 2:
             raise ValueError(f"batch_size {batch_size} exceeds half the buffer ({self.buffer_tokens} tokens)")

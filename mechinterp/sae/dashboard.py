@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechinterp.sae.features import _check_features, feature_logit_effects, spliced
@@ -41,7 +42,7 @@ class FeatureDashboard:
 
     feature: int
     contexts: list[Context]
-    activations: Tensor
+    activations: Float[Tensor, " example"]  # the non-zero ones
     frequency: float
     promoted: list[tuple[str, float]]
     suppressed: list[tuple[str, float]]

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from mechinterp.sae.model import SAE
@@ -46,7 +47,7 @@ class SAEEvaluation:
     ce_clean: float
     ce_spliced: float
     ce_zero_ablated: float
-    latent_frequency: Tensor
+    latent_frequency: Float[Tensor, " d_sae"]
 
     @property
     def fvu(self) -> float:

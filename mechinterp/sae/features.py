@@ -30,8 +30,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import last_positions
 from mechinterp.models.tokenization import TextInput
 from mechinterp.sae.model import SAE
@@ -128,7 +130,9 @@ def _check_residual_writer(model, sae: SAE) -> None:
 
 
 @torch.no_grad()
-def feature_logit_effects(model, sae: SAE, features: Sequence[int] | None = None) -> Tensor:
+def feature_logit_effects(
+    model, sae: SAE, features: Sequence[int] | None = None
+) -> Float[Tensor, "_d_sae d_vocab"]:
     """``[feature, d_vocab]``: ``W_dec[i]`` through the final norm's weight and ``W_U`` (the
     direct effect of one unit of latent ``i`` on each logit, up to the norm's scale).
 
@@ -145,13 +149,13 @@ def feature_logit_effects(model, sae: SAE, features: Sequence[int] | None = None
 def feature_dla(
     model,
     sae: SAE,
-    input: TextInput | Tensor,
+    input: TextInput | Tokens,
     *,
-    correct: list[str] | Tensor,
-    incorrect: list[str] | Tensor,
-    positions: Tensor | None = None,
-    attention_mask: Tensor | None = None,
-) -> Tensor:
+    correct: list[str] | Int[Tensor, " batch"],
+    incorrect: list[str] | Int[Tensor, " batch"],
+    positions: Int[Tensor, " batch"] | None = None,
+    attention_mask: AttentionMask | None = None,
+) -> Float[Tensor, "batch d_sae"]:
     """``[batch, d_sae]``: each latent's direct contribution ``acts_i * W_dec[i] . reader``
     to ``logit[correct] - logit[incorrect]`` at each example's position (default: last real
     token), with the final norm's scale frozen at its value on the run (with the SAE
@@ -188,20 +192,20 @@ class TopFeatures:
     """Per example: the ``k`` most active latents (``indices``, ``values``: ``[batch, k]``),
     at ``positions`` (max over positions when ``None``)."""
 
-    indices: Tensor
-    values: Tensor
-    positions: Tensor | None
+    indices: Int[Tensor, "batch top"]
+    values: Float[Tensor, "batch top"]
+    positions: Int[Tensor, " batch"] | None
 
 
 @torch.no_grad()
 def top_features(
     model,
     sae: SAE,
-    input: TextInput | Tensor,
+    input: TextInput | Tokens,
     *,
     k: int = 10,
-    positions: Tensor | str | None = "last",
-    attention_mask: Tensor | None = None,
+    positions: Int[Tensor, " batch"] | str | None = "last",
+    attention_mask: AttentionMask | None = None,
 ) -> TopFeatures:
     """The ``k`` most active latents of each prompt at its last real token (``positions=
     "last"``), at given ``positions`` ``[batch]``, or at any real position (``None``: the

@@ -207,7 +207,11 @@ class SAE(nn.Module):
         )
 
     # ------------------------------------------------------------------ the maths, in stages
-    def normalizer(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def normalizer(
+        self, x: Float[Tensor, "*batch d_in"]
+    ) -> tuple[
+        Float[Tensor, "*batch d_in"], Callable[[Float[Tensor, "*batch d_out"]], Float[Tensor, "*batch d_out"]]
+    ]:
         """``(normalised x, undo)``: ``undo`` maps a reconstruction back to ``x``'s scale."""
         mode = self.cfg.normalize_activations
         if mode == "constant_norm_rescale":
@@ -226,7 +230,9 @@ class SAE(nn.Module):
             return x @ (self.W_enc * self.r_mag.exp()) + self.b_mag
         return x @ self.W_enc + self.b_enc
 
-    def activate(self, pre: Tensor, x: Tensor) -> Float[Tensor, "*batch d_sae"]:
+    def activate(
+        self, pre: Float[Tensor, "*batch d_sae"], x: Float[Tensor, "*batch d_in"]
+    ) -> Float[Tensor, "*batch d_sae"]:
         """The sparse activations from pre-activations ``pre`` (``x``, the normalised input,
         is read by the gated architecture's gate only)."""
         arch = self.cfg.architecture

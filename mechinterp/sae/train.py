@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -44,7 +45,12 @@ from mechinterp.sae.activations import ActivationStream
 from mechinterp.sae.model import SAE, Architecture, SAEConfig
 
 CHECKPOINT = "checkpoint.pt"
-Source = Tensor | tuple[Tensor, Tensor] | ActivationStream
+# activation rows (transcoders: input and output rows), or a stream of them
+Source = (
+    Float[Tensor, "batch d_in"]
+    | tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_out"]]
+    | ActivationStream
+)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from jaxtyping import Int, Shaped
 from torch import Tensor
 
 from mechinterp.data.pairs import PromptPairs
@@ -52,8 +53,8 @@ def attribute_tokens(
     method: Method = "integrated_gradients",
     steps: int | Literal["auto"] | None = None,
     baseline: Baseline | None = None,
-    positions: Sequence[int] | Tensor | None = None,
-    attention_mask: Tensor | None = None,
+    positions: Sequence[int] | Int[Tensor, " _batch"] | None = None,
+    attention_mask: Shaped[Tensor, "*batch pos"] | None = None,
     target: Target = "logit",
     tolerance: float = DEFAULT_TOLERANCE,
     max_steps: int = MAX_AUTO_STEPS,

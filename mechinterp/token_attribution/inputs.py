@@ -16,9 +16,11 @@ from mechinterp.metrics import last_positions
 from mechinterp.token_attribution.objective import ContinuationObjective, LogitObjective, Objective
 
 Target = Literal["logit", "continuation"]
-AttributionInput = str | list[str] | Tensor | PromptPairs
-Answer = str | int | Sequence[str] | Sequence[int] | Tensor
-Baseline = int | str | list[str] | Tensor
+AttributionInput = str | list[str] | Int[Tensor, "*batch pos"] | PromptPairs
+# one token per example ([batch]), or a continuation per example ([batch, answer]; 1: shared)
+Answer = str | int | Sequence[str] | Sequence[int] | Int[Tensor, " _batch"] | Int[Tensor, "_batch _answer"]
+# a corrupt prompt's token ids ([batch, pos], or one row for every example)
+Baseline = int | str | list[str] | Int[Tensor, "*_batch _pos"]
 
 
 class ZeroBaselineWarning(UserWarning):

@@ -37,10 +37,10 @@ class LogitObjective:
 
     def sequences(
         self, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
-    ) -> tuple[Int[Tensor, "variant batch seq"], Int[Tensor, "variant batch seq"]]:
+    ) -> tuple[Int[Tensor, "variant batch _pos"], Int[Tensor, "variant batch _pos"]]:
         return tokens[None], mask[None]
 
-    def score(self, model, residual: Float[Tensor, "row seq d_model"], examples: Tensor) -> Tensor:
+    def score(self, model, residual: Float[Tensor, "row pos d_model"], examples: Tensor) -> Tensor:
         """``[row]`` values from the final residual stream of rows of ``examples``
         (variant-major when there are several variants; here one)."""
         device = residual.device
@@ -65,10 +65,10 @@ class ContinuationObjective:
     """Continuations ``[batch, k]`` (right-padded, ``*_mask`` 1 for real tokens) appended after
     prompts whose last column is real in every row."""
 
-    correct: Int[Tensor, "batch k"]
-    correct_mask: Int[Tensor, "batch k"]
-    incorrect: Int[Tensor, "batch k2"] | None = None
-    incorrect_mask: Int[Tensor, "batch k2"] | None = None
+    correct: Int[Tensor, "batch answer"]
+    correct_mask: Int[Tensor, "batch answer"]
+    incorrect: Int[Tensor, "batch _answer"] | None = None
+    incorrect_mask: Int[Tensor, "batch _answer"] | None = None
 
     @property
     def variants(self) -> int:
@@ -89,7 +89,7 @@ class ContinuationObjective:
 
     def sequences(
         self, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
-    ) -> tuple[Int[Tensor, "variant batch seq"], Int[Tensor, "variant batch seq"]]:
+    ) -> tuple[Int[Tensor, "variant batch _pos"], Int[Tensor, "variant batch _pos"]]:
         device = tokens.device
         full = [
             (torch.cat([tokens, c.to(device)], 1), torch.cat([mask, m.to(device)], 1))
@@ -97,7 +97,7 @@ class ContinuationObjective:
         ]
         return torch.stack([t for t, _ in full]), torch.stack([m for _, m in full])
 
-    def score(self, model, residual: Float[Tensor, "row seq d_model"], examples: Tensor) -> Tensor:
+    def score(self, model, residual: Float[Tensor, "row pos d_model"], examples: Tensor) -> Tensor:
         """``[row]``: summed log-probabilities; rows are variant-major (all rows of the correct
         continuation, then all rows of the incorrect one)."""
         device = residual.device

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from mechinterp.dims import AttentionMask, PerExample
 from mechinterp.patching.compare import spearman
 
 FORMAT_VERSION = 1
@@ -31,11 +33,11 @@ class Completeness:
     """``total``: the sum of each example's attributions; ``change``: ``f(x) - f(baseline)``
     (``[batch]`` each). Integrated gradients makes them equal in the limit of many steps."""
 
-    total: Tensor
-    change: Tensor
+    total: PerExample
+    change: PerExample
 
     @property
-    def gap(self) -> Tensor:
+    def gap(self) -> PerExample:
         """``|total - change| / |change|`` per example (relative to the change explained;
         ``inf`` or ``nan`` for an example whose input and baseline score the same)."""
         return (self.total - self.change).abs() / self.change.abs()
@@ -65,13 +67,13 @@ class TokenAttribution:
     metadata: objective, baseline, steps, rule, model.
     """
 
-    values: Tensor
+    values: Float[Tensor, "batch pos *head"]
     tokens: list[list[str]]
-    token_ids: Tensor
-    attention_mask: Tensor
+    token_ids: Int[Tensor, "batch pos"]
+    attention_mask: AttentionMask
     method: str
     site: str = "hook_embed"
-    score: Tensor | None = None
+    score: PerExample | None = None
     completeness: Completeness | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
