@@ -113,8 +113,8 @@ def test_graddrop_equals_atp_magnitude_in_the_last_layer(tiny_llama):
     torch.testing.assert_close(no_drop.values, plain.values)  # z sites: no QK fix either
 
 
-def test_same_layout_as_exact_and_scalar_metrics(tiny_pair):
-    model, _ = tiny_pair
+def test_same_layout_as_exact_and_scalar_metrics(representative_pair):
+    model, _ = representative_pair
     clean, corrupt, metric = pair()
     spec = SweepSpec(kind="z")
     exact = patch_sweep(model, clean, corrupt, spec, metric, progress=False)

@@ -18,8 +18,8 @@ from mechinterp.plotting import attention_heatmap, dla_bar, dla_heatmap, lens_he
 
 
 @torch.no_grad()
-def test_logit_lens_matches_materialised_logits(tiny_pair):
-    model, _ = tiny_pair
+def test_logit_lens_matches_materialised_logits(representative_pair):
+    model, _ = representative_pair
     prompts = ["hello there", "abcdefgh"]
     lens = logit_lens(model, prompts, targets=["e", "x"], top_k=4, include_mid=True, vocab_chunk=30)
     tokens, mask = model.encode(prompts)
@@ -43,8 +43,8 @@ def test_logit_lens_matches_materialised_logits(tiny_pair):
     assert len(lens.top_strings(0, -1)["final"]) == 4
 
 
-def test_dla_sums_to_the_logit_difference(tiny_pair):
-    model, _ = tiny_pair
+def test_dla_sums_to_the_logit_difference(representative_pair):
+    model, _ = representative_pair
     prompts = ["hello there", "abc d"]
     for granularity in ("layer", "head", "neuron"):
         dla = direct_logit_attribution(
@@ -79,8 +79,8 @@ def test_dla_direct_computation_for_one_head(tiny_llama):
 
 @pytest.mark.parametrize("kind", ["previous_token", "duplicate_token", "induction"])
 @pytest.mark.parametrize("exclude", [False, True])
-def test_head_scores_match_transformer_lens(tiny_pair, kind, exclude):
-    model, _ = tiny_pair
+def test_head_scores_match_transformer_lens(representative_pair, kind, exclude):
+    model, _ = representative_pair
     text = "abcabcabc xyz abc"
     ours = head_scores(model, model.to_tokens(text), kind, exclude_bos=exclude, exclude_current_token=exclude)
     theirs = head_detector.detect_head(

@@ -57,8 +57,8 @@ def within_share_of_largest(ours: torch.Tensor, reference: torch.Tensor, share: 
 # --- parity with captum -------------------------------------------------------------------
 
 
-def test_integrated_gradients_match_captum(tiny_pair, random_tokens):
-    model, hf_model = tiny_pair
+def test_integrated_gradients_match_captum(representative_pair, random_tokens):
+    model, hf_model = representative_pair
     tokens = random_tokens(2, 8)
     ours = attribute_tokens(model, tokens, correct=CORRECT, incorrect=INCORRECT, steps=64, baseline="pad")
     pad = torch.full_like(tokens, model.tokenizer.pad_token_id)
@@ -86,8 +86,8 @@ def test_riemann_rules_match_captum(tiny_llama_pair, random_tokens, rule):
     within_share_of_largest(ours.values, reference, 0.01)
 
 
-def test_gradient_x_input_and_saliency_match_captum(tiny_pair, random_tokens):
-    model, hf_model = tiny_pair
+def test_gradient_x_input_and_saliency_match_captum(representative_pair, random_tokens):
+    model, hf_model = representative_pair
     tokens = random_tokens(2, 8)
     with torch.no_grad():
         inputs = hf_model.get_input_embeddings()(tokens)
@@ -127,8 +127,8 @@ def test_layer_integrated_gradients_match_captum_layer_ig(tiny_llama, random_tok
 
 
 @torch.no_grad()
-def test_occlusion_equals_one_forward_per_replaced_token(tiny_pair, random_tokens):
-    model, _ = tiny_pair
+def test_occlusion_equals_one_forward_per_replaced_token(representative_pair, random_tokens):
+    model, _ = representative_pair
     tokens = random_tokens(2, 7)
 
     def diff(token_ids):
@@ -173,12 +173,12 @@ def test_head_occlusion_equals_zeroing_one_head_at_one_position(tiny_llama, rand
 
 
 @torch.no_grad()
-def test_attention_rollout_equals_hf_attentions_multiplied(tiny_pair, random_tokens, request):
-    model, _ = tiny_pair
+def test_attention_rollout_equals_hf_attentions_multiplied(representative_pair, random_tokens, request):
+    model, _ = representative_pair
     # A fresh HF model with the same (seeded) weights: the session's one may have been wrapped
     # in place by TransformerBridge.boot_transformers (tests/test_parity.py), whose attention
     # modules return no weights, so output_attentions gives an empty tuple.
-    family, n_kv_heads = request.node.callspec.params["tiny_pair"]
+    family, n_kv_heads = request.node.callspec.params["representative_pair"]
     hf_model, _ = tiny_hf_model(family, n_kv_heads=n_kv_heads)
     tokens = random_tokens(2, 7)
     output = hf_model(tokens, output_attentions=True)
@@ -314,8 +314,8 @@ def test_bad_input_gets_specific_errors(tiny_llama, random_tokens):
         )
 
 
-def test_zero_baseline_warns_on_rmsnorm_models_only(tiny_pair, random_tokens):
-    model, _ = tiny_pair
+def test_zero_baseline_warns_on_rmsnorm_models_only(representative_pair, random_tokens):
+    model, _ = representative_pair
     tokens = random_tokens(1, 5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
