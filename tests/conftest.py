@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -9,8 +11,7 @@ import mechinterp
 from mechinterp.models.tiny import tiny_hf_model
 
 # (family, n_kv_heads): MHA and GQA variants of every supported family. Adding a family: add
-# its tiny config (mechinterp/models/tiny.py) and a row here; every test taking tiny_pair
-# (HF and bridge parity, engine vs reference, TL patching, lenses, DLA) then covers it.
+# its tiny config (mechinterp/models/tiny.py) and a row here.
 TINY_VARIANTS = [
     ("gpt2", None),
     ("llama", None),
@@ -26,6 +27,26 @@ TINY_VARIANTS = [
     ("gptj", None),
 ]
 TINY_IDS = [f"{family}-{'gqa' if kv else 'mha'}" for family, kv in TINY_VARIANTS]
+
+# GPT-2 (LayerNorm with biases, learned positions, MHA) and Gemma 2 (RMSNorm with offset
+# weights, GQA, rotary, post-norms, attention and logit soft-caps, sliding window): between
+# them, most of what sets one family's math apart from another's.
+REPRESENTATIVE_VARIANTS = [("gpt2", None), ("gemma2", 2)]
+REPRESENTATIVE_IDS = [TINY_IDS[TINY_VARIANTS.index(variant)] for variant in REPRESENTATIVE_VARIANTS]
+
+# Which fixture a test takes (the suite has to stay under ~10 minutes on 2 cores):
+#
+# - ``tiny_pair``, every variant above: tests of the family math itself, where a new family can
+#   be wrong in its own way. Native forward vs HF logits and loss, hooks vs TransformerBridge,
+#   forward semantics (start/stop layer, padding, KV prefix), attention sub-steps (per-head
+#   results, split inputs), residual decompositions, and the patching engine against its
+#   one-forward-per-cell reference. Edge and path patching cover the families the same way
+#   (``MORE_FAMILIES`` in tests/test_circuits_edges.py and tests/test_path_patching.py).
+# - ``core_pair``, the first six variants: the engine's costliest reference loop.
+# - ``representative_pair``, GPT-2 and Gemma 2: analyses built on the model's own sub-steps
+#   (lenses, DLA, head detection, token attribution, AtP layout, TL patching wrappers). They
+#   call the math the family tests check, so two contrasting families catch a wrong analysis.
+# - ``tiny_llama`` / ``tiny_llama_pair``: behaviour that does not depend on the family.
 
 
 @pytest.fixture(scope="session", params=TINY_VARIANTS, ids=TINY_IDS)
@@ -57,7 +78,15 @@ def core_pair(request):
     return _tiny_pair(*request.param)
 
 
+@pytest.fixture(scope="session", params=REPRESENTATIVE_VARIANTS, ids=REPRESENTATIVE_IDS)
+def representative_pair(request):
+    """``tiny_pair`` of GPT-2 and Gemma 2, for analyses that call the model's own math."""
+    return _tiny_pair(*request.param)
+
+
+@functools.cache
 def _tiny_pair(family: str, n_kv_heads: int | None):
+    """Built once per session: ``tiny_pair``, ``core_pair`` and ``representative_pair`` share it."""
     hf_model, tokenizer = tiny_hf_model(family, n_kv_heads=n_kv_heads)
     return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu"), hf_model
 

@@ -45,10 +45,13 @@ SMOLLM2_REL = 2e-4
 
 
 @torch.no_grad()
-def test_tiny_logits_match_hf(tiny_pair, random_tokens):
+def test_tiny_logits_and_loss_match_hf(tiny_pair, random_tokens):
     model, hf_model = tiny_pair
     tokens = random_tokens()
-    assert_close_to_scale(model(tokens), hf_model(tokens).logits, TINY_REL)
+    logits, loss = model(tokens, return_type="both")
+    reference = hf_model(tokens, labels=tokens)
+    assert_close_to_scale(logits, reference.logits, TINY_REL)
+    assert abs(loss.item() - reference.loss.item()) <= 1e-5
 
 
 @torch.no_grad()
@@ -58,13 +61,6 @@ def test_llama3_rope_scaling_matches_hf(random_tokens):
     model = mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
     tokens = random_tokens(n_pos=40)  # past the scaling's original context (16)
     assert_close_to_scale(model(tokens), hf_model(tokens).logits, TINY_REL)
-
-
-@torch.no_grad()
-def test_tiny_loss_matches_hf(tiny_pair, random_tokens):
-    model, hf_model = tiny_pair
-    tokens = random_tokens()
-    assert abs(model(tokens, return_type="loss").item() - hf_model(tokens, labels=tokens).loss.item()) <= 1e-5
 
 
 @torch.no_grad()
@@ -85,8 +81,8 @@ def test_tiny_hooks_match_bridge(tiny_pair, random_tokens):
 
 
 @torch.no_grad()
-def test_tl_patching_on_native_equals_bridge(tiny_pair, random_tokens):
-    model, hf_model = tiny_pair
+def test_tl_patching_on_native_equals_bridge(representative_pair, random_tokens):
+    model, hf_model = representative_pair
     bridge = bridge_for(hf_model, model.tokenizer)
     clean, corrupt = random_tokens(1, 6, seed=2), random_tokens(1, 6, seed=3)
 

@@ -135,8 +135,8 @@ def test_out_of_memory_halves_the_chunk_and_retries(tiny_llama, monkeypatch):
     assert result.metadata["rows_per_chunk"] == 2
 
 
-def test_full_logit_callables_scalar_and_per_example(tiny_pair):
-    model, _ = tiny_pair
+def test_full_logit_callables_scalar_and_per_example(representative_pair):
+    model, _ = representative_pair
     clean, corrupt = pair()
 
     def mean_diff(logits):
