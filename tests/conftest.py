@@ -55,23 +55,6 @@ def tiny_pair(request):
     return _tiny_pair(*request.param)
 
 
-# Which tests take the whole family matrix: those that exercise family math (the forward pass
-# and HF / bridge parity, attention and its hooks, the patching engine, path and edge patching,
-# the attribution-graph replacement). Analyses built on that math (lenses, DLA, head scores,
-# token attribution, AtP layouts, API conveniences) take ``representative_pair``: GPT-2 (LayerNorm,
-# learned positions, multi-head) and Gemma 2 (RMSNorm, rotary, GQA, soft-caps, post-norms, sliding
-# windows), which between them reach every code path those analyses branch on.
-REPRESENTATIVE = [("gpt2", None), ("gemma2", 2)]
-
-
-@pytest.fixture(
-    scope="session", params=REPRESENTATIVE, ids=[f"{f}-{'gqa' if kv else 'mha'}" for f, kv in REPRESENTATIVE]
-)
-def representative_pair(request):
-    """``tiny_pair`` of two representative families, for analyses built on the family math."""
-    return _tiny_pair(*request.param)
-
-
 @pytest.fixture(scope="session", params=TINY_VARIANTS[:6], ids=TINY_IDS[:6])
 def core_pair(request):
     """``tiny_pair`` of the first families only, for the most expensive reference loops."""
