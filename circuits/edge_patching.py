@@ -36,6 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.graph import Graph, Node
+from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.base_run import BaseRun
 from mechinterp.patching.masked import (
@@ -164,14 +165,14 @@ def first_difference(clean: Tensor, corrupt: Tensor, ablation: Ablation) -> int:
 @torch.no_grad()
 def patch_edges(
     model,
-    clean: Tensor,
-    corrupt: Tensor,
+    clean: Tokens,
+    corrupt: Tokens,
     graph: Graph,
-    masks: Tensor,
+    masks: Float[Tensor, "row edge"],
     metric: PositionalMetric,
     *,
     ablation: Ablation = "resample",
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
     start_layer: int = 0,
     max_memory: int | None = None,
     progress: bool = False,
@@ -244,10 +245,10 @@ def patch_edges(
 @torch.no_grad()
 def reference_patch_edges(
     model,
-    clean: Tensor,
-    corrupt: Tensor,
+    clean: Tokens,
+    corrupt: Tokens,
     graph: Graph,
-    mask: Tensor,
+    mask: Float[Tensor, " edge"],
     metric: PositionalMetric,
     *,
     ablation: Ablation = "resample",

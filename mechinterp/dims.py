@@ -31,6 +31,11 @@ source     source nodes of a circuit graph (components that write)
 edge       edges of a circuit graph
 point      points of a curve (ROC thresholds, faithfulness edge counts)
 item       items a ROC curve ranks (edges or nodes of a circuit graph)
+node       nodes of an attribution graph (features, errors, tokens, logits)
+feature    active transcoder features of an attribution graph (``(layer, pos, index)`` each)
+logit      logit nodes of an attribution graph (their tokens)
+slot       slots of a destination input (heads for per-head q/k/v inputs, else one)
+flat       a flattened block of values (the trailing axes of a tensor, as one)
 =========  ==========================================================
 
 jaxtyping's modifiers go around the names: ``*batch`` (any number of axes), ``#batch``
@@ -79,6 +84,11 @@ AXES = (
     "edge",
     "point",
     "item",
+    "node",
+    "feature",
+    "logit",
+    "slot",
+    "flat",
 )
 
 Tokens = Int[Tensor, "batch pos"]

@@ -54,12 +54,12 @@ class AttributionGraph:
     tokens: Int[Tensor, " pos"]
     token_strings: tuple[str, ...]
     n_layers: int
-    features: Int[Tensor, "n_features 3"]
-    activations: Float[Tensor, " n_features"]
-    logit_tokens: Int[Tensor, " n_logits"]
-    logit_probabilities: Float[Tensor, " n_logits"]
-    edges: Tensor
-    values: Float[Tensor, " n_nodes"]
+    features: Int[Tensor, "feature 3"]
+    activations: Float[Tensor, " feature"]
+    logit_tokens: Int[Tensor, " logit"]
+    logit_probabilities: Float[Tensor, " logit"]
+    edges: Float[Tensor, "node node"]  # sparse COO
+    values: Float[Tensor, " node"]
     widths: tuple[int, ...]
     model_name: str
     transcoder_kind: str
@@ -126,13 +126,15 @@ class AttributionGraph:
         return tuple(self.info.get("logit_strings", [str(int(t)) for t in self.logit_tokens]))
 
     # ------------------------------------------------------------------ reading edges
-    def incoming(self, node: int) -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
+    def incoming(self, node: int) -> tuple[Int[Tensor, " edge"], Float[Tensor, " edge"]]:
         """``(sources, weights)`` of the edges into ``node``."""
         indices, values = self.edges.indices(), self.edges.values()
         rows = indices[0] == node
         return indices[1, rows], values[rows]
 
-    def edge_weights(self, targets: Int[Tensor, " k"], sources: Int[Tensor, " k"]) -> Float[Tensor, " k"]:
+    def edge_weights(
+        self, targets: Int[Tensor, " edge"], sources: Int[Tensor, " edge"]
+    ) -> Float[Tensor, " edge"]:
         """``A[target, source]`` for each pair (zero where there is no edge), by binary search in
         the coalesced (row-major sorted) indices."""
         rows, cols = self.edges.indices()
@@ -143,11 +145,11 @@ class AttributionGraph:
             return torch.zeros(wanted.shape, dtype=self.edges.dtype)
         return torch.where(keys[at] == wanted, self.edges.values()[at], 0.0)
 
-    def dense(self) -> Float[Tensor, "n_nodes n_nodes"]:
+    def dense(self) -> Float[Tensor, "node node"]:
         """The adjacency as a dense matrix (small graphs only)."""
         return self.edges.to_dense()
 
-    def predicted_change(self, changes: Mapping[FeatureKey, float]) -> Float[Tensor, " n_nodes"]:
+    def predicted_change(self, changes: Mapping[FeatureKey, float]) -> Float[Tensor, " node"]:
         """How each node's value moves, to first and only order in the frozen replacement, when
         the features in ``changes`` (``(layer, pos, index) -> new activation``) take new values
         and every other node stays fixed: ``sum_s (new_s / a_s - 1) * A[:, s]``.

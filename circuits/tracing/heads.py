@@ -83,19 +83,19 @@ class QKSplit:
     head: int
     query_pos: int
     key_pos: int
-    nodes: Int[Tensor, " n"]
-    pairs: Float[Tensor, "n n"]
-    query_bias: Float[Tensor, " n"]
-    key_bias: Float[Tensor, " n"]
+    nodes: Int[Tensor, " node"]
+    pairs: Float[Tensor, "node node"]
+    query_bias: Float[Tensor, " node"]
+    key_bias: Float[Tensor, " node"]
     bias: float
     score: float
 
     @property
-    def query_totals(self) -> Float[Tensor, " n"]:
+    def query_totals(self) -> Float[Tensor, " node"]:
         return self.pairs.sum(1) + self.query_bias
 
     @property
-    def key_totals(self) -> Float[Tensor, " n"]:
+    def key_totals(self) -> Float[Tensor, " node"]:
         return self.pairs.sum(0) + self.key_bias
 
 
@@ -247,7 +247,7 @@ def _qk_names(model: Any, layer: int) -> tuple[str, str]:
     raise ValueError(f"layer {layer} has no query hook")
 
 
-def _reaching_nodes(graph: AttributionGraph, layer: int, max_pos: int) -> Int[Tensor, " n"]:
+def _reaching_nodes(graph: AttributionGraph, layer: int, max_pos: int) -> Int[Tensor, " node"]:
     """Source nodes whose value enters the residual stream before layer ``layer``'s attention
     at a position ``<= max_pos``: features and errors of earlier layers, token embeddings."""
     features = (graph.features[:, 0] < layer) & (graph.features[:, 1] <= max_pos)

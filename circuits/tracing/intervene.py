@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits.tracing.replacement import FeatureKey, Replacement, apply_values
 from circuits.tracing.trace import prompt_tokens
 from circuits.tracing.transcoders import Transcoder
+from mechinterp.dims import Tokens
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +56,7 @@ class Intervention:
 def intervene(
     model: Any,
     transcoders: Transcoder,
-    prompt: str | Tensor,
+    prompt: str | Int[Tensor, " pos"] | Tokens,
     changes: Mapping[FeatureKey, float],
     *,
     frozen: bool = True,

@@ -46,10 +46,10 @@ class PrunedGraph:
     influence; what Neuronpedia's ``influence`` field holds), the graph's scores and the thresholds used."""
 
     graph: AttributionGraph
-    node_mask: Bool[Tensor, " n_nodes"]
-    edge_mask: Bool[Tensor, " n_edges"]
-    node_influence: Float[Tensor, " n_nodes"]
-    cumulative_influence: Float[Tensor, " n_nodes"]
+    node_mask: Bool[Tensor, " node"]
+    edge_mask: Bool[Tensor, " edge"]
+    node_influence: Float[Tensor, " node"]
+    cumulative_influence: Float[Tensor, " node"]
     replacement_score: float
     completeness_score: float
     node_threshold: float
@@ -64,8 +64,8 @@ class PrunedGraph:
 
 
 def normalized_weights(
-    rows: Int[Tensor, " e"], values: Float[Tensor, " e"], n_nodes: int
-) -> Float[Tensor, " e"]:
+    rows: Int[Tensor, " edge"], values: Float[Tensor, " edge"], n_nodes: int
+) -> Float[Tensor, " edge"]:
     """``|A|`` with each target row scaled to sum to 1 (rows without edges stay empty)."""
     weights = values.abs()
     totals = torch.zeros(n_nodes, dtype=weights.dtype).index_add(0, rows, weights)
@@ -73,8 +73,11 @@ def normalized_weights(
 
 
 def influence(
-    rows: Int[Tensor, " e"], cols: Int[Tensor, " e"], weights: Float[Tensor, " e"], start: Float[Tensor, " n"]
-) -> Float[Tensor, " n"]:
+    rows: Int[Tensor, " edge"],
+    cols: Int[Tensor, " edge"],
+    weights: Float[Tensor, " edge"],
+    start: Float[Tensor, " node"],
+) -> Float[Tensor, " node"]:
     """``start @ (N + N² + ...)`` for the sparse matrix ``N[rows, cols] = weights`` of an acyclic graph."""
     total = torch.zeros_like(start)
     current = start
@@ -86,7 +89,7 @@ def influence(
     raise ValueError("the graph has a cycle: influence does not converge")
 
 
-def find_threshold(scores: Float[Tensor, " n"], share: float) -> float:
+def find_threshold(scores: Float[Tensor, " item"], share: float) -> float:
     """The smallest score among the largest scores that together hold ``share`` of the total."""
     ordered = scores.sort(descending=True).values
     total = ordered.sum()
@@ -99,7 +102,7 @@ def find_threshold(scores: Float[Tensor, " n"], share: float) -> float:
     return float(ordered[index])
 
 
-def logit_weights(graph: AttributionGraph) -> Float[Tensor, " n_nodes"]:
+def logit_weights(graph: AttributionGraph) -> Float[Tensor, " node"]:
     """The logit nodes' probabilities, zero elsewhere."""
     weights = torch.zeros(graph.n_nodes)
     weights[graph.logit_node(0) :] = graph.logit_probabilities

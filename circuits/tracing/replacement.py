@@ -44,10 +44,10 @@ class ActiveFeatures:
     """The features that fire on the prompt, ordered by (layer, position, index): ``[n]``
     tensors on the model's device."""
 
-    layer: Int[Tensor, " n"]
-    pos: Int[Tensor, " n"]
-    index: Int[Tensor, " n"]
-    value: Float[Tensor, " n"]
+    layer: Int[Tensor, " feature"]
+    pos: Int[Tensor, " feature"]
+    index: Int[Tensor, " feature"]
+    value: Float[Tensor, " feature"]
 
     def __len__(self) -> int:
         return self.layer.shape[0]
@@ -117,10 +117,10 @@ class Replacement:
     @contextmanager
     def frozen_hooks(
         self,
-        mlp_out: Sequence[Tensor],
+        mlp_out: Sequence[Float[Tensor, "batch pos d_model"]],
         *,
-        embedding: Tensor | None = None,
-        record_inputs: list[Tensor] | None = None,
+        embedding: Float[Tensor, "batch pos d_model"] | None = None,
+        record_inputs: list[Float[Tensor, "batch pos d_in"]] | None = None,
     ) -> Iterator[None]:
         """Hooks for the body of a ``with`` block that make the model's forward the frozen
         replacement: patterns and scales from ``frozen``, MLP outputs ``mlp_out[l]``
@@ -148,11 +148,11 @@ class Replacement:
 
     def run(
         self,
-        mlp_out: Sequence[Tensor],
+        mlp_out: Sequence[Float[Tensor, "batch pos d_model"]],
         *,
-        embedding: Tensor | None = None,
+        embedding: Float[Tensor, "batch pos d_model"] | None = None,
         batch: int = 1,
-    ) -> tuple[list[Tensor], Float[Tensor, "batch pos d_model"]]:
+    ) -> tuple[list[Float[Tensor, "batch pos d_in"]], Float[Tensor, "batch pos d_model"]]:
         """One forward of the frozen replacement on ``batch`` copies of the prompt: returns the
         encoder inputs of every layer and the final residual stream after ``ln_final`` (frozen).
         Gradients flow from the outputs to ``mlp_out`` and ``embedding``."""
@@ -164,7 +164,7 @@ class Replacement:
         return inputs, normed
 
     def mlp_outputs(
-        self, values: Float[Tensor, " n"] | None = None, *, errors: bool = True
+        self, values: Float[Tensor, " feature"] | None = None, *, errors: bool = True
     ) -> list[Float[Tensor, "pos d_model"]]:
         """Each layer's MLP output in the replacement: the decoders applied to the active
         features (their prompt activations, or ``values`` in ``active``'s order), plus the
@@ -184,7 +184,7 @@ class Replacement:
             outputs.append(out + self.errors[layer] if errors else out)
         return outputs
 
-    def logits(self, values: Float[Tensor, " n"] | None = None) -> Float[Tensor, "pos d_vocab"]:
+    def logits(self, values: Float[Tensor, " feature"] | None = None) -> Float[Tensor, "pos d_vocab"]:
         """The replacement's logits (soft-capped like the model's), with the active features at
         their prompt values or at ``values``; every other feature and every error stays fixed."""
         with torch.no_grad():
@@ -206,7 +206,7 @@ def _constant(value: Tensor, name: str) -> Callable:
     return hook
 
 
-def apply_values(active: ActiveFeatures, changes: Mapping[FeatureKey, float]) -> Float[Tensor, " n"]:
+def apply_values(active: ActiveFeatures, changes: Mapping[FeatureKey, float]) -> Float[Tensor, " feature"]:
     """The active features' values with ``changes`` (``(layer, pos, index) -> new value``) applied."""
     values = active.value.clone()
     rows = active.lookup(list(changes))

@@ -40,6 +40,7 @@ from torch import Tensor
 from circuits.tracing.graph import AttributionGraph
 from circuits.tracing.replacement import Replacement
 from circuits.tracing.transcoders import Transcoder
+from mechinterp.dims import Tokens
 from mechinterp.patching.memory import bytes_per_row
 from mechinterp.patching.rows import RowSet, run_rows
 
@@ -58,7 +59,7 @@ def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, "1 pos"]:
 
 def select_logits(
     logits: Float[Tensor, " d_vocab"], max_logits: int, logit_probability: float
-) -> tuple[Int[Tensor, " k"], Float[Tensor, " k"]]:
+) -> tuple[Int[Tensor, " logit"], Float[Tensor, " logit"]]:
     """The most likely tokens, in order, until their cumulative probability reaches
     ``logit_probability`` (at most ``max_logits``), and their probabilities."""
     if max_logits < 1 or not 0 < logit_probability <= 1:
@@ -75,7 +76,7 @@ def select_logits(
 def trace(
     model: Any,
     transcoders: Transcoder,
-    prompt: str | Tensor,
+    prompt: str | Int[Tensor, " pos"] | Tokens,
     *,
     max_logits: int = 10,
     logit_probability: float = 0.95,
@@ -182,8 +183,8 @@ def trace(
 
 
 def _direct_effects(
-    rep: Replacement, targets: Int[Tensor, " batch"], logit_tokens: Int[Tensor, " k"]
-) -> tuple[Float[Tensor, " batch"], Float[Tensor, "batch n_sources"]]:
+    rep: Replacement, targets: Int[Tensor, " batch"], logit_tokens: Int[Tensor, " logit"]
+) -> tuple[Float[Tensor, " batch"], Float[Tensor, "batch source"]]:
     """Target values ``[B]`` and the direct effects of every source on each target ``[B, n_sources]``
     (sources: features, errors by layer then position, tokens), from one forward and one backward
     of the frozen replacement on ``B`` copies of the prompt."""
@@ -213,7 +214,7 @@ def _direct_effects(
 def target_values(
     rep: Replacement,
     targets: Int[Tensor, " batch"],
-    logit_tokens: Int[Tensor, " k"],
+    logit_tokens: Int[Tensor, " logit"],
     inputs: list[Tensor],
     normed: Float[Tensor, "batch pos d_model"],
 ) -> Float[Tensor, " batch"]:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Shaped
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -63,13 +63,13 @@ class Transcoder(nn.Module):
 
     def __init__(
         self,
-        W_enc: Sequence[Tensor],
-        b_enc: Sequence[Tensor],
-        W_dec: Sequence[Tensor],
-        b_dec: Sequence[Tensor],
+        W_enc: Sequence[Float[Tensor, "_d_sae d_in"]],
+        b_enc: Sequence[Float[Tensor, " _d_sae"]],
+        W_dec: Sequence[Float[Tensor, "_d_sae *_ d_out"]],
+        b_dec: Sequence[Float[Tensor, " d_out"]],
         *,
         activation: Activation = "jumprelu",
-        threshold: Sequence[Tensor] | None = None,
+        threshold: Sequence[Float[Tensor, " _d_sae"]] | None = None,
         k: int | None = None,
         input_site: InputSite = "mlp_in",
     ):
@@ -157,11 +157,11 @@ class Transcoder(nn.Module):
         )
 
     # ------------------------------------------------------------------ the maths
-    def pre_activations(self, layer: int, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_tc"]:
+    def pre_activations(self, layer: int, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         """``x @ W_enc[layer].T + b_enc[layer]``."""
         return x.to(self.dtype) @ self.W_enc[layer].T + self.b_enc[layer]
 
-    def activate(self, layer: int, pre: Float[Tensor, "*batch d_tc"]) -> Float[Tensor, "*batch d_tc"]:
+    def activate(self, layer: int, pre: Float[Tensor, "*batch d_sae"]) -> Float[Tensor, "*batch d_sae"]:
         """The feature activations from pre-activations (JumpReLU: ``pre * (pre > threshold)``)."""
         if self.activation == "relu":
             return pre.relu()
@@ -170,11 +170,13 @@ class Transcoder(nn.Module):
         values, indices = pre.topk(self.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, values.relu())
 
-    def encode(self, layer: int, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_tc"]:
+    def encode(self, layer: int, x: Float[Tensor, "*batch d_in"]) -> Float[Tensor, "*batch d_sae"]:
         """Feature activations of ``layer`` for encoder inputs ``x``."""
         return self.activate(layer, self.pre_activations(layer, x))
 
-    def decode(self, layer: int, acts: Sequence[Tensor]) -> Float[Tensor, "*batch d_model"]:
+    def decode(
+        self, layer: int, acts: Sequence[Float[Tensor, "*batch _d_sae"]]
+    ) -> Float[Tensor, "*batch d_model"]:
         """The reconstruction of MLP output ``layer`` from the activations of every layer
         (``acts[l]``: ``[..., d_tc_l]``; only layers whose decoders reach ``layer`` are read)."""
         out = self.b_dec[layer]
@@ -183,7 +185,9 @@ class Transcoder(nn.Module):
                 out = out + acts[source].to(self.dtype) @ self.W_dec[source][:, layer - source]
         return out
 
-    def transcoder_input(self, model: Any, layer: int, mlp_in: Tensor) -> Tensor:
+    def transcoder_input(
+        self, model: Any, layer: int, mlp_in: Float[Tensor, "*batch d_in"]
+    ) -> Float[Tensor, "*batch d_in"]:
         """What the encoder of ``layer`` reads, from ``blocks.{layer}.hook_mlp_in``'s value: itself,
         or (``input_site="mlp_normalized"``) the block's own ``ln2`` of it (fires ``ln2.hook_scale``,
         so a frozen scale applies)."""
@@ -266,7 +270,7 @@ class Transcoder(nn.Module):
 
     @classmethod
     def from_circuit_tracer(
-        cls, tensors: dict[str, Tensor], *, input_site: InputSite = "mlp_in"
+        cls, tensors: dict[str, Shaped[Tensor, "..."]], *, input_site: InputSite = "mlp_in"
     ) -> Transcoder:
         """A CLT (or PLT) from circuit-tracer's tensors: per layer ``W_enc_{l}`` ``[d_tc, d_model]``,
         ``b_enc_{l}``, ``b_dec_{l}``, ``W_dec_{l}`` ``[d_tc, L - l, d_model]`` (or ``[d_tc, d_model]``

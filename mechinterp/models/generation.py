@@ -41,7 +41,7 @@ class GenerationMixin:
         stop_at_eos: bool = True,
         use_past_kv_cache: bool = True,
         generator: torch.Generator | None = None,
-    ) -> Int[Tensor, "batch new_pos"] | str | list[str]:
+    ) -> Int[Tensor, "batch _pos"] | str | list[str]:
         """Greedy (default) or sampled continuation; text in gives text out (a list of
         prompts is left-padded into one batch).
 

@@ -122,8 +122,8 @@ SPARSE_DENSITY = 0.1  # fixed-source masks sparser than this use a sparse produc
 
 
 def fixed_product(
-    masks: Float[Tensor, "row slot source"], deltas: Float[Tensor, "source values"]
-) -> Float[Tensor, "row slot values"]:
+    masks: Float[Tensor, "row slot source"], deltas: Float[Tensor, "source flat"]
+) -> Float[Tensor, "row slot flat"]:
     """``masks @ deltas`` over the source axis: dense, or sparse when few entries are on."""
     rows, slots, _ = masks.shape
     flat = masks.reshape(rows * slots, -1)

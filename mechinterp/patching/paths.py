@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
+from mechinterp.dims import AttentionMask
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.base_run import BaseRun
 from mechinterp.patching.engine import site_index
@@ -192,7 +194,7 @@ def path_patch(
     metric: PositionalMetric,
     *,
     direction: Direction = "denoise",
-    attention_mask: Tensor | None = None,
+    attention_mask: AttentionMask | None = None,
     max_batch_rows: int | Literal["auto"] = "auto",
     max_memory: int | None = None,
     progress: bool = True,
@@ -312,8 +314,8 @@ def reference_path_patch(
     metric: PositionalMetric,
     *,
     direction: Direction = "denoise",
-    attention_mask: Tensor | None = None,
-) -> Tensor:
+    attention_mask: AttentionMask | None = None,
+) -> Float[Tensor, "cell batch"]:
     """The slow literal reference: one full forward per sender, hooks adding the sender's
     change at each receiver it feeds. Values ``[sender, batch]``."""
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from jaxtyping import Int
 from torch import Tensor
 
 from mechinterp.metrics import PositionalMetric
@@ -53,7 +54,9 @@ class Executor(Protocol):
         ...
 
 
-def select_examples(metric: PositionalMetric, examples: Tensor, batch: int) -> PositionalMetric:
+def select_examples(
+    metric: PositionalMetric, examples: Int[Tensor, " _batch"], batch: int
+) -> PositionalMetric:
     """The metric restricted to ``examples`` (indices into its ``batch`` examples): every
     per-example tensor field is indexed, nested metrics too; one-number fields are kept.
 
