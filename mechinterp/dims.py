@@ -95,7 +95,6 @@ Tokens = Int[Tensor, "batch pos"]
 Residual = Float[Tensor, "batch pos d_model"]
 Logits = Float[Tensor, "batch pos d_vocab"]
 AttentionMask = Shaped[Tensor, "batch pos"]  # 1 (or True) = real token, 0 = padding; any dtype
-Pattern = Float[Tensor, "batch head q_pos k_pos"]
 PerExample = Float[Tensor, " batch"]
 
-__all__ = ["AXES", "AttentionMask", "Logits", "Pattern", "PerExample", "Residual", "Tokens"]
+__all__ = ["AXES", "AttentionMask", "Logits", "PerExample", "Residual", "Tokens"]

@@ -10,10 +10,10 @@ Output norms sit before ``hook_attn_out`` / ``hook_mlp_out`` (where TransformerL
 
 from __future__ import annotations
 
-from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from mechinterp.dims import Residual
 from mechinterp.models.attention import Attention, AttentionContext
 from mechinterp.models.config import ArchitectureConfig
 from mechinterp.models.layers import MLP, Norm
@@ -48,10 +48,10 @@ class AttentionOnlyBlock(nn.Module):
 
     def attention(
         self,
-        resid_pre: Float[Tensor, "batch pos d_model"],
+        resid_pre: Residual,
         context: AttentionContext,
         past: tuple[Tensor, Tensor] | None,
-    ) -> Float[Tensor, "batch pos d_model"]:
+    ) -> Residual:
         """The attention sublayer's output (``hook_attn_out``) for an already hooked ``resid_pre``."""
         if self.use_split_qkv_input:
             heads, kv_heads = self.cfg.n_heads, self.cfg.kv_heads
@@ -65,10 +65,10 @@ class AttentionOnlyBlock(nn.Module):
 
     def forward(
         self,
-        resid_pre: Float[Tensor, "batch pos d_model"],
+        resid_pre: Residual,
         context: AttentionContext,
         past: tuple[Tensor, Tensor] | None = None,
-    ) -> Float[Tensor, "batch pos d_model"]:
+    ) -> Residual:
         resid_pre = self.hook_resid_pre(resid_pre)
         return self.hook_resid_post(resid_pre + self.attention(resid_pre, context, past))
 
@@ -90,10 +90,10 @@ class TransformerBlock(AttentionOnlyBlock):
 
     def forward(
         self,
-        resid_pre: Float[Tensor, "batch pos d_model"],
+        resid_pre: Residual,
         context: AttentionContext,
         past: tuple[Tensor, Tensor] | None = None,
-    ) -> Float[Tensor, "batch pos d_model"]:
+    ) -> Residual:
         resid_pre = self.hook_resid_pre(resid_pre)
         resid_mid = self.hook_resid_mid(resid_pre + self.attention(resid_pre, context, past))
         mlp_input = resid_pre if self.cfg.parallel_attn_mlp else resid_mid
