@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -58,7 +59,7 @@ class PairedData:
     """Clean and corrupt token batches ``[batch, pos]`` of equal shape (and their padding mask)."""
 
     clean: Tokens
-    corrupt: Tokens
+    corrupt: Int[Tensor, "_batch _pos"]  # checked against clean below, with a clearer message
     attention_mask: AttentionMask | None = None
 
     def __post_init__(self) -> None:
