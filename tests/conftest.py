@@ -47,6 +47,12 @@ REPRESENTATIVE_IDS = [TINY_IDS[TINY_VARIANTS.index(variant)] for variant in REPR
 #   (lenses, DLA, head detection, token attribution, AtP layout, TL patching wrappers). They
 #   call the math the family tests check, so two contrasting families catch a wrong analysis.
 # - ``tiny_llama`` / ``tiny_llama_pair``: behaviour that does not depend on the family.
+#
+# End-to-end runs (a shipped config through the CLI in a fresh process, a notebook in a fresh
+# kernel: 25-140 s of CPU each) are marked ``e2e`` and left out of the default run
+# (pyproject's addopts); one of each kind stays in it. ``bash scripts/test.sh -m e2e`` runs
+# them, ``-m ""`` runs everything. Nothing marked ``e2e`` is the only check of a number
+# against a reference: those stay in the default run, SmolLM2's (``slow``) included.
 
 
 @pytest.fixture(scope="session", params=TINY_VARIANTS, ids=TINY_IDS)

@@ -277,8 +277,16 @@ def test_every_shipped_config_has_small_settings():
     assert {path.stem for path in CONFIGS.glob("*.yaml")} == set(SMALL)
 
 
+# Every shipped config but the attention-only one loads SmolLM2-135M in a fresh process
+# (25-140 s of CPU each): end-to-end runs, outside the default run (``-m e2e`` runs them).
+SHIPPED = [
+    pytest.param(name, marks=[] if name == "induction_attn_only" else [pytest.mark.e2e])
+    for name in sorted(SMALL)
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_config_runs(tmp_path, request, name):
     if name == "ioi_smollm2":  # the module's shared run
         check_run_folder(request.getfixturevalue("ioi_run"))
@@ -328,6 +336,7 @@ def rerun(run_dir: Path, *extra: str):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # on the shared IOI run folder (a SmolLM2 run in a fresh process)
 def test_rerun_skips_finished_steps_and_reruns_from_a_changed_one(ioi_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(ioi_run, run_dir)
@@ -342,6 +351,7 @@ def test_rerun_skips_finished_steps_and_reruns_from_a_changed_one(ioi_run, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # on the shared IOI run folder (a SmolLM2 run in a fresh process)
 def test_half_written_step_is_rerun_and_staging_leftovers_removed(ioi_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(ioi_run, run_dir)
@@ -356,6 +366,7 @@ def test_half_written_step_is_rerun_and_staging_leftovers_removed(ioi_run, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # on the shared IOI run folder (a SmolLM2 run in a fresh process)
 def test_failing_step_exits_1_and_names_the_step(ioi_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(ioi_run, run_dir)
@@ -367,6 +378,7 @@ def test_failing_step_exits_1_and_names_the_step(ioi_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # on the shared IOI run folder (a SmolLM2 run in a fresh process)
 def test_report_is_rebuilt_from_the_run_folder(ioi_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(ioi_run, run_dir)
@@ -377,6 +389,7 @@ def test_report_is_rebuilt_from_the_run_folder(ioi_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # on the shared IOI run folder (a SmolLM2 run in a fresh process)
 def test_export_command_converts_a_circuit_file(ioi_run, tmp_path):
     source = ioi_run / "steps" / "04_circuit" / "circuit.json"
     result, output = invoke("export", source, "--to", "dot", "--out", tmp_path / "c.dot")
