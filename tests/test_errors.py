@@ -126,7 +126,9 @@ def test_model_without_tokenizer():
 
     hf_model, _ = tiny_hf_model("gpt2")
     model = mechinterp.load_model(hf_model, device="cpu")
-    with pytest.raises(ValueError, match="this model has no tokenizer: pass token ids"):
+    with pytest.raises(
+        ValueError, match="this model has no tokenizer, so it cannot read or write text: pass token ids"
+    ):
         model("hello")
 
 
