@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
-from mechinterp.dims import AttentionMask, Tokens
+from mechinterp.dims import AttentionMask
 from mechinterp.metrics import MetricFn, PositionalMetric
 from mechinterp.patching.engine import Ablation, BatchedPatcher
 from mechinterp.patching.result import PatchResult
@@ -31,7 +32,8 @@ from mechinterp.patching.shards import Executor, select_examples
 from mechinterp.patching.sites import SweepGrid, SweepSpec
 
 Direction = Literal["denoise", "noise"]
-TextOrTokens = str | list[str] | Tokens
+# clean and corrupt tokens may disagree in shape: prepare_pair says so in its own words
+TextOrTokens = str | list[str] | Int[Tensor, "_batch _pos"]
 
 
 def prepare_pair(model, clean: TextOrTokens, corrupt: TextOrTokens, attention_mask: Tensor | None):
