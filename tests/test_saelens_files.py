@@ -159,22 +159,30 @@ def test_splice_hook_points_have_saelens_names_and_values():
     from transformer_lens import HookedRootModule
     from transformer_lens.hook_points import HookPoint
 
-    from mechinterp.sae.splice import POINTS, _Splice
+    from mechinterp.sae.splice import POINTS, SAESplice
 
     class OneHook(HookedRootModule):
-        def __init__(self):
+        device = torch.device("cpu")
+
+        def __init__(self, width: int):
             super().__init__()
+            self.width = width
             self.hook_x = HookPoint()
             self.setup()
 
+        def check_hook_name(self, name: str) -> None:
+            assert name in self.hook_dict
+
         def forward(self, x):
+            if not x.is_floating_point():  # the splice reads the activation's width from token ids
+                x = torch.zeros(*x.shape, self.width)
             return self.hook_x(x)
 
     assert sorted(POINTS) == json.loads((DATA / "splice_hooks.json").read_text())
     theirs = load_file(str(DATA / "standard" / "splice_values.safetensors"))
-    module = OneHook()
     sae = load_sae(DATA / "standard", hook_name="hook_x")
-    with _Splice(module, sae, True, {"hook_x": (sae.cfg.d_in,)}):
+    module = OneHook(sae.cfg.d_in)
+    with SAESplice(module, sae, True):
         module.setup()
         _, cache = module.run_with_cache(theirs["hook_sae_input"])
     for name in POINTS:
