@@ -358,7 +358,7 @@ class FrozenBackward:
 
 def _decoder_products(
     reads: Float[Tensor, "pos batch layer d_model"],
-    W_dec: Float[Tensor, "d_sae n_out d_model"],
+    W_dec: Float[Tensor, "d_sae layer d_model"],
     active: ActiveFeatures,
     chosen: Int[Tensor, " feature"],
     max_elements: int = 1 << 25,
