@@ -269,8 +269,8 @@ class FrozenBackward:
         with torch.enable_grad():
             self.inputs, normed = rep.run(self.outputs, embedding=self.embedding)
         self.last = normed[:, -1]
-        W_U = model.unembed.W_U
-        self.logit_directions = (W_U[:, logit_tokens] - W_U.mean(1, keepdim=True)).T  # [logit, d_model]
+        W_U = model.unembed.W_U  # uncapped logits are x @ W_U + b_U: a centred logit's gradient
+        self.logit_directions = (W_U[:, logit_tokens.to(W_U.device)] - W_U.mean(1, keepdim=True)).T
         with torch.no_grad():
             n = len(rep.active)
             everything = torch.arange(n + logit_tokens.shape[0], device=model.device)
@@ -301,18 +301,17 @@ class FrozenBackward:
         for layer in active.layer[features].unique().tolist():
             chosen = active.layer[features] == layer
             feature = features[chosen]
-            grad = torch.zeros(
-                (batch, *self.inputs[layer].shape), dtype=self.inputs[layer].dtype, device=targets.device
-            )
-            grad[feature_rows[chosen], 0, active.pos[feature]] = tc.W_enc[layer][active.index[feature]].to(
-                grad.dtype
-            )
-            outputs.append(self.inputs[layer])
+            site = self.inputs[layer]  # on its block's device (device_map)
+            grad = torch.zeros((batch, *site.shape), dtype=site.dtype, device=site.device)
+            encoders = tc.W_enc[layer][active.index[feature]].to(site.device, site.dtype)
+            grad[feature_rows[chosen].to(site.device), 0, active.pos[feature].to(site.device)] = encoders
+            outputs.append(site)
             grads.append(grad)
         if (~is_feature).any():
-            grad = torch.zeros((batch, *self.last.shape), dtype=self.last.dtype, device=targets.device)
-            directions = self.logit_directions[targets[~is_feature] - n_features]
-            grad[rows[~is_feature], 0] = directions.to(grad.dtype)
+            device = self.last.device
+            grad = torch.zeros((batch, *self.last.shape), dtype=self.last.dtype, device=device)
+            directions = self.logit_directions[(targets[~is_feature] - n_features).to(device)]
+            grad[rows[~is_feature].to(device), 0] = directions.to(grad.dtype)
             outputs.append(self.last)
             grads.append(grad)
         found = torch.autograd.grad(
@@ -326,7 +325,8 @@ class FrozenBackward:
         g_embed = (
             found[0][:, 0] if found[0] is not None else torch.zeros_like(self.embedding).expand(batch, -1, -1)
         )
-        return g_embed, [None if g is None else g[:, 0] for g in found[1:]]
+        device = targets.device
+        return g_embed.to(device), [None if g is None else g[:, 0].to(device) for g in found[1:]]
 
     def direct_effects(self, targets: Int[Tensor, " batch"]) -> Float[Tensor, "batch source"]:
         """The direct effect of every source on each target ``[B, n_sources]`` (sources:
@@ -351,14 +351,14 @@ class FrozenBackward:
                 parts.append(effect * active.value[chosen].float())
             for g, error in zip(g_out, rep.errors, strict=True):
                 zero = torch.zeros(batch, rep.n_pos, device=targets.device)
-                parts.append(zero if g is None else (g * error).sum(-1).float())
-            parts.append((g_embed * rep.embedding).sum(-1).float())
+                parts.append(zero if g is None else (g * error.to(g.device)).sum(-1).float())
+            parts.append((g_embed * rep.embedding.to(g_embed.device)).sum(-1).float())
             return torch.cat(parts, dim=1)
 
 
 def _decoder_products(
     reads: Float[Tensor, "pos batch layer d_model"],
-    W_dec: Float[Tensor, "d_sae layer d_model"],
+    W_dec: Float[Tensor, "d_sae _layer d_model"],
     active: ActiveFeatures,
     chosen: Int[Tensor, " feature"],
     max_elements: int = 1 << 25,
@@ -425,13 +425,14 @@ def target_values(
         if not chosen.any():
             continue
         feature, row = features[chosen], feature_rows[chosen]
-        x = inputs[layer][row, active.pos[feature]].to(tc.dtype)
+        site = inputs[layer]  # on its block's device (device_map)
+        x = site[row.to(site.device), active.pos[feature].to(site.device)].to(tc.device, tc.dtype)
         index = active.index[feature]
         pre = (x * tc.W_enc[layer][index]).sum(-1) + tc.b_enc[layer][index]
         values = values.index_put((row,), pre.float())
     if (~is_feature).any():
-        logit = model.unembed.uncapped(normed[rows[~is_feature], -1]).float()
-        token = logit_tokens[targets[~is_feature] - n_features]
-        centred = logit.gather(1, token[:, None])[:, 0] - logit.mean(-1)
+        logit = model.unembed.uncapped(normed[rows[~is_feature].to(normed.device), -1]).float()
+        token = logit_tokens[targets[~is_feature] - n_features].to(logit.device)
+        centred = (logit.gather(1, token[:, None])[:, 0] - logit.mean(-1)).to(values.device)
         values = values.index_put((rows[~is_feature],), centred)
     return values
