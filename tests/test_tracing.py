@@ -8,6 +8,7 @@ import json
 import math
 import re
 
+import numpy
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -503,6 +504,36 @@ def test_circuit_tracer_layout_and_sae_transcoders_load(tiny_llama, tmp_path):
     wrong = SAE.create(SAEConfig(architecture="relu", d_in=64, d_sae=4, hook_name="blocks.0.hook_resid_post"))
     with pytest.raises(ValueError, match="not a transcoder"):
         load_transcoders([wrong])
+
+
+def test_gemma_scope_transcoder_folders_load_one_per_layer(tiny_llama, tmp_path):
+    """Gemma Scope's layout: layer_<l>/width_<w>/average_l0_<n>/params.npz, W_enc [d_model, d_tc]."""
+    model = tiny_llama
+    tc = random_transcoders(model, 6, kind="plt", input_site="mlp_normalized", seed=5)
+    for layer in range(tc.n_layers):
+        folder = tmp_path / "scope" / f"layer_{layer}" / "width_6" / f"average_l0_{3 + layer}"
+        folder.mkdir(parents=True)
+        arrays = {
+            "W_enc": tc.W_enc[layer].T,
+            "b_enc": tc.b_enc[layer],
+            "W_dec": tc.W_dec[layer][:, 0],
+            "b_dec": tc.b_dec[layer],
+            "threshold": tc.threshold[layer],
+        }
+        numpy.savez(folder / "params.npz", **{name: t.detach().numpy() for name, t in arrays.items()})
+    loaded = load_transcoders(tmp_path / "scope")
+    assert loaded.kind == "plt" and loaded.activation == "jumprelu" and loaded.input_site == "mlp_normalized"
+    tokens = model.to_tokens(PROMPT)
+    assert _close(
+        Replacement(model, loaded, tokens).active.value, Replacement(model, tc, tokens).active.value
+    )
+    extra = tmp_path / "scope" / "layer_1" / "width_6" / "average_l0_9"
+    extra.mkdir()
+    (extra / "params.npz").write_bytes(
+        (tmp_path / "scope/layer_1/width_6/average_l0_4/params.npz").read_bytes()
+    )
+    with pytest.raises(ValueError, match="layer 1 has 2 transcoders"):
+        load_transcoders(tmp_path / "scope")
 
 
 # ---------------------------------------------------------------- export
