@@ -18,7 +18,12 @@ Example:
     >>> write_graph_folder(pruned, "graphs", slug="cat")   # circuit-tracer's local server
 """
 
-from circuits.tracing.export import to_attribution_dict, write_attribution_graph, write_graph_folder
+from circuits.tracing.export import (
+    kept_head_splits,
+    to_attribution_dict,
+    write_attribution_graph,
+    write_graph_folder,
+)
 from circuits.tracing.graph import AttributionGraph
 from circuits.tracing.heads import HeadSplit, QKSplit, head_split, head_splits, qk_split
 from circuits.tracing.intervene import Intervention, intervene
@@ -40,6 +45,7 @@ __all__ = [
     "head_split",
     "head_splits",
     "intervene",
+    "kept_head_splits",
     "load_transcoders",
     "prune_graph",
     "qk_split",

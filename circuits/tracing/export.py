@@ -44,15 +44,29 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from circuits.export import add_graph_metadata, read_graph_metadata, write_text_atomically
 from circuits.neuronpedia import _checked_name, cantor_pair, sanitise_name
-from circuits.tracing.heads import head_splits
+from circuits.tracing.heads import HeadSplit, head_splits
 from circuits.tracing.prune import PrunedGraph
 from circuits.tracing.replacement import Replacement
+
+
+def kept_head_splits(pruned: PrunedGraph, replacement: Replacement) -> list[HeadSplit]:
+    """``head_splits`` of every kept edge of ``pruned``, in the order of ``pruned.edge_mask``
+    (the order of the export's links): compute them once and pass them as ``splits`` to
+    several writers.
+
+    Example:
+        >>> splits = kept_head_splits(pruned, Replacement(model, tc, graph.tokens[None]))
+        >>> write_attribution_graph(pruned, "cat.json", splits=splits)
+    """
+    rows, cols = pruned.graph.edges.indices()
+    kept = zip(rows[pruned.edge_mask].tolist(), cols[pruned.edge_mask].tolist(), strict=True)
+    return head_splits(replacement, pruned.graph, list(kept))
 
 
 def to_attribution_dict(
@@ -63,10 +77,12 @@ def to_attribution_dict(
     replacement: Replacement | None = None,
     top_heads: int = 5,
     labels: Mapping[tuple[int, int], str] | None = None,
+    splits: Sequence[HeadSplit] | None = None,
 ) -> dict[str, Any]:
     """The kept nodes and edges of ``pruned`` in Neuronpedia's graph layout (module docstring);
-    with the prompt's ``replacement``, each link's ``top_heads`` heads (``mechinterp_heads``);
-    with ``labels`` (``(layer, index) -> text``), each labelled feature's ``clerp``.
+    with the prompt's ``replacement`` (or its ``kept_head_splits``, as ``splits``), each link's
+    ``top_heads`` heads (``mechinterp_heads``); with ``labels`` (``(layer, index) -> text``),
+    each labelled feature's ``clerp``.
 
     Example:
         >>> data = to_attribution_dict(pruned, slug="cat", labels={(1, 17): "cat-ish nouns"})
@@ -152,9 +168,16 @@ def to_attribution_dict(
         "replacement_score": pruned.replacement_score,
         "completeness_score": pruned.completeness_score,
     }
-    if replacement is not None:
-        kept = zip(rows[pruned.edge_mask].tolist(), cols[pruned.edge_mask].tolist(), strict=True)
-        for link, split in zip(links, head_splits(replacement, graph, list(kept)), strict=True):
+    if splits is None and replacement is not None:
+        splits = kept_head_splits(pruned, replacement)
+    if splits is not None:
+        kept = list(zip(rows[pruned.edge_mask].tolist(), cols[pruned.edge_mask].tolist(), strict=True))
+        if [(split.target, split.source) for split in splits] != kept:
+            raise ValueError(
+                f"splits: {len(splits)} head splits that are not those of the {len(kept)} kept edges, "
+                "in order; use kept_head_splits(pruned, replacement)"
+            )
+        for link, split in zip(links, splits, strict=True):
             link["mechinterp_heads"] = [[layer, head, share] for layer, head, share in split.top(top_heads)]
         mechinterp["head_split"] = (
             "mechinterp_heads: [layer, head, share] for the heads carrying most of a link; the shares of "
@@ -189,6 +212,7 @@ def write_attribution_graph(
     slug: str | None = None,
     replacement: Replacement | None = None,
     labels: Mapping[tuple[int, int], str] | None = None,
+    splits: Sequence[HeadSplit] | None = None,
 ) -> Path:
     """Write ``to_attribution_dict(pruned)`` to ``path`` (atomically, like every circuit export).
 
@@ -196,7 +220,9 @@ def write_attribution_graph(
         >>> write_attribution_graph(prune_graph(graph), "graphs/cat.json", slug="cat")
         >>> write_attribution_graph(pruned, "cat.json", replacement=Replacement(model, tc, graph.tokens[None]))
     """
-    data = to_attribution_dict(pruned, scan=scan, slug=slug, replacement=replacement, labels=labels)
+    data = to_attribution_dict(
+        pruned, scan=scan, slug=slug, replacement=replacement, labels=labels, splits=splits
+    )
     return write_text_atomically(path, json.dumps(data, indent=1))
 
 
@@ -208,6 +234,7 @@ def write_graph_folder(
     slug: str | None = None,
     replacement: Replacement | None = None,
     labels: Mapping[tuple[int, int], str] | None = None,
+    splits: Sequence[HeadSplit] | None = None,
     replace: bool = False,
 ) -> Path:
     """Add ``pruned`` to a graph folder for circuit-tracer's local server (module docstring):
@@ -225,7 +252,9 @@ def write_graph_folder(
         >>> server = serve(data_dir="graphs", port=8046)   # http://localhost:8046/index.html
     """
     folder = Path(folder)
-    data = to_attribution_dict(pruned, scan=scan, slug=slug, replacement=replacement, labels=labels)
+    data = to_attribution_dict(
+        pruned, scan=scan, slug=slug, replacement=replacement, labels=labels, splits=splits
+    )
     slug = data["metadata"]["slug"]
     if slug in (".", ".."):
         raise ValueError(f"slug {slug!r} cannot name a file")

@@ -30,7 +30,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from circuits.export import write_text_atomically
-from circuits.tracing import PrunedGraph, Replacement, head_splits
+from circuits.tracing import HeadSplit, PrunedGraph, Replacement, kept_head_splits
 
 FeatureLabels = Mapping[tuple[int, int], str]
 _WIDTH_LEVELS = 4
@@ -85,23 +85,26 @@ def attribution_graph_figure(
     *,
     labels: FeatureLabels | None = None,
     replacement: Replacement | None = None,
+    splits: Sequence[HeadSplit] | None = None,
     top_edges: int = 3,
     top_heads: int = 3,
     title: str | None = None,
 ) -> go.Figure:
     """The kept nodes and edges of ``pruned`` (module docstring). Every node point carries its
-    graph node id as ``customdata``.
+    graph node id as ``customdata``. Edge heads come from ``splits``
+    (``circuits.tracing.kept_head_splits``) or are computed from ``replacement``.
 
     Example:
         >>> attribution_graph_figure(prune_graph(graph)).show()
     """
-    return _figure_and_nodes(pruned, labels, replacement, top_edges, top_heads, title, None, 0)[0]
+    return _figure_and_nodes(pruned, labels, replacement, splits, top_edges, top_heads, title, None, 0)[0]
 
 
 def _figure_and_nodes(
     pruned: PrunedGraph,
     labels: FeatureLabels | None,
     replacement: Replacement | None,
+    splits: Sequence[HeadSplit] | None,
     top_edges: int,
     top_heads: int,
     title: str | None,
@@ -116,8 +119,13 @@ def _figure_and_nodes(
     targets, sources = rows[mask].tolist(), cols[mask].tolist()
     weights = graph.edges.values()[mask].tolist()
     heads: list[list[tuple[int, int, float]]] = [[] for _ in weights]
-    if replacement is not None and weights:
-        splits = head_splits(replacement, graph, list(zip(targets, sources, strict=True)))
+    if splits is None and replacement is not None:
+        splits = kept_head_splits(pruned, replacement)
+    if splits is not None:
+        if [(split.target, split.source) for split in splits] != list(zip(targets, sources, strict=True)):
+            raise ValueError(
+                "splits are not the head splits of the kept edges, in order; use kept_head_splits(pruned, replacement)"
+            )
         heads = [split.top(top_heads) for split in splits]
 
     def name(node: int) -> str:
@@ -336,6 +344,7 @@ def write_attribution_graph_html(
     labels: FeatureLabels | None = None,
     examples: Mapping[tuple[int, int], Sequence[Any] | Any] | None = None,
     replacement: Replacement | None = None,
+    splits: Sequence[HeadSplit] | None = None,
     top_edges: int = 5,
     top_heads: int = 3,
     max_examples: int = 5,
@@ -350,7 +359,9 @@ def write_attribution_graph_html(
         examples: ``(layer, index) -> contexts`` shown when a feature is clicked: a
             ``mechinterp.explain`` ``UnitExamples`` (its top contexts), a list of ``Context``
             (``<<marked>>`` text) or a list of strings.
-        replacement: the prompt's ``Replacement``, to show each edge's attention heads.
+        replacement: the prompt's ``Replacement``, to show each edge's attention heads (or
+            ``splits``: ``circuits.tracing.kept_head_splits(pruned, replacement)``, computed once
+            for several outputs).
         top_edges: edges in and out listed per node; ``top_heads``: heads per edge.
 
     Example:
@@ -358,7 +369,7 @@ def write_attribution_graph_html(
         >>> write_attribution_graph_html(pruned, "cat.html", examples={(1, 17): ["the <<cat>> sat"]})
     """
     figure, nodes = _figure_and_nodes(
-        pruned, labels, replacement, top_edges, top_heads, title, examples, max_examples
+        pruned, labels, replacement, splits, top_edges, top_heads, title, examples, max_examples
     )
     plot = figure.to_html(
         include_plotlyjs=True, full_html=False, div_id="attribution-graph", post_script=_SCRIPT
