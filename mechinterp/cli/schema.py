@@ -225,7 +225,7 @@ class AttributionGraphStep(_StepBase):
         random_only = {"width", "transcoder_kind", "activation", "k", "seed"} & self.model_fields_set
         if self.transcoders != "random" and random_only:
             raise ValueError(
-                f"{', '.join(sorted(random_only))} apply to transcoders: random only; a transcoder file "
+                f"{', '.join(sorted(random_only))} go with transcoders: random only; a transcoder file "
                 "or folder carries its own shape"
             )
         if "k" in self.model_fields_set and self.activation != "topk":
