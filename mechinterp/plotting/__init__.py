@@ -5,6 +5,7 @@ Example:
     >>> patch_heatmap(result).show()
 """
 
+from mechinterp.plotting.attribution import attribution_graph_figure, write_attribution_graph_html
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure, write_circuit_html
 from mechinterp.plotting.explain import (
     explanation_dashboard,
@@ -26,6 +27,7 @@ from mechinterp.plotting.token_attribution import method_comparison_heatmap, tok
 
 __all__ = [
     "attention_heatmap",
+    "attribution_graph_figure",
     "circuit_figure",
     "comparison_scatter",
     "dashboard_html",
@@ -44,6 +46,7 @@ __all__ = [
     "sae_evaluation_figure",
     "scorer_check",
     "token_attribution_heatmap",
+    "write_attribution_graph_html",
     "write_circuit_html",
     "write_explanation_dashboard",
 ]
