@@ -200,7 +200,9 @@ class AttributionGraphStep(_StepBase):
     ``transcoder_kind``, ``activation``, ``k`` (``topk``), ``seed``: a demo of the mechanics,
     not an explanation of the model) or a path, relative to the config file, that
     ``load_transcoders`` reads (circuit-tracer's CLT layout, or a folder of SAE folders).
-    ``head_split``: split each kept edge over the attention heads that carry it."""
+    ``max_feature_nodes``: trace the incoming edges of only this many features, the most
+    influential first (long prompts; ``trace``'s argument). ``head_split``: split each kept edge
+    over the attention heads that carry it."""
 
     kind: Literal["attribution_graph"]
     prompt: str = Field(min_length=1)
@@ -213,6 +215,7 @@ class AttributionGraphStep(_StepBase):
     input_site: TranscoderInput | None = None
     max_logits: PositiveInt = 10
     logit_probability: float = Field(default=0.95, gt=0, le=1)
+    max_feature_nodes: PositiveInt | None = None
     node_threshold: float = Field(default=0.8, gt=0, le=1)
     edge_threshold: float = Field(default=0.98, gt=0, le=1)
     batch_size: PositiveInt | None = None

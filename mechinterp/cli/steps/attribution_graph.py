@@ -63,6 +63,7 @@ def run(step: AttributionGraphStep, context, out: Path) -> StepOutput:
         step.prompt,
         max_logits=step.max_logits,
         logit_probability=step.logit_probability,
+        max_feature_nodes=step.max_feature_nodes,
         batch_size=step.batch_size or "auto",
     )
     pruned = prune_graph(graph, node_threshold=step.node_threshold, edge_threshold=step.edge_threshold)
