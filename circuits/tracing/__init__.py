@@ -30,6 +30,7 @@ from circuits.tracing.intervene import Intervention, intervene
 from circuits.tracing.prune import PrunedGraph, graph_scores, prune_graph
 from circuits.tracing.replacement import ActiveFeatures, Replacement
 from circuits.tracing.trace import trace
+from circuits.tracing.training import train_transcoders
 from circuits.tracing.transcoders import Transcoder, load_transcoders, random_transcoders
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "random_transcoders",
     "to_attribution_dict",
     "trace",
+    "train_transcoders",
     "write_attribution_graph",
     "write_graph_folder",
 ]

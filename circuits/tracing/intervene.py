@@ -75,15 +75,15 @@ def intervene(
             _, normed = rep.run([out[None] for out in rep.mlp_outputs(apply_values(rep.active, changes))])
         else:
             normed = _spliced_run(rep, changes)
-    clean_uncapped = model.unembed.uncapped(clean_normed[0, -1]).float()
-    uncapped = model.unembed.uncapped(normed[0, -1]).float()
-    return Intervention(
-        clean_logits=model.unembed(clean_normed[0, -1]).float(),
-        logits=model.unembed(normed[0, -1]).float(),
-        clean_centred=clean_uncapped - clean_uncapped.mean(),
-        centred=uncapped - uncapped.mean(),
-        frozen=frozen,
-    )
+        clean_uncapped = model.unembed.uncapped(clean_normed[0, -1]).float()
+        uncapped = model.unembed.uncapped(normed[0, -1]).float()
+        return Intervention(
+            clean_logits=model.unembed(clean_normed[0, -1]).float(),
+            logits=model.unembed(normed[0, -1]).float(),
+            clean_centred=clean_uncapped - clean_uncapped.mean(),
+            centred=uncapped - uncapped.mean(),
+            frozen=frozen,
+        )
 
 
 def _spliced_run(rep: Replacement, changes: Mapping[FeatureKey, float]) -> Tensor:
@@ -98,7 +98,7 @@ def _spliced_run(rep: Replacement, changes: Mapping[FeatureKey, float]) -> Tenso
 
     def read(layer: int) -> Callable:
         def hook(x: Tensor, hook: Any) -> None:
-            a = tc.encode(layer, tc.transcoder_input(model, layer, x))
+            a = tc.encode(layer, tc.transcoder_input(model, layer, x).to(tc.device))
             for (at, pos, index), value in changes.items():
                 if at == layer:
                     a[:, pos, index] = value
@@ -108,7 +108,7 @@ def _spliced_run(rep: Replacement, changes: Mapping[FeatureKey, float]) -> Tenso
 
     def write(layer: int) -> Callable:
         def hook(x: Tensor, hook: Any) -> Tensor:
-            return tc.decode(layer, acts).to(x.dtype) + rep.errors[layer]
+            return tc.decode(layer, acts).to(x.device, x.dtype) + rep.errors[layer].to(x.device)
 
         return hook
 

@@ -191,8 +191,7 @@ class Transcoder(nn.Module):
         """What the encoder of ``layer`` reads, from ``blocks.{layer}.hook_mlp_in``'s value: itself,
         or (``input_site="mlp_normalized"``) the block's own ``ln2`` of it (fires ``ln2.hook_scale``,
         so a frozen scale applies)."""
-        norm = getattr(model.blocks[layer], "ln2", None)
-        return norm(mlp_in) if self.input_site == "mlp_normalized" and norm is not None else mlp_in
+        return encoder_input(model, layer, mlp_in, self.input_site)
 
     def check_model(self, model: Any) -> None:
         """Raise ``ValueError`` unless these transcoders fit ``model`` (layers, widths, MLPs)."""
@@ -350,6 +349,13 @@ def load_transcoders(
         else:
             raise FileNotFoundError(f"no transcoders at {path}")
     return transcoder.to(device=device, dtype=dtype)
+
+
+def encoder_input(model: Any, layer: int, mlp_in: Tensor, input_site: InputSite) -> Tensor:
+    """What an encoder at ``input_site`` of ``layer`` reads, from ``blocks.{layer}.hook_mlp_in``'s
+    value (``Transcoder.transcoder_input``; training reads it the same way)."""
+    norm = getattr(model.blocks[layer], "ln2", None)
+    return norm(mlp_in) if input_site == "mlp_normalized" and norm is not None else mlp_in
 
 
 GEMMA_SCOPE_FILE = "params.npz"
