@@ -4,11 +4,13 @@ largest direct effect on the top logit, and compare the top logit's change the g
 attention, norms and later features live).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_tracing_agreement.py [--features 20] [--width 256] [--k 8]
+        [--train-samples 100000] [--kind plt|clt]
 
-SmolLM2-135M on a short prompt with random per-layer TopK transcoders (no trained ones ship
-offline), so the numbers say how far the frozen linearisation is from the model for features of
-this size, not how good any trained transcoder is. Prints the Pearson correlation, the sign
-agreement and the median ratio real / predicted over the features.
+SmolLM2-135M on a short prompt with per-layer TopK transcoders: random ones (default), or
+trained here first on the offline corpus (``--train-samples``, ``train_transcoders``; no trained
+ones ship offline). Prints the transcoders' share of unexplained MLP-output variance (FVU) on
+held-out text, the graph's replacement and completeness scores, and over the zeroed features the
+Pearson correlation, sign agreement and median ratio of real to predicted logit change.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import argparse
 import torch
 
 import mechinterp
-from circuits.tracing import intervene, random_transcoders, trace
+from circuits.tracing import intervene, prune_graph, random_transcoders, trace, train_transcoders
+from circuits.tracing.training import unexplained_variance
+from mechinterp.data.corpus import load_corpus
+from mechinterp.sae import TrainingConfig
 
 
 def main() -> None:
@@ -27,10 +32,22 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--prompt", default="The capital of France is Paris. The capital of Italy is")
+    parser.add_argument("--train-samples", type=int, default=0, help="train transcoders on this many tokens")
+    parser.add_argument("--kind", choices=["plt", "clt"], default="plt")
     args = parser.parse_args()
     model = mechinterp.load_model("smollm2-135m", device="cpu")
-    tc = random_transcoders(model, args.width, kind="plt", activation="topk", k=args.k, seed=0)
+    if args.train_samples:
+        config = TrainingConfig(samples=args.train_samples, batch_size=512, lr=1e-3)
+        tc = train_transcoders(
+            model, load_corpus(), d_tc=args.width, kind=args.kind, k=args.k, training=config
+        )
+    else:
+        tc = random_transcoders(model, args.width, kind=args.kind, activation="topk", k=args.k, seed=0)
+    fvu = unexplained_variance(model, tc, load_corpus(split="test", max_texts=32))
+    print(f"{tc}: FVU {fvu:.3f} on held-out text")
     graph = trace(model, tc, args.prompt, max_logits=1, progress=False)
+    pruned = prune_graph(graph)
+    print(f"replacement score {pruned.replacement_score:.3f}, completeness {pruned.completeness_score:.3f}")
     sources, weights = graph.incoming(graph.logit_node(0))
     is_feature = sources < graph.n_features
     top = sources[is_feature][weights[is_feature].abs().argsort(descending=True)[: args.features]]

@@ -7,31 +7,12 @@ import pytest
 import torch
 
 from circuits.tracing import trace, train_transcoders, training
-from circuits.tracing.training import CHECKPOINT, _Dictionary
+from circuits.tracing.training import CHECKPOINT, _Dictionary, unexplained_variance
 from mechinterp.data.corpus import load_corpus
 from mechinterp.sae import TrainingConfig
 
 TEXTS = load_corpus(max_texts=300)
 HELD_OUT = load_corpus(split="test", max_texts=30)
-
-
-def _fvu(model, tc, texts) -> float:
-    """Variance of every MLP output the transcoders leave unexplained, on ``texts``."""
-    tokens, mask = model.encode(texts)
-    tokens, mask = tokens[:, :64], mask[:, :64]
-    _, cache = model.run_with_cache(tokens, attention_mask=mask)
-    keep = mask.bool()
-    inputs = [
-        tc.transcoder_input(model, layer, cache[f"blocks.{layer}.hook_mlp_in"])[keep]
-        for layer in range(tc.n_layers)
-    ]
-    acts = [tc.encode(layer, x) for layer, x in enumerate(inputs)]
-    residual = total = 0.0
-    for layer in range(tc.n_layers):
-        y = cache[f"blocks.{layer}.hook_mlp_out"][keep]
-        residual += float((tc.decode(layer, acts) - y).pow(2).sum())
-        total += float((y - y.mean(0)).pow(2).sum())
-    return residual / total
 
 
 def test_the_scales_fold_into_the_weights_exactly():
@@ -60,7 +41,7 @@ def test_training_beats_the_untrained_start_and_traces(tiny_llama):
         tiny_llama, TEXTS, training=TrainingConfig(samples=256, batch_size=256, lr=1e-12), **settings
     )
     assert trained.kind == "clt" and trained.widths == (32,) * tiny_llama.architecture.n_layers
-    fvu_trained, fvu_start = _fvu(tiny_llama, trained, HELD_OUT), _fvu(tiny_llama, start, HELD_OUT)
+    fvu_trained, fvu_start = (unexplained_variance(tiny_llama, tc, HELD_OUT) for tc in (trained, start))
     assert fvu_trained < 0.95 and fvu_trained < fvu_start - 0.2, (fvu_trained, fvu_start)
     graph = trace(tiny_llama, trained, "the cat", progress=False)
     assert graph.n_features > 0 and graph.edges._nnz() > 0

@@ -143,6 +143,35 @@ def train_transcoders(
     return dictionary.transcoder(scales_in, scales_out, input_site)
 
 
+@torch.no_grad()
+def unexplained_variance(
+    model: Any, transcoders: Transcoder, texts: Sequence[str], context: int = 64
+) -> float:
+    """The share of the MLP outputs' variance (summed over layers and tokens of ``texts``, cut
+    to ``context`` tokens) that the transcoders' reconstruction leaves unexplained (FVU).
+
+    Example:
+        >>> unexplained_variance(model, tc, load_corpus(split="test", max_texts=32))
+        0.31
+    """
+    tokens, mask = model.encode(list(texts))
+    tokens, mask = tokens[:, :context], mask[:, :context]
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    keep = mask.bool()
+    acts = [
+        transcoders.encode(
+            layer, transcoders.transcoder_input(model, layer, cache[f"blocks.{layer}.hook_mlp_in"])[keep]
+        )
+        for layer in range(transcoders.n_layers)
+    ]
+    residual = total = 0.0
+    for layer in range(transcoders.n_layers):
+        y = cache[f"blocks.{layer}.hook_mlp_out"][keep]
+        residual += float((transcoders.decode(layer, acts) - y).pow(2).sum())
+        total += float((y - y.mean(0)).pow(2).sum())
+    return residual / total
+
+
 class _Dictionary(nn.Module):
     """The trainable weights, in the scaled space; ``transcoder`` folds the scales back."""
 
