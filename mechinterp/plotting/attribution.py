@@ -31,6 +31,7 @@ import plotly.graph_objects as go
 
 from circuits.export import write_text_atomically
 from circuits.tracing import HeadSplit, PrunedGraph, Replacement, kept_head_splits
+from mechinterp.plotting.circuits import add_edge_hover_points
 
 FeatureLabels = Mapping[tuple[int, int], str]
 _WIDTH_LEVELS = 4
@@ -173,18 +174,7 @@ def _figure_and_nodes(
                 showlegend=not any(trace.legendgroup == group for trace in figure.data),
             )
         )
-    figure.add_trace(
-        go.Scatter(
-            x=middles[0],
-            y=middles[1],
-            mode="markers",
-            marker={"size": 5, "color": "rgba(0,0,0,0.12)"},
-            hovertext=middles[2],
-            hoverinfo="text",
-            name="edge midpoints",
-            showlegend=False,
-        )
-    )
+    add_edge_hover_points(figure, *middles, name="edge midpoints")
 
     total = float(pruned.node_influence.sum()) or 1.0
     nodes: list[dict[str, Any]] = []

@@ -33,6 +33,23 @@ def _position(node: Node, graph: Graph) -> tuple[float, float]:
     return middle, -1.0 if node.kind == "input" else float(graph.n_layers)
 
 
+def add_edge_hover_points(figure: go.Figure, xs: list, ys: list, texts: list, *, name: str) -> None:
+    """Faint markers at the edges' midpoints that carry each edge's hover text (plotly shows
+    no hover on lines)."""
+    figure.add_trace(
+        go.Scatter(
+            x=xs,
+            y=ys,
+            mode="markers",
+            marker={"size": 6, "color": "rgba(0,0,0,0.15)"},
+            hovertext=texts,
+            hoverinfo="text",
+            name=name,
+            showlegend=False,
+        )
+    )
+
+
 def circuit_figure(circuit: Circuit, *, title: str | None = None) -> go.Figure:
     """The in-graph edges of ``circuit`` on a layer (y) by head (x) grid.
 
@@ -75,18 +92,7 @@ def circuit_figure(circuit: Circuit, *, title: str | None = None) -> go.Figure:
                 ),
             )
         )
-    figure.add_trace(
-        go.Scatter(
-            x=midpoints[0],
-            y=midpoints[1],
-            mode="markers",
-            marker={"size": 6, "color": "rgba(0,0,0,0.15)"},
-            hovertext=midpoints[2],
-            hoverinfo="text",
-            name="edges",
-            showlegend=False,
-        )
-    )
+    add_edge_hover_points(figure, *midpoints, name="edges")
     totals = {node: [0.0, 0.0] for node in circuit.nodes_in_graph()}  # [into, out of]
     for edge, score in zip(edges, scores, strict=True):
         totals[edge.target][0] += score
