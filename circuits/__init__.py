@@ -20,13 +20,15 @@ from circuits.algorithms import (
     EAPIGConfig,
     EdgePatchingConfig,
     PairedData,
+    RelPConfig,
     acdc,
     eap,
     eap_ig,
     edge_patching,
+    relp,
 )
 from circuits.circuit import Circuit
-from circuits.eap import eap_ig_scores, eap_scores, node_scores
+from circuits.eap import eap_ig_scores, eap_scores, node_scores, relp_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
 from circuits.evaluate import (
     CircuitScore,
@@ -69,6 +71,7 @@ __all__ = [
     "Graph",
     "Node",
     "PairedData",
+    "RelPConfig",
     "RocCurve",
     "acdc",
     "eap",
@@ -83,6 +86,8 @@ __all__ = [
     "prompt_record",
     "read_json",
     "reference_patch_edges",
+    "relp",
+    "relp_scores",
     "roc_against",
     "roc_curve",
     "to_dot",
