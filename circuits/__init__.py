@@ -1,5 +1,6 @@
 """Circuit discovery on mechinterp models: the computational graph, batched edge patching,
-discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC),
+discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC, RelP),
+position-aware circuits (edges per span of positions),
 faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia /
 circuit-tracer graph JSON, GraphML, DOT; the interactive HTML page is a figure, in
 ``mechinterp.plotting``).
@@ -54,11 +55,18 @@ from circuits.export import (
 )
 from circuits.graph import Edge, Graph, Node
 from circuits.neuronpedia import to_neuronpedia_dict
+from circuits.positional import (
+    POSITIONAL_METHODS,
+    PositionalCircuit,
+    positional_faithfulness,
+    positional_scores,
+)
 from circuits.prompt import prompt_record
 
 __all__ = [
     "ALGORITHMS",
     "CONFIGS",
+    "POSITIONAL_METHODS",
     "WRITERS",
     "ACDCConfig",
     "Circuit",
@@ -71,6 +79,7 @@ __all__ = [
     "Graph",
     "Node",
     "PairedData",
+    "PositionalCircuit",
     "RelPConfig",
     "RocCurve",
     "acdc",
@@ -83,6 +92,8 @@ __all__ = [
     "faithfulness_curve",
     "node_scores",
     "patch_edges",
+    "positional_faithfulness",
+    "positional_scores",
     "prompt_record",
     "read_json",
     "reference_patch_edges",

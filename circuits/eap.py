@@ -19,6 +19,10 @@ gradients, Sundararajan et al. 2017), which follows the metric's curvature betwe
 runs. The ``steps`` points of the line run as rows of one batched forward and backward; they
 sit at the midpoints ``(k + 1/2) / steps`` (midpoint rule).
 
+Position-aware scores (``spans=``, a ``mechinterp.data.PositionSpans``): the same products
+restricted to the positions of each span, ``[edge, span]``; they sum over spans to the
+position-free score (the methods are linear in the output difference).
+
 Every score is one dot product of a source's output difference with a destination's
 gradient, so all of them are a few matrix products ``[slot, batch*pos*d] @ [batch*pos*d,
 source]``, one per destination hook.
@@ -44,6 +48,7 @@ from circuits.edge_patching import (
     source_outputs,
 )
 from circuits.graph import Graph, Node
+from mechinterp.data.pairs import PositionSpans
 from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.relevance import relevance_hooks
@@ -129,6 +134,29 @@ def _scores_from_gradients(
     return scores
 
 
+def _span_scores(
+    graph: Graph, grads: dict[str, Tensor], delta: Tensor, start: int, spans: PositionSpans | None
+) -> Float[Tensor, " edge *span"]:
+    """``_scores_from_gradients`` for each span's positions (``[edge, span]``), or for all
+    positions (``[edge]``) without spans."""
+    if spans is None:
+        return _scores_from_gradients(graph, grads, delta, start)
+    if tuple(spans.ids.shape) != tuple(delta.shape[1:3]):
+        raise ValueError(
+            f"spans label {tuple(spans.ids.shape)} positions but the tokens are {tuple(delta.shape[1:3])}"
+        )
+    ids = spans.ids.to(delta.device)
+    columns = []
+    for span in range(spans.n_spans):
+        inside = (ids == span)[None, :, :, None]
+        columns.append(
+            _scores_from_gradients(graph, grads, delta * inside, start)
+            if bool(inside.any())
+            else torch.zeros(len(graph.edges), device="cpu")
+        )
+    return torch.stack(columns, dim=1)
+
+
 def _output_difference(model, graph: Graph, clean: Tensor, corrupt: Tensor, mask: Tensor | None) -> Tensor:
     """``corrupt - clean`` source outputs, ``[source, batch, pos, d_model]``."""
     return run_source_outputs(model, graph, corrupt, mask) - run_source_outputs(model, graph, clean, mask)
@@ -142,10 +170,12 @@ def eap_scores(
     metric: PositionalMetric,
     *,
     attention_mask: AttentionMask | None = None,
-) -> Float[Tensor, " edge"]:
+    spans: PositionSpans | None = None,
+) -> Float[Tensor, " edge *span"]:
     """EAP scores ``[edge]`` (summed over the batch): the estimated change of the summed
-    metric when each edge alone carries the corrupted source."""
-    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, relevance=False)
+    metric when each edge alone carries the corrupted source; ``[edge, span]`` per span of
+    positions with ``spans``."""
+    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, relevance=False)
 
 
 def relp_scores(
@@ -156,19 +186,21 @@ def relp_scores(
     metric: PositionalMetric,
     *,
     attention_mask: AttentionMask | None = None,
-) -> Float[Tensor, " edge"]:
+    spans: PositionSpans | None = None,
+) -> Float[Tensor, " edge *span"]:
     """RelP scores ``[edge]`` (summed over the batch): EAP with LRP relevance coefficients in
     place of gradients (see the module docstring); query and key edges score 0.
+    ``[edge, span]`` per span of positions with ``spans``.
 
     Example:
         >>> scores = relp_scores(model, pairs.clean, pairs.corrupt, Graph.from_model(model), pairs.metric())
     """
-    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, relevance=True)
+    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, relevance=True)
 
 
 def _first_order_scores(
-    model, clean, corrupt, graph: Graph, metric, attention_mask, *, relevance: bool
-) -> Float[Tensor, " edge"]:
+    model, clean, corrupt, graph: Graph, metric, attention_mask, spans, *, relevance: bool
+) -> Float[Tensor, " edge *span"]:
     check_graph_fits(model, graph)
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     mask = None if attention_mask is None else attention_mask.to(model.device)
@@ -176,7 +208,7 @@ def _first_order_scores(
     grads = _destination_gradients(model, graph, clean, metric, mask, None, clean_run, relevance)
     with torch.no_grad():
         delta = run_source_outputs(model, graph, corrupt, mask) - source_outputs(model, clean_run, graph)
-    return _scores_from_gradients(graph, grads, delta, first_difference(clean, corrupt, "resample"))
+    return _span_scores(graph, grads, delta, first_difference(clean, corrupt, "resample"), spans)
 
 
 def eap_ig_scores(
@@ -188,9 +220,11 @@ def eap_ig_scores(
     *,
     steps: int = 5,
     attention_mask: AttentionMask | None = None,
-) -> Float[Tensor, " edge"]:
+    spans: PositionSpans | None = None,
+) -> Float[Tensor, " edge *span"]:
     """EAP-IG scores ``[edge]`` (summed over the batch): EAP with the gradient averaged over
-    ``steps`` points between the corrupt and clean input embeddings."""
+    ``steps`` points between the corrupt and clean input embeddings; ``[edge, span]`` per
+    span of positions with ``spans``."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     check_graph_fits(model, graph)
@@ -202,7 +236,7 @@ def eap_ig_scores(
     line = corrupt_embed + alphas[:, None, None, None] * (clean_embed - corrupt_embed)
     delta = _output_difference(model, graph, clean, corrupt, mask)
     grads = _destination_gradients(model, graph, clean, metric, mask, line)
-    return _scores_from_gradients(graph, grads, delta, first_difference(clean, corrupt, "resample"))
+    return _span_scores(graph, grads, delta, first_difference(clean, corrupt, "resample"), spans)
 
 
 def node_scores(graph: Graph, edge_scores: Float[Tensor, " edge"]) -> dict[Node, float]:

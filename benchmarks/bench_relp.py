@@ -1,0 +1,85 @@
+"""RelP vs AtP vs AtP* against exact activation patching, on SmolLM2-135M.
+
+    .venv/bin/python benchmarks/bench_relp.py [--task ioi] [--n 8] [--seed 0] [--device cpu]
+
+For one task's prompt pairs, every site family below is patched exactly (``patch_sweep``,
+corrupt values into the clean run... denoising, the sweeps' default) and estimated by AtP,
+AtP* and RelP (``attribution_patch``); the table gives the Pearson correlation of the
+example-mean effects over the cells, and Spearman in brackets:
+
+- ``mlp_out`` per layer and position (the paper's headline: MLP outputs);
+- ``mlp_out`` per layer (all positions at once);
+- ``z`` per head (all positions): attention heads;
+- ``resid_pre`` per layer and position.
+
+Tasks: ``ioi`` (``mechinterp.data.ioi_pairs``); any name in ``mechinterp.data.TASKS`` (a
+mapping ``name -> generator(model, n, *, seed) -> PromptPairs``), once it exists, is
+picked up too. Compare the correlations, not the seconds (2 shared CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import mechinterp
+import mechinterp.data
+from mechinterp.data import ioi_pairs
+from mechinterp.patching import SweepSpec, attribution_patch, compare, patch_sweep
+
+SITES = {
+    "MLP out (layer x position)": SweepSpec(kind="mlp_out"),
+    "MLP out (layer)": SweepSpec(kind="mlp_out", per_position=False),
+    "heads z (layer x head)": SweepSpec(kind="z", per_position=False),
+    "resid_pre (layer x position)": SweepSpec(kind="resid_pre"),
+}
+METHODS = ("atp", "atp*", "relp")
+
+
+def tasks() -> dict:
+    """Task name -> prompt-pair generator: IOI plus whatever ``mechinterp.data.TASKS`` holds."""
+    return {"ioi": ioi_pairs, **dict(getattr(mechinterp.data, "TASKS", {}))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="ioi", help="a task name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the task names and exit")
+    parser.add_argument("--n", type=int, default=8, help="prompt pairs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="smollm2-135m")
+    args = parser.parse_args()
+    available = tasks()
+    if args.list:
+        print("\n".join(available))
+        return
+    if args.task not in available:
+        raise SystemExit(f"unknown task {args.task!r}; choose from {', '.join(available)}")
+    model = mechinterp.load_model(args.model, device=args.device)
+    pairs = available[args.task](model, args.n, seed=args.seed)
+    metric = pairs.metric()
+    run = dict(attention_mask=pairs.attention_mask)
+    print(f"{args.model}, task {args.task}, {len(pairs)} pairs of {pairs.clean.shape[1]} tokens")
+    print(f"| sites | cells | {' | '.join(m.upper().replace('RELP', 'RelP') for m in METHODS)} |")
+    print("|---|---|" + "---|" * len(METHODS))
+    for label, spec in SITES.items():
+        start = time.perf_counter()
+        exact = patch_sweep(model, pairs.clean, pairs.corrupt, spec, metric, **run)
+        timings = {"exact": time.perf_counter() - start}
+        cells = []
+        for method in METHODS:
+            start = time.perf_counter()
+            estimate = attribution_patch(
+                model, pairs.clean, pairs.corrupt, metric, spec, method=method, **run
+            )
+            timings[method] = time.perf_counter() - start
+            comparison = compare(exact, estimate)
+            cells.append(f"{comparison.pearson:.3f} ({comparison.spearman:.3f})")
+        n_cells = exact.values[..., 0].numel()
+        print(f"| {label} | {n_cells} | {' | '.join(cells)} |")
+        print("    seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
