@@ -12,6 +12,9 @@ example-mean effects over the cells, and Spearman in brackets:
 - ``z`` per head (all positions): attention heads;
 - ``resid_pre`` per layer and position.
 
+``--ablate`` instead compares RelP with subsets of its rules (``relevance_rules(model,
+rules)`` around AtP) on MLP outputs (layer x position) and heads: which rule helps where.
+
 Tasks: ``ioi`` (``mechinterp.data.ioi_pairs``); any name in ``mechinterp.data.TASKS`` (a
 mapping ``name -> generator(model, n, *, seed) -> PromptPairs``), once it exists, is
 picked up too. Compare the correlations, not the seconds (2 shared CPU cores).
@@ -25,7 +28,7 @@ import time
 import mechinterp
 import mechinterp.data
 from mechinterp.data import ioi_pairs
-from mechinterp.patching import SweepSpec, attribution_patch, compare, patch_sweep
+from mechinterp.patching import SweepSpec, attribution_patch, compare, patch_sweep, relevance_rules
 
 SITES = {
     "MLP out (layer x position)": SweepSpec(kind="mlp_out"),
@@ -34,6 +37,15 @@ SITES = {
     "resid_pre (layer x position)": SweepSpec(kind="resid_pre"),
 }
 METHODS = ("atp", "atp*", "relp")
+RULE_SUBSETS = {
+    "AtP (no rules)": (),
+    "LN": ("ln",),
+    "AH": ("ah",),
+    "identity + half": ("identity", "half"),
+    "LN + AH": ("ln", "ah"),
+    "LN + identity + half": ("ln", "identity", "half"),
+    "RelP (all four)": ("ln", "ah", "identity", "half"),
+}
 
 
 def tasks() -> dict:
@@ -49,6 +61,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--ablate", action="store_true", help="compare subsets of RelP's rules")
     args = parser.parse_args()
     available = tasks()
     if args.list:
@@ -61,6 +74,9 @@ def main() -> None:
     metric = pairs.metric()
     run = dict(attention_mask=pairs.attention_mask)
     print(f"{args.model}, task {args.task}, {len(pairs)} pairs of {pairs.clean.shape[1]} tokens")
+    if args.ablate:
+        ablate(model, pairs, metric, run)
+        return
     print(f"| sites | cells | {' | '.join(m.upper().replace('RELP', 'RelP') for m in METHODS)} |")
     print("|---|---|" + "---|" * len(METHODS))
     for label, spec in SITES.items():
@@ -79,6 +95,23 @@ def main() -> None:
         n_cells = exact.values[..., 0].numel()
         print(f"| {label} | {n_cells} | {' | '.join(cells)} |")
         print("    seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
+
+
+def ablate(model, pairs, metric, run: dict) -> None:
+    specs = {k: SITES[k] for k in ("MLP out (layer x position)", "heads z (layer x head)")}
+    exact = {
+        k: patch_sweep(model, pairs.clean, pairs.corrupt, spec, metric, **run) for k, spec in specs.items()
+    }
+    print(f"| rules | {' | '.join(specs)} |")
+    print("|---|" + "---|" * len(specs))
+    for label, rules in RULE_SUBSETS.items():
+        cells = []
+        for key, spec in specs.items():
+            with relevance_rules(model, rules):  # AtP inside the rules is RelP with those rules
+                estimate = attribution_patch(model, pairs.clean, pairs.corrupt, metric, spec, **run)
+            comparison = compare(exact[key], estimate)
+            cells.append(f"{comparison.pearson:.3f} ({comparison.spearman:.3f})")
+        print(f"| {label} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -214,3 +214,21 @@ def test_edge_relp_is_exact_on_the_linear_model_and_registered():
         model, PairedData(clean, corrupt), metric, graph, config=CONFIGS["relp"](top_n=10)
     )
     assert circuit.metadata["algorithm"] == "relp" and circuit.n_edges <= 10
+
+
+def test_rule_subsets():
+    """AtP run inside ``relevance_rules`` is RelP; with no rules it is AtP; unknown rules fail."""
+    model = tiny("llama")
+    clean, corrupt, metric = pair()
+    spec = SweepSpec(kind="mlp_out", per_position=False)
+    relp = attribution_patch(model, clean, corrupt, metric, spec, method="relp").values
+    atp = attribution_patch(model, clean, corrupt, metric, spec).values
+    with relevance_rules(model):
+        torch.testing.assert_close(attribution_patch(model, clean, corrupt, metric, spec).values, relp)
+    with relevance_rules(model, rules=()):
+        torch.testing.assert_close(attribution_patch(model, clean, corrupt, metric, spec).values, atp)
+    with relevance_rules(model, rules=("ln", "ah")):
+        partial = attribution_patch(model, clean, corrupt, metric, spec).values
+    assert not torch.allclose(partial, relp) and not torch.allclose(partial, atp)
+    with pytest.raises(ValueError, match="unknown relevance rules"), relevance_rules(model, rules=("lrp-eps",)):
+        pass

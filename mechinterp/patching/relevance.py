@@ -34,13 +34,17 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 Hook = tuple[str, Callable]
+RULES: tuple[str, ...] = ("ln", "ah", "identity", "half")
+"""The rules, all on by default: ``ln`` (norm scales constant), ``ah`` (attention patterns
+constant), ``identity`` (``act(x)/x`` through the MLP activation), ``half`` (a gated MLP's
+factors share its relevance). A subset keeps plain gradients elsewhere (for ablations)."""
 
 
 def _constant(value: Tensor, hook) -> Tensor:
@@ -55,11 +59,13 @@ def _ratio(act: Callable[[Tensor], Tensor], x: Tensor, value: Tensor) -> Tensor:
     return torch.where(tiny, torch.zeros_like(value), value / torch.where(tiny, torch.ones_like(x), x))
 
 
-def _mlp_hooks(layer: int, mlp) -> list[Hook]:
+def _mlp_hooks(layer: int, mlp, identity: bool = True, half: bool = True) -> list[Hook]:
     """Identity rule for the activation and half rule for the gate, at ``mlp.hook_post``
     (inputs captured at ``mlp.hook_pre`` and, for gated MLPs, ``mlp.hook_pre_linear``)."""
     seen: dict[str, Tensor] = {}
     prefix = f"blocks.{layer}.mlp"
+    if not identity and not (half and mlp.gated):
+        return []
 
     def capture(value: Tensor, hook) -> Tensor:
         seen[hook.name] = value
@@ -67,13 +73,17 @@ def _mlp_hooks(layer: int, mlp) -> list[Hook]:
 
     def post(hidden: Tensor, hook) -> Tensor:
         pre = seen.pop(f"{prefix}.hook_pre")
+        if identity:  # act(pre) in value, act(pre)/pre in the backward pass
+            activated = mlp.act(pre.detach())
+            gate = activated + (pre - pre.detach()) * _ratio(mlp.act, pre, activated)
+        else:
+            gate = mlp.act(pre)
         if not mlp.gated:
-            return hidden.detach() + (pre - pre.detach()) * _ratio(mlp.act, pre, hidden)
+            return hidden.detach() + (gate - gate.detach())
         linear = seen.pop(f"{prefix}.hook_pre_linear")
-        activated = mlp.act(pre.detach())
-        gate_part = (pre - pre.detach()) * _ratio(mlp.act, pre, activated) * linear.detach()
-        linear_part = activated * (linear - linear.detach())
-        return hidden.detach() + 0.5 * (gate_part + linear_part)
+        share = 0.5 if half else 1.0  # half rule: each factor gets half of the product's relevance
+        parts = (gate - gate.detach()) * linear.detach() + gate.detach() * (linear - linear.detach())
+        return hidden.detach() + share * parts
 
     hooks = [(f"{prefix}.hook_pre", capture)]
     if mlp.gated:
@@ -81,27 +91,35 @@ def _mlp_hooks(layer: int, mlp) -> list[Hook]:
     return [*hooks, (f"{prefix}.hook_post", post)]
 
 
-def relevance_hooks(model) -> list[Hook]:
+def relevance_hooks(model, rules: Collection[str] = RULES) -> list[Hook]:
     """Forward hooks that make a run's backward pass propagate LRP relevance coefficients
-    (see the module docstring). Register them before any hook that reads the values they
-    replace (``model.hooks`` fires a hook point's hooks in registration order)."""
-    hooks: list[Hook] = [(name, _constant) for name in model.hook_dict if name.endswith("hook_scale")]
-    hooks += [(f"blocks.{layer}.attn.hook_pattern", _constant) for layer in range(len(model.blocks))]
+    (see the module docstring; ``rules``: a subset of ``RULES``). Register them before any
+    hook that reads the values they replace (``model.hooks`` fires a hook point's hooks in
+    registration order)."""
+    unknown = set(rules) - set(RULES)
+    if unknown:
+        raise ValueError(f"unknown relevance rules {sorted(unknown)}; choose from {RULES}")
+    hooks: list[Hook] = []
+    if "ln" in rules:
+        hooks += [(name, _constant) for name in model.hook_dict if name.endswith("hook_scale")]
+    if "ah" in rules:
+        hooks += [(f"blocks.{layer}.attn.hook_pattern", _constant) for layer in range(len(model.blocks))]
     for layer, block in enumerate(model.blocks):
         if getattr(block, "mlp", None) is not None:
-            hooks += _mlp_hooks(layer, block.mlp)
+            hooks += _mlp_hooks(layer, block.mlp, "identity" in rules, "half" in rules)
     return hooks
 
 
 @contextmanager
-def relevance_rules(model) -> Iterator[None]:
+def relevance_rules(model, rules: Collection[str] = RULES) -> Iterator[None]:
     """Inside the ``with`` block, backward passes through ``model`` propagate LRP relevance
-    instead of gradients (forward values are unchanged).
+    instead of gradients (forward values are unchanged); ``rules`` picks a subset of
+    ``RULES`` (AtP run inside the block is then RelP with those rules only).
 
     Example:
         >>> with torch.enable_grad(), relevance_rules(model):
         ...     total = metric(model(tokens)).sum()
         >>> relevance = torch.autograd.grad(total, embeddings)[0] * embeddings
     """
-    with model.hooks(fwd_hooks=relevance_hooks(model)):
+    with model.hooks(fwd_hooks=relevance_hooks(model, rules)):
         yield
