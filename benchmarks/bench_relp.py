@@ -36,6 +36,7 @@ SITES = {
     "heads z (layer x head)": SweepSpec(kind="z", per_position=False),
     "resid_pre (layer x position)": SweepSpec(kind="resid_pre"),
 }
+SITE_NAMES = dict(zip(("mlp", "mlp-layer", "heads", "resid"), SITES, strict=True))
 METHODS = ("atp", "atp*", "relp")
 RULE_SUBSETS = {
     "AtP (no rules)": (),
@@ -62,6 +63,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--ablate", action="store_true", help="compare subsets of RelP's rules")
+    parser.add_argument(
+        "--sites", default="mlp,mlp-layer,heads,resid", help=f"some of {','.join(SITE_NAMES)}"
+    )
     args = parser.parse_args()
     available = tasks()
     if args.list:
@@ -79,7 +83,8 @@ def main() -> None:
         return
     print(f"| sites | cells | {' | '.join(m.upper().replace('RELP', 'RelP') for m in METHODS)} |")
     print("|---|---|" + "---|" * len(METHODS))
-    for label, spec in SITES.items():
+    for label in (SITE_NAMES[name] for name in args.sites.split(",")):
+        spec = SITES[label]
         start = time.perf_counter()
         exact = patch_sweep(model, pairs.clean, pairs.corrupt, spec, metric, **run)
         timings = {"exact": time.perf_counter() - start}
