@@ -230,5 +230,8 @@ def test_rule_subsets():
     with relevance_rules(model, rules=("ln", "ah")):
         partial = attribution_patch(model, clean, corrupt, metric, spec).values
     assert not torch.allclose(partial, relp) and not torch.allclose(partial, atp)
-    with pytest.raises(ValueError, match="unknown relevance rules"), relevance_rules(model, rules=("lrp-eps",)):
+    with (
+        pytest.raises(ValueError, match="unknown relevance rules"),
+        relevance_rules(model, rules=("lrp-eps",)),
+    ):
         pass
