@@ -21,7 +21,8 @@ meaningful across examples. Custom templates of other lengths are right-padded a
 
 Spans (``pairs.spans``, for position-aware circuits): Wang et al.'s labels, found in the
 tokens: ``io`` (the indirect object's mention), ``s1`` and ``s2`` (the subject's first and
-second mention), ``end`` (the position the answer is read at) and ``other``.
+second mention), ``end`` (the position the answer is read at) and ``other``. Custom
+templates that mention a name other than once (IO) or twice (S) get ``spans=None``.
 
 Example:
     >>> pairs = ioi_pairs(model, 8, seed=0)
@@ -117,7 +118,10 @@ def ioi_pairs(
             }
         )
     pairs = pairs_from_records(model, records, source="ioi_pairs")
-    return dataclasses.replace(pairs, spans=ioi_spans(pairs))
+    try:
+        return dataclasses.replace(pairs, spans=ioi_spans(pairs))
+    except ValueError:  # a custom template mentions a name more often: no spans (documented)
+        return pairs
 
 
 def ioi_spans(pairs: PromptPairs) -> PositionSpans:
