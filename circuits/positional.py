@@ -24,7 +24,7 @@ to evaluate it, ``position_free()`` collapses it to a ``Circuit``, and
 Example:
     >>> pairs = ioi_pairs(model, 8)                      # pairs.spans: io, s1, s2, end, other
     >>> circuit = positional_scores(model, pairs, pairs.metric(), Graph.from_model(model), method="eap")
-    >>> circuit.top_n(50).edges_in_graph()[:2]           # [(Edge(...), 'end'), (Edge(...), 's2')]
+    >>> circuit.top_n(50).edges_in_graph()[:2]           # (Edge, span label) pairs
     >>> positional_faithfulness(model, pairs, circuit.top_n(50), pairs.metric())
 """
 
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from circuits.circuit import Circuit
 from circuits.eap import eap_ig_scores, eap_scores, relp_scores
 from circuits.edge_patching import Ablation, patch_edges
-from circuits.graph import Edge, Graph
+from circuits.graph import Edge, Graph, Node
 from circuits.prompt import prompt_record
 from mechinterp.data.pairs import PositionSpans
 from mechinterp.metrics import PositionalMetric
@@ -93,6 +93,18 @@ class PositionalCircuit:
     def masks(self) -> Float[Tensor, "edge span"]:
         """``patch_edges`` weights for this circuit: 1 (ablated) off the circuit, 0 on it."""
         return (~self.in_graph).float()
+
+    def node_scores(self) -> dict[tuple[Node, str], float]:
+        """A node-level view: each source node's summed outgoing edge scores at each span
+        (the estimated effect of patching the node's output at that span's positions)."""
+        totals = torch.zeros(len(self.graph.source_nodes), self.spans.n_spans, dtype=torch.float64)
+        source, _, _ = self.graph.edge_arrays
+        totals.index_add_(0, source, self.scores.double())
+        return {
+            (node, label): float(totals[i, s])
+            for i, node in enumerate(self.graph.source_nodes)
+            for s, label in enumerate(self.spans.labels)
+        }
 
     def position_free(self) -> Circuit:
         """The position-free circuit: scores summed over spans, an edge kept if it is kept

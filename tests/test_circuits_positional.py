@@ -149,6 +149,11 @@ def test_positional_circuit_scores_selection_faithfulness_and_export():
     free = small.position_free()
     assert free.n_edges == len({edge for edge, _ in small.edges_in_graph()})
     torch.testing.assert_close(free.scores, exact.scores.sum(1))
+    nodes = exact.node_scores()
+    assert len(nodes) == len(graph.source_nodes) * 3
+    mlp0 = [i for i, e in enumerate(graph.edges) if e.source == graph.source_nodes[-1]]
+    expected = float(exact.scores[mlp0, 2].sum())
+    assert nodes[(graph.source_nodes[-1], "end")] == pytest.approx(expected, rel=1e-5, abs=1e-7)
     # Neuronpedia: one node per component and span, at the span's position (ctx_idx)
     eap = positional_scores(model, data, metric, graph, method="eap", spans=spans).top_n(30)
     exported = to_neuronpedia_dict(eap, scan="tiny", slug="positional")
