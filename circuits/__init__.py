@@ -1,5 +1,6 @@
 """Circuit discovery on mechinterp models: the computational graph, batched edge patching,
-discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC),
+discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC, RelP),
+position-aware circuits (edges per span of positions),
 faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia /
 circuit-tracer graph JSON, GraphML, DOT; the interactive HTML page is a figure, in
 ``mechinterp.plotting``).
@@ -20,13 +21,15 @@ from circuits.algorithms import (
     EAPIGConfig,
     EdgePatchingConfig,
     PairedData,
+    RelPConfig,
     acdc,
     eap,
     eap_ig,
     edge_patching,
+    relp,
 )
 from circuits.circuit import Circuit
-from circuits.eap import eap_ig_scores, eap_scores, node_scores
+from circuits.eap import eap_ig_scores, eap_scores, node_scores, relp_scores
 from circuits.edge_patching import patch_edges, reference_patch_edges
 from circuits.evaluate import (
     CircuitScore,
@@ -52,11 +55,18 @@ from circuits.export import (
 )
 from circuits.graph import Edge, Graph, Node
 from circuits.neuronpedia import to_neuronpedia_dict
+from circuits.positional import (
+    POSITIONAL_METHODS,
+    PositionalCircuit,
+    positional_faithfulness,
+    positional_scores,
+)
 from circuits.prompt import prompt_record
 
 __all__ = [
     "ALGORITHMS",
     "CONFIGS",
+    "POSITIONAL_METHODS",
     "WRITERS",
     "ACDCConfig",
     "Circuit",
@@ -69,6 +79,8 @@ __all__ = [
     "Graph",
     "Node",
     "PairedData",
+    "PositionalCircuit",
+    "RelPConfig",
     "RocCurve",
     "acdc",
     "eap",
@@ -80,9 +92,13 @@ __all__ = [
     "faithfulness_curve",
     "node_scores",
     "patch_edges",
+    "positional_faithfulness",
+    "positional_scores",
     "prompt_record",
     "read_json",
     "reference_patch_edges",
+    "relp",
+    "relp_scores",
     "roc_against",
     "roc_curve",
     "to_dot",

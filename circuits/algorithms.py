@@ -10,6 +10,8 @@ alone carries the corrupted source), the chosen edges and the settings used.
   (the reference the approximations are judged by; affordable on small models).
 - ``"eap"``: edge attribution patching (Syed et al. 2023), one forward and backward pass.
 - ``"eap-ig"``: EAP with integrated gradients over the input embeddings (Hanna et al. 2024).
+- ``"relp"``: relevance patching (Rezaei Jafari et al. 2025): EAP with LRP relevance
+  coefficients in place of gradients, same cost; query and key edges score 0.
 - ``"acdc"``: ACDC (Conmy et al. 2023) with batched candidates: destinations are visited from
   the logits backwards; all incoming edges of one destination are tried as rows of one
   batched forward that starts at the destination's block (earlier blocks run once), and
@@ -43,7 +45,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuits.circuit import Circuit
-from circuits.eap import eap_ig_scores, eap_scores
+from circuits.eap import eap_ig_scores, eap_scores, relp_scores
 from circuits.edge_patching import Ablation, patch_edges
 from circuits.graph import Graph
 from circuits.prompt import prompt_record
@@ -84,6 +86,11 @@ class EAPConfig(SelectionConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RelPConfig(SelectionConfig):
+    """RelP has no settings beyond the selection."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class EAPIGConfig(SelectionConfig):
     steps: int = 5
 
@@ -115,6 +122,13 @@ def _mask(data) -> Tensor | None:
 def eap(model, data, metric: PositionalMetric, graph: Graph, *, config: EAPConfig = EAPConfig()) -> Circuit:
     scores = eap_scores(model, data.clean, data.corrupt, graph, metric, attention_mask=_mask(data))
     return _select(graph, scores / data.clean.shape[0], "eap", config, prompt_record(model, data, metric))
+
+
+def relp(
+    model, data, metric: PositionalMetric, graph: Graph, *, config: RelPConfig = RelPConfig()
+) -> Circuit:
+    scores = relp_scores(model, data.clean, data.corrupt, graph, metric, attention_mask=_mask(data))
+    return _select(graph, scores / data.clean.shape[0], "relp", config, prompt_record(model, data, metric))
 
 
 def eap_ig(
@@ -183,10 +197,12 @@ ALGORITHMS: dict[str, Algorithm] = {
     "eap": eap,
     "eap-ig": eap_ig,
     "acdc": acdc,
+    "relp": relp,
 }
 CONFIGS: dict[str, type] = {
     "edge-patching": EdgePatchingConfig,
     "eap": EAPConfig,
     "eap-ig": EAPIGConfig,
     "acdc": ACDCConfig,
+    "relp": RelPConfig,
 }

@@ -7,11 +7,21 @@ EAP (Syed et al. 2023) estimates the effect of patching edge ``source -> target 
 summed over batch and positions, from a clean forward and backward pass and the corrupted
 source outputs. Where the metric is linear in the target's input this is exact edge patching.
 
+RelP at edge level (``relp_scores``; Rezaei Jafari et al. 2025) is the same product with the
+gradient replaced by LRP relevance coefficients (``mechinterp.patching.relevance``): norm
+scales and attention patterns held constant, ``act(x)/x`` through the MLP activation, half
+the relevance to each factor of a gated MLP. Same cost as EAP. Query and key edges score 0
+(their heads' patterns are constants under the rules).
+
 EAP-IG (Hanna et al. 2024, "inputs" variant) replaces the clean gradient by the gradient
 averaged along the straight line from the corrupt to the clean input embeddings (integrated
 gradients, Sundararajan et al. 2017), which follows the metric's curvature between the two
 runs. The ``steps`` points of the line run as rows of one batched forward and backward; they
 sit at the midpoints ``(k + 1/2) / steps`` (midpoint rule).
+
+Position-aware scores (``spans=``, a ``mechinterp.data.PositionSpans``): the same products
+restricted to the positions of each span, ``[edge, span]``; they sum over spans to the
+position-free score (the methods are linear in the output difference).
 
 Every score is one dot product of a source's output difference with a destination's
 gradient, so all of them are a few matrix products ``[slot, batch*pos*d] @ [batch*pos*d,
@@ -20,6 +30,7 @@ source]``, one per destination hook.
 Example:
     >>> scores = eap_scores(model, clean, corrupt, Graph.from_model(model), metric)   # [edge]
     >>> scores = eap_ig_scores(model, clean, corrupt, graph, metric, steps=5)
+    >>> scores = relp_scores(model, clean, corrupt, graph, metric)
 """
 
 from __future__ import annotations
@@ -37,8 +48,10 @@ from circuits.edge_patching import (
     source_outputs,
 )
 from circuits.graph import Graph, Node
+from mechinterp.data.pairs import PositionSpans
 from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
+from mechinterp.patching.relevance import relevance_hooks
 
 
 def _destination_gradients(
@@ -49,12 +62,15 @@ def _destination_gradients(
     mask: Tensor | None,
     embed_line: Tensor | None,
     record: dict[str, Tensor] | None = None,
+    relevance: bool = False,
 ) -> dict[str, Tensor]:
     """Gradients of the summed metric with respect to every destination hook's input.
 
     With ``embed_line`` (``[steps, batch, pos, d_model]`` token embeddings) the rows are the
     points of that line and gradients are averaged over them. ``record`` receives the
-    (detached) activations ``source_outputs`` needs, so the run doubles as the clean run."""
+    (detached) activations ``source_outputs`` needs, so the run doubles as the clean run.
+    With ``relevance`` the backward pass propagates LRP coefficients (RelP); inputs they do
+    not reach (queries, keys) get zeros."""
     steps = 1 if embed_line is None else embed_line.shape[0]
     groups = destination_groups(graph)
     inputs: dict[str, Tensor] = {}
@@ -72,7 +88,8 @@ def _destination_gradients(
         return source.detach().requires_grad_(True)
 
     with model.per_head_hooks(split_inputs=True):
-        hooks = [("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
+        rules = relevance_hooks(model) if relevance else []  # first: later hooks read their values
+        hooks = [*rules, ("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
         if record is not None:
             hooks += [(name, save) for name in sorted(source_hook_names(graph)) if name in model.hook_dict]
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
@@ -86,7 +103,8 @@ def _destination_gradients(
             examples = torch.arange(batch, device=model.device).repeat(steps)
             total = metric.score(logits[:, 0].float(), examples).sum() / steps
             names = [g.hook for g in groups]
-            grads = torch.autograd.grad(total, [inputs[n] for n in names])
+            grads = torch.autograd.grad(total, [inputs[n] for n in names], allow_unused=relevance)
+    grads = [torch.zeros_like(inputs[n]) if g is None else g for n, g in zip(names, grads, strict=True)]
     return {
         name: grad.to(model.device).reshape(steps, batch, *grad.shape[1:]).sum(0)
         for name, grad in zip(names, grads, strict=True)
@@ -116,6 +134,29 @@ def _scores_from_gradients(
     return scores
 
 
+def _span_scores(
+    graph: Graph, grads: dict[str, Tensor], delta: Tensor, start: int, spans: PositionSpans | None
+) -> Float[Tensor, " edge *span"]:
+    """``_scores_from_gradients`` for each span's positions (``[edge, span]``), or for all
+    positions (``[edge]``) without spans."""
+    if spans is None:
+        return _scores_from_gradients(graph, grads, delta, start)
+    if tuple(spans.ids.shape) != tuple(delta.shape[1:3]):
+        raise ValueError(
+            f"spans label {tuple(spans.ids.shape)} positions but the tokens are {tuple(delta.shape[1:3])}"
+        )
+    ids = spans.ids.to(delta.device)
+    columns = []
+    for span in range(spans.n_spans):
+        inside = (ids == span)[None, :, :, None]
+        columns.append(
+            _scores_from_gradients(graph, grads, delta * inside, start)
+            if bool(inside.any())
+            else torch.zeros(len(graph.edges), device="cpu")
+        )
+    return torch.stack(columns, dim=1)
+
+
 def _output_difference(model, graph: Graph, clean: Tensor, corrupt: Tensor, mask: Tensor | None) -> Tensor:
     """``corrupt - clean`` source outputs, ``[source, batch, pos, d_model]``."""
     return run_source_outputs(model, graph, corrupt, mask) - run_source_outputs(model, graph, clean, mask)
@@ -129,17 +170,45 @@ def eap_scores(
     metric: PositionalMetric,
     *,
     attention_mask: AttentionMask | None = None,
-) -> Float[Tensor, " edge"]:
+    spans: PositionSpans | None = None,
+) -> Float[Tensor, " edge *span"]:
     """EAP scores ``[edge]`` (summed over the batch): the estimated change of the summed
-    metric when each edge alone carries the corrupted source."""
+    metric when each edge alone carries the corrupted source; ``[edge, span]`` per span of
+    positions with ``spans``."""
+    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, relevance=False)
+
+
+def relp_scores(
+    model,
+    clean: Tokens,
+    corrupt: Tokens,
+    graph: Graph,
+    metric: PositionalMetric,
+    *,
+    attention_mask: AttentionMask | None = None,
+    spans: PositionSpans | None = None,
+) -> Float[Tensor, " edge *span"]:
+    """RelP scores ``[edge]`` (summed over the batch): EAP with LRP relevance coefficients in
+    place of gradients (see the module docstring); query and key edges score 0.
+    ``[edge, span]`` per span of positions with ``spans``.
+
+    Example:
+        >>> scores = relp_scores(model, pairs.clean, pairs.corrupt, Graph.from_model(model), pairs.metric())
+    """
+    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, relevance=True)
+
+
+def _first_order_scores(
+    model, clean, corrupt, graph: Graph, metric, attention_mask, spans, *, relevance: bool
+) -> Float[Tensor, " edge *span"]:
     check_graph_fits(model, graph)
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     mask = None if attention_mask is None else attention_mask.to(model.device)
     clean_run: dict[str, Tensor] = {}
-    grads = _destination_gradients(model, graph, clean, metric, mask, None, clean_run)
+    grads = _destination_gradients(model, graph, clean, metric, mask, None, clean_run, relevance)
     with torch.no_grad():
         delta = run_source_outputs(model, graph, corrupt, mask) - source_outputs(model, clean_run, graph)
-    return _scores_from_gradients(graph, grads, delta, first_difference(clean, corrupt, "resample"))
+    return _span_scores(graph, grads, delta, first_difference(clean, corrupt, "resample"), spans)
 
 
 def eap_ig_scores(
@@ -151,9 +220,11 @@ def eap_ig_scores(
     *,
     steps: int = 5,
     attention_mask: AttentionMask | None = None,
-) -> Float[Tensor, " edge"]:
+    spans: PositionSpans | None = None,
+) -> Float[Tensor, " edge *span"]:
     """EAP-IG scores ``[edge]`` (summed over the batch): EAP with the gradient averaged over
-    ``steps`` points between the corrupt and clean input embeddings."""
+    ``steps`` points between the corrupt and clean input embeddings; ``[edge, span]`` per
+    span of positions with ``spans``."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     check_graph_fits(model, graph)
@@ -165,7 +236,7 @@ def eap_ig_scores(
     line = corrupt_embed + alphas[:, None, None, None] * (clean_embed - corrupt_embed)
     delta = _output_difference(model, graph, clean, corrupt, mask)
     grads = _destination_gradients(model, graph, clean, metric, mask, line)
-    return _scores_from_gradients(graph, grads, delta, first_difference(clean, corrupt, "resample"))
+    return _span_scores(graph, grads, delta, first_difference(clean, corrupt, "resample"), spans)
 
 
 def node_scores(graph: Graph, edge_scores: Float[Tensor, " edge"]) -> dict[Node, float]:

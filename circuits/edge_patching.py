@@ -17,6 +17,11 @@ batched matrix product, so a forward costs a few matrix products per layer whate
 number of edges. ``reference_patch_edges`` is the slow literal version (one edge at a time),
 kept for tests.
 
+Position-aware edge patching: with ``spans`` (``mechinterp.data.PositionSpans``), masks are
+``[row, edge, span]`` and an edge carries the ablated source only at the positions of the
+spans it is on (the destination reads, at position ``p``, the source's output at ``p``).
+The same masked executor runs them; a mask equal across spans is the position-free mask.
+
 The ablated outputs are (``ablation=``): ``"resample"``, each source's output on the corrupt
 prompts (ACDC's and auto-circuit's default); ``"zero"``; ``"mean"``, its output on the clean
 prompts averaged over the batch (per position).
@@ -36,6 +41,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.graph import Graph, Node
+from mechinterp.data.pairs import PositionSpans
 from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
 from mechinterp.patching.base_run import BaseRun
@@ -168,7 +174,7 @@ def patch_edges(
     clean: Tokens,
     corrupt: Tokens,
     graph: Graph,
-    masks: Float[Tensor, "row edge"],
+    masks: Float[Tensor, "row edge *span"],
     metric: PositionalMetric,
     *,
     ablation: Ablation = "resample",
@@ -176,6 +182,7 @@ def patch_edges(
     start_layer: int = 0,
     max_memory: int | None = None,
     progress: bool = False,
+    spans: PositionSpans | None = None,
 ) -> Float[Tensor, "row batch"]:
     """Metric values ``[row, batch]`` of the clean run with each row's masked edges patched.
 
@@ -185,9 +192,17 @@ def patch_edges(
     half the free device memory), computing positions from the first one where clean and
     corrupt tokens differ (before it every patch is zero). When all rows agree on the edges
     into blocks before ``start_layer``, those blocks run once for all rows (ACDC's case).
+    With ``spans``, ``masks`` is ``[row, edge, span]``: each edge is patched at the positions
+    of the spans where its mask is on (position-aware circuits).
     """
-    if masks.ndim != 2 or masks.shape[1] != len(graph.edges):
-        raise ValueError(f"masks must be [row, {len(graph.edges)}], got {tuple(masks.shape)}")
+    expected = (len(graph.edges),) if spans is None else (len(graph.edges), spans.n_spans)
+    if masks.ndim != 1 + len(expected) or tuple(masks.shape[1:]) != expected:
+        shape = ", ".join(str(n) for n in expected)
+        raise ValueError(f"masks must be [row, {shape}], got {tuple(masks.shape)}")
+    if spans is not None and tuple(spans.ids.shape) != tuple(clean.shape):
+        raise ValueError(
+            f"spans label {tuple(spans.ids.shape)} positions but the tokens are {tuple(clean.shape)}"
+        )
     check_graph_fits(model, graph)
     if not 0 <= start_layer < graph.n_layers:
         raise ValueError(f"start_layer must be in 0..{graph.n_layers - 1}, got {start_layer}")
@@ -201,6 +216,7 @@ def patch_edges(
     start = min(first_difference(clean, corrupt, ablation), int(positions.min()))
     base = BaseRun.prefix(model, clean, mask, start)
     layout = edge_layout(model, graph, start_layer)
+    span_ids = None if spans is None else spans.ids.to(model.device)
     fixed, entering = None, None
     if start_layer > 0:  # blocks before start_layer run once, with the first row's mask
         before = layout.edges_before(start_layer).to(model.device)
@@ -215,6 +231,7 @@ def patch_edges(
             start=start,
             stop=start_layer,
             n_before=layout.n_fixed,
+            spans=span_ids,
         )
         entering = {start_layer: residual}
 
@@ -238,6 +255,7 @@ def patch_edges(
         max_memory=max_memory,
         progress=progress,
         description="edge patching",
+        spans=span_ids,
     )
     return values.to(model.device)
 
@@ -248,13 +266,14 @@ def reference_patch_edges(
     clean: Tokens,
     corrupt: Tokens,
     graph: Graph,
-    mask: Float[Tensor, " edge"],
+    mask: Float[Tensor, " edge *span"],
     metric: PositionalMetric,
     *,
     ablation: Ablation = "resample",
+    spans: PositionSpans | None = None,
 ) -> Float[Tensor, " batch"]:
-    """Slow literal reference for one mask ``[edge]``: hooks that apply each patched edge
-    separately at its destination. Values ``[batch]``."""
+    """Slow literal reference for one mask ``[edge]`` (``[edge, span]`` with ``spans``): hooks
+    that apply each patched edge separately at its destination. Values ``[batch]``."""
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     ablated = dict(
         zip(graph.source_nodes, ablated_outputs(model, graph, clean, corrupt, ablation, None), strict=True)
@@ -275,9 +294,10 @@ def reference_patch_edges(
     def patch(value: Tensor, hook) -> Tensor:
         for index, edge in enumerate(graph.edges):
             target = destination_hook(edge.target.layer, edge.channel, graph.n_layers)
-            if mask[index] == 0 or target != hook.name:
+            if not bool(mask[index].any()) or target != hook.name:
                 continue
-            change = mask[index] * (ablated[edge.source] - current[edge.source])
+            weight = mask[index] if spans is None else mask[index][spans.ids][..., None]  # [batch, pos, 1]
+            change = weight * (ablated[edge.source] - current[edge.source])
             if edge.channel in ("q", "k", "v"):
                 value[:, :, edge.target.head] = value[:, :, edge.target.head] + change
             else:

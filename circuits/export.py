@@ -54,6 +54,7 @@ import torch
 from circuits.circuit import Circuit
 from circuits.graph import Edge, Graph, Node
 from circuits.neuronpedia import to_neuronpedia_dict
+from circuits.positional import PositionalCircuit
 
 FORMAT, VERSION = "mechinterp-circuit", 1
 
@@ -361,7 +362,11 @@ def write_graphml(circuit: Circuit, path: str | Path) -> Path:
 
 
 def write_neuronpedia_json(
-    circuit: Circuit, path: str | Path, *, scan: str | None = None, slug: str | None = None
+    circuit: Circuit | PositionalCircuit,
+    path: str | Path,
+    *,
+    scan: str | None = None,
+    slug: str | None = None,
 ) -> Path:
     """The circuit as a Neuronpedia / circuit-tracer graph file (``to_neuronpedia_dict``).
 
@@ -424,7 +429,11 @@ def add_graph_metadata(folder: str | Path, entry: dict[str, Any], *, replace: bo
 
 
 def write_graph_folder(
-    circuit: Circuit, folder: str | Path, *, scan: str | None = None, slug: str | None = None
+    circuit: Circuit | PositionalCircuit,
+    folder: str | Path,
+    *,
+    scan: str | None = None,
+    slug: str | None = None,
 ) -> Path:
     """Add the circuit to a folder that circuit-tracer's local viewer serves: the graph as
     ``folder/<slug>.json`` and its metadata in ``folder/graph-metadata.json`` (an entry

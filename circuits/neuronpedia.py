@@ -22,6 +22,7 @@ from typing import Any
 
 from circuits.circuit import Circuit
 from circuits.graph import Graph, Node
+from circuits.positional import PositionalCircuit
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9_.-]+")
 """What Neuronpedia accepts as a graph's ``scan`` (its model id) and ``slug``."""
@@ -90,8 +91,22 @@ def _place_order(graph: Graph) -> Callable[[Place], tuple[int, int, int]]:
     return key
 
 
-def _neuronpedia_node(place: Place, graph: Graph, prompt: dict) -> dict[str, Any]:
-    """One node in the layout ``to_neuronpedia_dict`` describes."""
+def _neuronpedia_node(
+    place: Place, graph: Graph, prompt: dict, position: int | None = None, span: str | None = None
+) -> dict[str, Any]:
+    """One node in the layout ``to_neuronpedia_dict`` describes, at ``position`` (default:
+    the prompt's read position) and labelled with its ``span`` (position-aware circuits)."""
+    node = _neuronpedia_node_at(
+        place, graph, prompt if position is None else {**prompt, "position": position}
+    )
+    if span is not None:
+        node["clerp"] = f"{node['clerp']} @ {span}"
+        node["mechinterp_name"] = f"{node['mechinterp_name']}@{span}"
+        node["mechinterp_span"] = span
+    return node
+
+
+def _neuronpedia_node_at(place: Place, graph: Graph, prompt: dict) -> dict[str, Any]:
     kind, layer, head = place
     position = prompt["position"]
     node: dict[str, Any] = {"ctx_idx": position, "feature_type": _NEURONPEDIA_TYPES[kind]}
@@ -124,7 +139,7 @@ def _neuronpedia_node(place: Place, graph: Graph, prompt: dict) -> dict[str, Any
     return {"node_id": node_id, "jsNodeId": node_id, **node, "mechinterp_name": name}
 
 
-def _prompt_of(circuit: Circuit) -> dict:
+def _prompt_of(circuit: Circuit | PositionalCircuit) -> dict:
     prompt = circuit.metadata.get("prompt")
     keys = {"text", "tokens", "token_ids", "position", "answer", "answer_id", "answer_prob"}
     if not isinstance(prompt, dict) or not keys <= set(prompt):
@@ -142,7 +157,17 @@ def _prompt_of(circuit: Circuit) -> dict:
     return prompt
 
 
-def to_neuronpedia_dict(circuit: Circuit, *, scan: str | None = None, slug: str | None = None) -> dict:
+def _span_positions(circuit: PositionalCircuit) -> tuple[dict[str, int], list[str]]:
+    """Each span's position in the first prompt (its last position there), and the spans
+    that do not occur in it."""
+    ids = circuit.spans.ids[0].tolist()
+    where = {circuit.spans.labels[span]: position for position, span in enumerate(ids)}
+    return where, [label for label in circuit.spans.labels if label not in where]
+
+
+def to_neuronpedia_dict(
+    circuit: Circuit | PositionalCircuit, *, scan: str | None = None, slug: str | None = None
+) -> dict:
     """The in-graph part of the circuit as a Neuronpedia / circuit-tracer attribution graph.
 
     ``scan`` is Neuronpedia's model id (``gpt2-small``, ``gemma-2-2b``, ...; default: the
@@ -168,6 +193,14 @@ def to_neuronpedia_dict(circuit: Circuit, *, scan: str | None = None, slug: str 
     Every node also carries ``mechinterp_name`` (``input``, ``a3.h1``, ``a3.kv0``, ``m3``,
     ``logits``), and ``metadata.mechinterp`` the model's sizes and the circuit's metadata.
 
+    A position-aware circuit (``circuits.positional.PositionalCircuit``) has a node per
+    component and span: ``ctx_idx`` is the span's position in the first prompt (its last
+    one, for a span of several positions), the ``clerp`` ends in ``@ <span>``, the node has
+    ``mechinterp_span``, and a link joins a source at a span to its destination at the same
+    span (the logits stay at the read position). Spans that do not occur in the first
+    prompt cannot be placed: their edges are left out and listed in
+    ``metadata.mechinterp.spans_not_in_prompt``.
+
     A link joins a source node to the node an in-graph edge ends at; ``weight`` is the sum
     of the scores of that pair's channels (the q, k and v edges into one head of an MHA
     model; they can cancel), and ``channel_weights`` keeps each channel's score. Under GQA,
@@ -185,11 +218,24 @@ def to_neuronpedia_dict(circuit: Circuit, *, scan: str | None = None, slug: str 
         'Output " Mary" (p=0.624)'
     """
     graph = circuit.graph
-    edges = circuit.edges_in_graph()
+    edges = circuit.edges_in_graph()  # (edge, span) pairs for a position-aware circuit
     if not edges:
         raise ValueError("the circuit has no in-graph edges; there is no graph to show")
     prompt = _prompt_of(circuit)
-    layers = [node.layer for edge in edges for node in (edge.source, edge.target) if node.layer is not None]
+    positional = isinstance(circuit, PositionalCircuit)
+    where, missing = _span_positions(circuit) if positional else ({}, [])
+    entries = (  # (edge, score, span)
+        [
+            (edge, float(circuit.scores[graph.edge_index[edge], circuit.spans.labels.index(span)]), span)
+            for edge, span in edges
+            if span in where
+        ]
+        if positional
+        else [(edge, float(circuit.scores[graph.edge_index[edge]]), None) for edge in edges]
+    )
+    layers = [
+        node.layer for edge, _, _ in entries for node in (edge.source, edge.target) if node.layer is not None
+    ]
     if max(layers, default=0) == 0:
         raise ValueError(
             "every node of this circuit is in layer 0 (or is the input); Neuronpedia's graph loader "
@@ -201,17 +247,24 @@ def to_neuronpedia_dict(circuit: Circuit, *, scan: str | None = None, slug: str 
     slug = _checked_name(f"{model_name}-{algorithm}-{uuid.uuid4().hex[:8]}" if slug is None else slug, "slug")
 
     grouped = graph.n_kv_heads < graph.n_heads
-    places = {("input", None, None), ("logits", None, None)}  # the viewers always show both
+    read = prompt["position"] if positional else None
+    places = {(("input", None, None), read), (("logits", None, None), read)}  # the viewers always show both
     links: dict[tuple, dict[str, Any]] = {}
-    for edge in edges:
-        score = float(circuit.scores[graph.edge_index[edge]])
-        source, target = _place(edge.source), _place(edge.target, edge.channel, grouped)
+    for edge, score, span in entries:
+        at = None if span is None else where[span]
+        source = (_place(edge.source), at)
+        target = (_place(edge.target, edge.channel, grouped), read if edge.target.kind == "logits" else at)
         places |= {source, target}
         link = links.setdefault((source, target), {"weight": 0.0, "channel_weights": {}})
         link["weight"] += score
         link["channel_weights"][edge.channel] = score
+    order = _place_order(graph)
+    labels = circuit.spans.ids[0].tolist() if positional else []
     nodes = {
-        place: _neuronpedia_node(place, graph, prompt) for place in sorted(places, key=_place_order(graph))
+        (place, at): _neuronpedia_node(
+            place, graph, prompt, at, None if at is None else circuit.spans.labels[labels[at]]
+        )
+        for place, at in sorted(places, key=lambda entry: (order(entry[0]), entry[1] or 0))
     }
     return {
         "metadata": {
@@ -234,6 +287,7 @@ def to_neuronpedia_dict(circuit: Circuit, *, scan: str | None = None, slug: str 
                     "d_model": graph.d_model,
                 },
                 "metadata": circuit.metadata,
+                **({"spans_not_in_prompt": missing} if positional else {}),
             },
         },
         "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},

@@ -36,6 +36,8 @@ feature    active transcoder features of an attribution graph (``(layer, pos, in
 logit      logit nodes of an attribution graph (their tokens)
 slot       slots of a destination input (heads for per-head q/k/v inputs, else one)
 flat       a flattened block of values (the trailing axes of a tensor, as one)
+span       labelled groups of token positions (``PositionSpans``: one per position, or
+           "io", "s1", ...), the position axis of position-aware circuits
 =========  ==========================================================
 
 jaxtyping's modifiers go around the names: ``*batch`` (any number of axes), ``#batch``
@@ -89,6 +91,7 @@ AXES = (
     "logit",
     "slot",
     "flat",
+    "span",
 )
 
 Tokens = Int[Tensor, "batch pos"]

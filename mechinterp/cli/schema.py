@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 SiteKind = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v", "pattern"
 ]
-Algorithm = Literal["edge-patching", "eap", "eap-ig", "acdc"]
+Algorithm = Literal["edge-patching", "eap", "eap-ig", "acdc", "relp"]
 ExportFormat = Literal["json", "eap-ig", "neuronpedia", "graphml", "dot", "html"]
 ProbeData = Literal["number_agreement", "entity_category"]
 ExplainUnit = Literal["neuron", "head_output", "head_attention", "sae_latent"]
@@ -111,18 +111,18 @@ class PatchingStep(_SweepFields):
 
 
 class AttributionStep(_SweepFields):
-    """Attribution patching (AtP / AtP*); ``compare_with`` names an earlier patching step
+    """Attribution patching (AtP / AtP* / RelP); ``compare_with`` names an earlier patching step
     over the same grid to compare against."""
 
     kind: Literal["attribution"]
-    method: Literal["atp", "atp*"] = "atp"
+    method: Literal["atp", "atp*", "relp"] = "atp"
     compare_with: str | None = None
 
 
 class CircuitStep(_StepBase):
     """Circuit discovery (``circuits.ALGORITHMS``) and its faithfulness curve.
 
-    Scoring algorithms (``edge-patching``, ``eap``, ``eap-ig``) keep the ``top_n`` edges
+    Scoring algorithms (``edge-patching``, ``eap``, ``eap-ig``, ``relp``) keep the ``top_n`` edges
     (``level: edge``; ``selection: greedy`` grows them from the logits instead of taking the
     largest scores) or the edges between the ``top_n`` best nodes (``level: node``) before
     pruning; ``ig_steps`` is EAP-IG's number of integration steps; ``threshold`` (ACDC)

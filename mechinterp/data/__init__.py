@@ -11,10 +11,11 @@ Example:
 from mechinterp.data.corpus import load_corpus
 from mechinterp.data.induction import induction_pairs
 from mechinterp.data.ioi import ioi_pairs
-from mechinterp.data.pairs import PromptPairs
+from mechinterp.data.pairs import PositionSpans, PromptPairs
 from mechinterp.data.records import load_pairs, pairs_from_records, read_records, write_records
 
 __all__ = [
+    "PositionSpans",
     "PromptPairs",
     "induction_pairs",
     "ioi_pairs",

@@ -19,6 +19,11 @@ tokens with BOS, names at positions 2, 4 and 10). That keeps per-position patchi
 meaningful across examples. Custom templates of other lengths are right-padded and get an
 ``attention_mask``; clean and corrupt always have equal length pair by pair.
 
+Spans (``pairs.spans``, for position-aware circuits): Wang et al.'s labels, found in the
+tokens: ``io`` (the indirect object's mention), ``s1`` and ``s2`` (the subject's first and
+second mention), ``end`` (the position the answer is read at) and ``other``. Custom
+templates that mention a name other than once (IO) or twice (S) get ``spans=None``.
+
 Example:
     >>> pairs = ioi_pairs(model, 8, seed=0)
     >>> model.to_string(pairs.clean[0])
@@ -28,10 +33,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 
-from mechinterp.data.pairs import PromptPairs
+import torch
+
+from mechinterp.data.pairs import PositionSpans, PromptPairs
 from mechinterp.data.records import pairs_from_records
 
 # {first} and {second} are the two names in order; {s2} is the repeated subject (clean) or
@@ -109,4 +117,30 @@ def ioi_pairs(
                 "incorrect": f" {subject}",
             }
         )
-    return pairs_from_records(model, records, source="ioi_pairs")
+    pairs = pairs_from_records(model, records, source="ioi_pairs")
+    try:
+        return dataclasses.replace(pairs, spans=ioi_spans(pairs))
+    except ValueError:  # a custom template mentions a name more often: no spans (documented)
+        return pairs
+
+
+def ioi_spans(pairs: PromptPairs) -> PositionSpans:
+    """``io``, ``s1``, ``s2`` and ``end`` positions of IOI pairs (``other`` elsewhere), found
+    in the clean tokens: the indirect object is the correct answer's token, the subject's
+    two mentions are the incorrect answer's, the end is where the answer is read."""
+    named: dict[str, list[int]] = {"io": [], "s1": [], "s2": [], "end": pairs.positions.tolist()}
+    for row, (tokens, io, subject) in enumerate(
+        zip(pairs.clean, pairs.correct, pairs.incorrect, strict=True)
+    ):
+        io_at = (tokens == io).nonzero().flatten().tolist()
+        s_at = (tokens == subject).nonzero().flatten().tolist()
+        if len(io_at) != 1 or len(s_at) != 2:
+            raise ValueError(
+                f"IOI pair {row} has {len(io_at)} mention(s) of the indirect object and {len(s_at)} of the "
+                "subject as single tokens; spans need exactly 1 and 2"
+            )
+        named["io"].append(io_at[0])
+        named["s1"].append(s_at[0])
+        named["s2"].append(s_at[1])
+    spans = PositionSpans.from_positions(pairs.clean.shape[1], {k: torch.tensor(v) for k, v in named.items()})
+    return spans

@@ -10,6 +10,7 @@ from mechinterp.patching.attribution import attribution_patch
 from mechinterp.patching.compare import Comparison, compare
 from mechinterp.patching.paths import Receiver, path_patch, reference_path_patch
 from mechinterp.patching.reference import reference_patch_sweep
+from mechinterp.patching.relevance import relevance_hooks, relevance_rules
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.sites import PatchSite, SweepGrid, SweepSpec
 from mechinterp.patching.sweep import patch_sweep
@@ -27,4 +28,6 @@ __all__ = [
     "path_patch",
     "reference_patch_sweep",
     "reference_path_patch",
+    "relevance_hooks",
+    "relevance_rules",
 ]

@@ -25,7 +25,13 @@ behaviour to components") fixes AtP's two false-negative modes:
 Results hold the estimated *patched metric* (base value + estimated effect), the same
 quantity as an exact ``patch_sweep``, so ``normalized()`` and plots mean the same thing.
 
-Cost: AtP is 2 forwards + 1 backward. AtP* is 2 forwards + ``L + 1`` backwards (``L`` =
+RelP (``method="relp"``; Rezaei Jafari et al. 2025, arXiv 2508.21258) is AtP with the
+gradient replaced by LRP relevance coefficients (``mechinterp.patching.relevance``): norms'
+scales and attention patterns held constant, the MLP activation passing ``act(x)/x`` and a
+gated MLP's product splitting its relevance in half. Same cost as AtP. Its coefficients
+reach no query, key or pattern (the pattern is a constant), so those kinds are refused.
+
+Cost: AtP and RelP are 2 forwards + 1 backward. AtP* is 2 forwards + ``L + 1`` backwards (``L`` =
 layers) plus, for each query/key cell, one softmax over that head's attention scores.
 
 Example:
@@ -45,6 +51,7 @@ from torch import Tensor
 from mechinterp.dims import AttentionMask
 from mechinterp.metrics import MetricFn, PositionalMetric
 from mechinterp.patching.engine import CellTable
+from mechinterp.patching.relevance import relevance_hooks
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
@@ -57,7 +64,8 @@ from mechinterp.patching.sweep import (
     prepare_pair,
 )
 
-Method = Literal["atp", "atp*"]
+Method = Literal["atp", "atp*", "relp"]
+METHODS: tuple[str, ...] = ("atp", "atp*", "relp")
 
 
 def _rotated(kind: str, model) -> str:
@@ -66,9 +74,12 @@ def _rotated(kind: str, model) -> str:
 
 
 class _GradientRun:
-    """The base run with gradients: activations at the needed hooks and the metric total."""
+    """The base run with gradients: activations at the needed hooks and the metric total.
+    With ``relevance`` the backward pass propagates LRP coefficients (RelP)."""
 
-    def __init__(self, model, tokens: Tensor, mask: Tensor, hook_names: set[str], scorer):
+    def __init__(
+        self, model, tokens: Tensor, mask: Tensor, hook_names: set[str], scorer, relevance: bool = False
+    ):
         self.model = model
         self.activations: dict[str, Tensor] = {}
         self.layer_outputs: dict[int, list[Tensor]] = {}
@@ -88,7 +99,8 @@ class _GradientRun:
         def leaf(embedding: Tensor, hook) -> Tensor:  # gradients flow from here, not into the weights
             return embedding.detach().requires_grad_(True)
 
-        hooks = [("hook_embed", leaf), *((name, keep) for name in sorted(hook_names))]
+        rules = relevance_hooks(model) if relevance else []  # first: later hooks read their values
+        hooks = [*rules, ("hook_embed", leaf), *((name, keep) for name in sorted(hook_names))]
         for layer in range(model.architecture.n_layers):
             for name in ("hook_attn_out", "hook_mlp_out"):
                 if f"blocks.{layer}.{name}" in model.hook_dict:  # attention-only models have no MLP
@@ -227,7 +239,7 @@ def attribution_patch(
     metric: PositionalMetric | MetricFn,
     spec: SweepSpec,
     *,
-    method: Method = "atp",
+    method: str = "atp",  # one of METHODS (checked below, with a clearer message than a type check)
     grad_drop: bool = True,
     direction: Direction = "denoise",
     attention_mask: AttentionMask | None = None,
@@ -237,11 +249,17 @@ def attribution_patch(
     Arguments mean what they mean in ``patch_sweep``; the result has the same axes, labels
     and layout, so exact and estimated maps can be compared (``compare``) and plotted side
     by side. ``method="atp*"`` applies the QK fix to query/key sites and, unless
-    ``grad_drop=False``, GradDrop. The metric may be positional or any callable on logits
+    ``grad_drop=False``, GradDrop; ``method="relp"`` uses LRP relevance coefficients in place
+    of gradients (RelP; not for query, key or pattern sites). The metric may be positional or any callable on logits
     returning a scalar or per-example values.
     """
-    if method not in ("atp", "atp*"):
-        raise ValueError(f"method must be 'atp' or 'atp*', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "relp" and spec.kind in ("q", "k", "pattern"):
+        raise ValueError(
+            f"RelP treats the attention pattern as a constant, so {spec.kind!r} sites get no relevance; "
+            "use method='atp*' for queries, keys and patterns"
+        )
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
     base, source = base_and_source(clean_tokens, corrupt_tokens, direction)
     grid = spec.enumerate(model, base.shape[1])
@@ -256,7 +274,7 @@ def attribution_patch(
     source_logits, source_cache = model.run_with_cache(
         source, attention_mask=mask, names_filter=list(names | rot_names)
     )
-    run = _GradientRun(model, base, mask, names | rot_names, scorer)
+    run = _GradientRun(model, base, mask, names | rot_names, scorer, relevance=method == "relp")
     delta = {n: source_cache[n] - run.activations[n].detach().to(source_cache[n].device) for n in names}
     grad_names = sorted(names)
 
@@ -293,7 +311,7 @@ def attribution_patch(
             "kind": spec.kind,
             "direction": direction,
             "ablation": "resample",
-            "method": method if method == "atp" or grad_drop else "atp* (no GradDrop)",
+            "method": method if method != "atp*" or grad_drop else "atp* (no GradDrop)",
             "model": model.architecture.model_name,
             "metric": type(metric).__name__,
             "examples": int(base.shape[0]),

@@ -30,6 +30,13 @@ Sources come in two kinds:
   product shared by all rows, sparse when few edges are on (a path-patching row patches one
   sender).
 
+Position-aware masks (``[row, edge, span]`` with ``spans``, ``[batch, pos]`` span ids of the
+positions, ``mechinterp.data.PositionSpans``) patch an edge only at the positions of the spans
+it is on: at position ``p`` of example ``b`` a destination adds
+``mask[row, slot, source, spans[b, p]] * (patched - current)[source, b, p]``, one batched
+product per span over that span's positions, so the cost stays one product's worth. A mask
+that is the same for every span patches exactly what the position-free mask does.
+
 Rows run on the row runner (``mechinterp.patching.rows``: memory budget, grouping,
 out-of-memory halving, progress), each over the whole batch of examples, entering the model
 at their entry layer with the base run's residual stream (``BaseRun.forward_rows``) and
@@ -146,14 +153,27 @@ class _MaskedHooks:
     first of them to fire."""
 
     def __init__(
-        self, layout: EdgeLayout, masks: Tensor, ablated: Tensor | None, fixed: Tensor | None, batch
+        self,
+        layout: EdgeLayout,
+        masks: Tensor,
+        ablated: Tensor | None,
+        fixed: Tensor | None,
+        batch,
+        spans: Tensor | None = None,
     ):
         self.layout, self.rows, self.batch = layout, masks.shape[0], batch
         self.ablated, self.fixed = ablated, fixed
         self.buffer = (
             None if ablated is None else ablated.new_empty(self.rows, layout.n_live, ablated.shape[1])
         )
-        padded = torch.cat([masks, masks.new_zeros(self.rows, 1)], dim=1)  # column -1 = "no edge"
+        # position-aware masks [row, edge, span]: each span's (batch*pos) indices, for spans present
+        self.spans = None
+        if spans is not None:
+            self.spans = [(s, (spans == s).nonzero().flatten()) for s in range(masks.shape[2])]
+            self.spans = [(s, where) for s, where in self.spans if len(where)]
+            self.n_flat = spans.shape[0]
+        extra = masks.new_zeros(self.rows, 1, *masks.shape[2:])
+        padded = torch.cat([masks, extra], dim=1)  # column -1 = "no edge"
         parts: dict[str, list[Tensor]] = {}  # lead hook -> masks [row, slot, source] per destination
         self.fused: dict[str, list[tuple[str, int, int]]] = {}  # lead hook -> (hook, first slot, slots)
         leads: dict[object, str] = {}
@@ -203,7 +223,9 @@ class _MaskedHooks:
     def _delta(self, lead: str, n: int) -> Tensor:
         """``[n, slot, batch*pos*d]``: the patch of the first ``n`` rows at ``lead`` and its
         fused siblings."""
-        masks = self.masks[lead][:n]  # [row, slot, sources before this input]
+        masks = self.masks[lead][:n]  # [row, slot, sources before this input(, span)]
+        if self.spans is not None:
+            return self._span_delta(masks, n)
         n_fixed = min(self.layout.n_fixed, masks.shape[2])
         delta = None
         if n_fixed:
@@ -212,6 +234,32 @@ class _MaskedHooks:
             live = torch.bmm(masks[..., n_fixed:], self.buffer[:n, : masks.shape[2] - n_fixed])
             delta = live if delta is None else delta + live
         return delta
+
+    def _span_delta(self, masks: Tensor, n: int) -> Tensor:
+        """``_delta`` for position-aware masks ``[row, slot, source, span]``: per span, the
+        product over the positions of that span only."""
+        slots, n_sources = masks.shape[1], masks.shape[2]
+        n_fixed = min(self.layout.n_fixed, n_sources)
+        n_live = n_sources - n_fixed
+        q = self.n_flat
+        width = (self.buffer if self.buffer is not None else self.fixed).shape[-1] // q
+        dtype = (self.buffer if self.buffer is not None else self.fixed).dtype
+        out = masks.new_zeros(n, slots, q, width, dtype=dtype)
+        for span, where in self.spans:
+            m = masks[..., span]
+            if not bool(m.any()):
+                continue
+            where = where.to(out.device)
+            part = None
+            if n_fixed:
+                fixed = self.fixed[:n_fixed].view(n_fixed, q, width)[:, where].reshape(n_fixed, -1)
+                part = fixed_product(m[..., :n_fixed], fixed)
+            if n_live:
+                live = self.buffer[:n, :n_live].view(n, n_live, q, width)[:, :, where].reshape(n, n_live, -1)
+                product = torch.bmm(m[..., n_fixed:], live)
+                part = product if part is None else part + product
+            out[:, :, where] = part.view(n, slots, len(where), width)
+        return out.view(n, slots, q * width)
 
     def _patch(self, value: Tensor, hook) -> Tensor:
         """Add the patch in place (under ``no_grad``; the hooked tensors are fresh copies).
@@ -276,7 +324,7 @@ def _check_inputs(layout: EdgeLayout, masks: Tensor, ablated, fixed, rows: RowSe
 def run_masked(
     model,
     layout: EdgeLayout,
-    masks: Float[Tensor, "row edge"],
+    masks: Float[Tensor, "row edge *span"],
     base: BaseRun,
     rows: RowSet,
     *,
@@ -289,11 +337,13 @@ def run_masked(
     max_memory: int | None = None,
     progress: bool = False,
     description: str = "masked patching",
+    spans: Int[Tensor, "batch pos"] | None = None,
 ) -> tuple[Float[Tensor, "row batch"], RowStats]:
     """Run every row's masked forward over the whole batch and score it.
 
     Args:
-        masks: ``[row, edge]`` weights (1 = the edge carries the patched value).
+        masks: ``[row, edge]`` weights (1 = the edge carries the patched value), or
+            ``[row, edge, span]`` per span of positions (with ``spans``).
         base: the unpatched run rows branch off (residual streams entering the rows' entry
             layers, keys and values of the positions before a row's start).
         rows: each row's entry layer and first position (at most ``read.min()``).
@@ -304,6 +354,7 @@ def run_masked(
         fixed: ``patched - current`` of the fixed sources (``:layout.n_fixed``).
         entering: residual streams ``[batch, pos - start, d_model]`` that rows entering at
             a layer take instead of the base run's (ACDC's shared masked prefix).
+        spans: ``[batch, pos]`` span ids of the positions, for position-aware masks.
 
     Returns:
         ``(values [row, batch], stats)``.
@@ -320,7 +371,12 @@ def run_masked(
 
     def run_chunk(chunk: Tensor, start: int) -> None:
         hooks = _MaskedHooks(
-            layout, masks[chunk.to(masks.device)], _flat(ablated, start), _flat(fixed, start), batch
+            layout,
+            masks[chunk.to(masks.device)],
+            _flat(ablated, start),
+            _flat(fixed, start),
+            batch,
+            _span_ids(spans, start, masks),
         )
         n = len(chunk)
         examples = torch.arange(batch, device=model.device).repeat(n)
@@ -351,16 +407,24 @@ def run_masked(
     return values, stats
 
 
+def _span_ids(spans: Tensor | None, start: int, masks: Tensor) -> Tensor | None:
+    """Span ids of the computed positions, flattened as the buffers are (batch-major)."""
+    if (spans is not None) != (masks.ndim == 3):
+        raise ValueError("position-aware masks [row, edge, span] need spans, and spans need them")
+    return None if spans is None else spans[:, start:].reshape(-1)
+
+
 def masked_prefix(
     model,
     layout: EdgeLayout,
-    mask: Float[Tensor, " edge"],
+    mask: Float[Tensor, " edge *span"],
     base: BaseRun,
     *,
     ablated: Float[Tensor, "_ batch pos d_model"],
     start: int,
     stop: int,
     n_before: int,
+    spans: Int[Tensor, "batch pos"] | None = None,
 ) -> tuple[Float[Tensor, "batch _ d_model"], Float[Tensor, "_ batch pos d_model"]]:
     """One masked forward (every source live) up to block ``stop``, computing positions
     ``start:``: the residual stream entering ``stop`` (positions ``start:``) and
@@ -368,7 +432,9 @@ def masked_prefix(
     before ``start``, where nothing differs). Rows that agree on the edges into blocks
     before ``stop`` share it (ACDC), taking these sources as fixed."""
     batch, n_pos = base.tokens.shape
-    hooks = _MaskedHooks(layout, mask[None], _flat(ablated, start), None, batch)
+    hooks = _MaskedHooks(
+        layout, mask[None], _flat(ablated, start), None, batch, _span_ids(spans, start, mask[None])
+    )
     examples = torch.arange(batch, device=model.device)
     with _inputs_and_results_on(model, layout):
         residual = base.forward_rows([0] * batch, examples, start, hooks.hooks(), stop=stop)
