@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mechinterp
 from circuits.tracing import trace, train_transcoders, training
 from circuits.tracing.training import CHECKPOINT, _Dictionary, unexplained_variance
 from mechinterp.data.corpus import load_corpus
+from mechinterp.models.tiny import tiny_hf_model
 from mechinterp.sae import TrainingConfig
 
 TEXTS = load_corpus(max_texts=300)
@@ -32,7 +34,15 @@ def test_the_scales_fold_into_the_weights_exactly():
         assert torch.allclose(got, expected, atol=1e-5), kind
 
 
-def test_training_beats_the_untrained_start_and_traces(tiny_llama):
+@pytest.fixture(scope="module")
+def three_layers():
+    """Three layers: a layer count that differs from the (input, output) pair axis."""
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2, n_layers=3)
+    return mechinterp.load_model(hf_model, tokenizer=tokenizer, device="cpu")
+
+
+def test_training_beats_the_untrained_start_and_traces(three_layers):
+    tiny_llama = three_layers
     settings = dict(d_tc=32, kind="clt", k=4, buffer_tokens=4096, progress=False)
     trained = train_transcoders(
         tiny_llama, TEXTS, training=TrainingConfig(samples=256 * 60, batch_size=256), **settings

@@ -269,6 +269,7 @@ def _activation_batches(
                         for layer in range(n_layers)
                     ]
                     outputs = [cache[names[n_layers + layer]] for layer in range(n_layers)]
+                # [text, pos, 2, layer, d_model] -> the kept tokens' rows [token, 2, layer, d_model]
                 yield torch.stack([torch.stack(inputs, 2), torch.stack(outputs, 2)], 2)[keep].float()
 
     source, buffer = forwards(), None
@@ -279,5 +280,6 @@ def _activation_batches(
         buffer = buffer[torch.randperm(buffer.shape[0], generator=generator).to(buffer.device)]
         half = buffer_tokens // 2
         for start in range(0, half - batch_size + 1, batch_size):
-            yield buffer[start : start + batch_size, :, 0], buffer[start : start + batch_size, :, 1]
+            rows = buffer[start : start + batch_size]  # [batch, 2, layer, d_model]
+            yield rows[:, 0], rows[:, 1]
         buffer = buffer[half:]
