@@ -1,8 +1,8 @@
 """Circuit discovery on mechinterp models: the computational graph, batched edge patching,
-discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC),
-faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia /
-circuit-tracer graph JSON, GraphML, DOT; the interactive HTML page is a figure, in
-``mechinterp.plotting``).
+discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC batched and
+exact), faithfulness and ROC evaluation, MIB's CPR / CMD over circuit sizes
+(``compare_methods``), and export (our JSON, EAP-IG JSON, Neuronpedia / circuit-tracer graph
+JSON, GraphML, DOT; the interactive HTML page is a figure, in ``mechinterp.plotting``).
 
 Example:
     >>> from circuits import ALGORITHMS, Graph, faithfulness_curve, write
@@ -12,15 +12,18 @@ Example:
     >>> write(circuit, "ioi.graphml", to="graphml")
 """
 
+from circuits.acdc_exact import exact_acdc_edges
 from circuits.algorithms import (
     ALGORITHMS,
     CONFIGS,
     ACDCConfig,
+    ACDCExactConfig,
     EAPConfig,
     EAPIGConfig,
     EdgePatchingConfig,
     PairedData,
     acdc,
+    acdc_exact,
     eap,
     eap_ig,
     edge_patching,
@@ -51,14 +54,25 @@ from circuits.export import (
     write_neuronpedia_json,
 )
 from circuits.graph import Edge, Graph, Node
+from circuits.mib import (
+    MIB_GRID,
+    MethodComparison,
+    MethodScore,
+    MIBCurve,
+    compare_methods,
+    mib_areas,
+    mib_curve,
+)
 from circuits.neuronpedia import to_neuronpedia_dict
 from circuits.prompt import prompt_record
 
 __all__ = [
     "ALGORITHMS",
     "CONFIGS",
+    "MIB_GRID",
     "WRITERS",
     "ACDCConfig",
+    "ACDCExactConfig",
     "Circuit",
     "CircuitScore",
     "EAPConfig",
@@ -67,17 +81,25 @@ __all__ = [
     "EdgePatchingConfig",
     "FaithfulnessCurve",
     "Graph",
+    "MIBCurve",
+    "MethodComparison",
+    "MethodScore",
     "Node",
     "PairedData",
     "RocCurve",
     "acdc",
+    "acdc_exact",
+    "compare_methods",
     "eap",
     "eap_ig",
     "eap_ig_scores",
     "eap_scores",
     "edge_patching",
     "evaluate_circuit",
+    "exact_acdc_edges",
     "faithfulness_curve",
+    "mib_areas",
+    "mib_curve",
     "node_scores",
     "patch_edges",
     "prompt_record",
