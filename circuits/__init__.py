@@ -12,7 +12,6 @@ Example:
     >>> write(circuit, "ioi.graphml", to="graphml")
 """
 
-from circuits.acdc_exact import exact_acdc_edges
 from circuits.algorithms import (
     ALGORITHMS,
     CONFIGS,
@@ -40,6 +39,7 @@ from circuits.evaluate import (
     roc_against,
     roc_curve,
 )
+from circuits.exact_acdc import exact_acdc_edges
 from circuits.export import (
     WRITERS,
     read_json,

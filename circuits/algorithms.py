@@ -18,7 +18,7 @@ alone carries the corrupted source), the chosen edges and the settings used.
   against the same circuit is what makes it one forward.)
 - ``"acdc-exact"``: ACDC as Conmy et al. wrote it: the same reverse-topological pass, but one
   edge at a time, each tried against the circuit left by every earlier decision
-  (``circuits.acdc_exact``); the result is the literal greedy loop's, batched speculatively.
+  (``circuits.exact_acdc``); the result is the literal greedy loop's, batched speculatively.
 
 Scoring algorithms keep ``config.top_n`` edges (``level="edge"``: the largest scores, or with
 ``selection="greedy"`` grown from the logits edge by edge) or the edges between the
@@ -45,10 +45,10 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.acdc_exact import exact_acdc_edges
 from circuits.circuit import Circuit
 from circuits.eap import eap_ig_scores, eap_scores
 from circuits.edge_patching import Ablation, patch_edges
+from circuits.exact_acdc import exact_acdc_edges
 from circuits.graph import Graph
 from circuits.prompt import prompt_record
 from mechinterp.dims import AttentionMask, Tokens
@@ -106,7 +106,7 @@ class ACDCConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ACDCExactConfig(ACDCConfig):
-    """``rows_per_forward``: speculative rows per forward (``circuits.acdc_exact``); it
+    """``rows_per_forward``: speculative rows per forward (``circuits.exact_acdc``); it
     changes the speed only, never the result."""
 
     rows_per_forward: int = 16

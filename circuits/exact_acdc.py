@@ -16,13 +16,16 @@ Speed without changing the result:
   the context the sequential loop would meet if all of them were removed. Results are read in
   order up to the first kept edge; the rows after it assumed its removal and are run again.
   A forward therefore decides one kept edge and every removed edge before it.
-- Each forward starts at the destination's block (``start_layer``): edges into earlier
-  blocks have not been visited yet, so those blocks are the same for every row and run once.
+- Each forward starts at the destination's block: edges into earlier blocks have not been
+  visited yet, so those blocks are the same for every row and for every destination of the
+  layer; they run once per layer (the masked prefix of ``patch_edges(start_layer=...)``,
+  cached), as do the ablated sources and the clean prefix (once per call).
 - A node none of whose outgoing edges is left in the circuit reads nothing that matters: the
   edges into it are removed without a forward (their effect is zero; recorded as 0).
 
-All evaluations run on the masked executor (``circuits.patch_edges``). Cost: one forward per
-kept edge and per visited destination (with up to ``rows_per_forward`` rows each).
+All evaluations run on the masked executor (``mechinterp.patching.masked``, set up as
+``circuits.patch_edges`` sets it up). Cost: one forward per kept edge and per visited
+destination (up to ``rows_per_forward`` rows each, from the destination's block on).
 
 Example:
     >>> in_circuit, effects = exact_acdc_edges(model, clean, corrupt, graph, metric, threshold=0.05)
@@ -36,10 +39,85 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuits.edge_patching import Ablation, patch_edges
+from circuits.edge_patching import (
+    Ablation,
+    ablated_outputs,
+    check_graph_fits,
+    edge_layout,
+    first_difference,
+)
 from circuits.graph import Graph, Node
 from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
+from mechinterp.patching.base_run import BaseRun
+from mechinterp.patching.masked import masked_prefix, run_masked
+from mechinterp.patching.rows import RowSet
+
+
+class _Evaluator:
+    """``patch_edges`` for a sequence of calls whose edges into blocks before the entry layer
+    stay unpatched: the ablated sources, the clean prefix and each layer's masked prefix are
+    computed once."""
+
+    def __init__(self, model, clean, corrupt, graph, metric, ablation, attention_mask):
+        check_graph_fits(model, graph)
+        self.model, self.graph, self.metric = model, graph, metric
+        clean, corrupt = clean.to(model.device), corrupt.to(model.device)
+        mask = torch.ones_like(clean) if attention_mask is None else attention_mask.to(model.device)
+        self.ablated = ablated_outputs(model, graph, clean, corrupt, ablation, mask)
+        self.positions = metric.positions.to(model.device)
+        self.start = min(first_difference(clean, corrupt, ablation), int(self.positions.min()))
+        self.base = BaseRun.prefix(model, clean, mask, self.start)
+        self.full_layout = edge_layout(model, graph)
+        self.layers: dict[int, tuple] = {}
+
+    def _layer(self, layer: int, mask: Tensor) -> tuple:
+        if layer not in self.layers:
+            layout = edge_layout(self.model, self.graph, layer)
+            fixed, entering = None, None
+            if layer > 0:
+                before = layout.edges_before(layer)
+                if bool(mask[before].any()):
+                    raise RuntimeError(f"edges into blocks before {layer} were removed before it was visited")
+                residual, fixed = masked_prefix(
+                    self.model,
+                    self.full_layout,
+                    mask.to(self.model.device, self.model.dtype),
+                    self.base,
+                    ablated=self.ablated,
+                    start=self.start,
+                    stop=layer,
+                    n_before=layout.n_fixed,
+                )
+                entering = {layer: residual}
+            self.layers[layer] = (layout, fixed, entering)
+        return self.layers[layer]
+
+    def __call__(self, masks: Tensor, layer: int) -> list[float]:
+        """Mean metric of each row of ``masks`` ``[row, edge]``, entering at ``layer``."""
+        layout, fixed, entering = self._layer(layer, masks[0])
+        model, metric = self.model, self.metric
+
+        def score(residual: Tensor, examples: Tensor) -> Tensor:
+            return metric.score(model.unembed(model.ln_final(residual[:, None]))[:, 0].float(), examples)
+
+        values, _ = run_masked(
+            model,
+            layout,
+            masks.to(model.device, model.dtype),
+            self.base,
+            RowSet(
+                layer=torch.full((len(masks),), layer, dtype=torch.long, device="cpu"),
+                start=torch.full((len(masks),), self.start, dtype=torch.long, device="cpu"),
+            ),
+            read=self.positions,
+            score=score,
+            ablated=self.ablated[layout.n_fixed :],
+            fixed=fixed,
+            entering=entering,
+            description="exact ACDC",
+        )
+        return values.float().mean(-1).tolist()
 
 
 def visiting_order(graph: Graph) -> list[tuple[Node, str, list[int]]]:
@@ -89,12 +167,7 @@ def exact_acdc_edges(
     effects = torch.zeros(n_edges)
     source_of = torch.tensor([graph.source_nodes.index(e.source) for e in graph.edges])
     node_index = {node: i for i, node in enumerate(graph.source_nodes)}
-    run = dict(ablation=ablation, attention_mask=attention_mask)
-
-    def mean_values(masks: Tensor, start_layer: int) -> list[float]:
-        values = patch_edges(model, clean, corrupt, graph, masks, metric, start_layer=start_layer, **run)
-        return values.float().mean(-1).tolist()
-
+    mean_values = _Evaluator(model, clean, corrupt, graph, metric, ablation, attention_mask)
     current = mean_values(removed[None], graph.n_layers - 1)[0]
     order = visiting_order(graph)
     for target, channel, candidates in tqdm(order, desc="exact ACDC", leave=False, disable=not progress):
