@@ -64,7 +64,13 @@ def method_table(args) -> None:
     for task in args.tasks:
         pairs = TASKS[task](model, args.pairs, seed=args.seed, **TASK_OPTIONS.get(task, {}))
         start = time.perf_counter()
-        table = compare_methods(model, pairs, pairs.metric(), graph, methods=methods, task=task)
+        configs = {
+            "acdc": ACDCConfig(threshold=args.acdc_threshold),
+            "acdc-exact": ACDCExactConfig(threshold=args.acdc_threshold),
+        }
+        table = compare_methods(
+            model, pairs, pairs.metric(), graph, methods=methods, configs=configs, task=task
+        )
         print(f"{task}: {time.perf_counter() - start:.0f} s")
         curve = table.scores[0].cmd_curve
         baselines.append(f"| {task} | {curve.full_model:.3f} | {curve.empty:.3f} |")
@@ -78,7 +84,7 @@ def write_tables(args, graph, rows, baselines, tasks) -> None:
     out = Path(args.out)
     header = (
         f"{args.model}, {args.pairs} pairs per task (seed {args.seed}), {len(graph.edges)} edges, "
-        f"methods at their default configs, resample ablation"
+        f"methods at their default configs (ACDC threshold {args.acdc_threshold:g}), resample ablation"
     )
     text = "\n\n".join(
         [

@@ -48,6 +48,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuits.algorithms import ALGORITHMS
 from circuits.circuit import Circuit
 from circuits.edge_patching import Ablation, patch_edges
 from circuits.graph import Graph
@@ -262,8 +263,6 @@ def compare_methods(
         >>> table = compare_methods(model, pairs, pairs.metric(), Graph.from_model(model), task="ioi")
         >>> print(table.to_markdown())
     """
-    from circuits.algorithms import ALGORITHMS
-
     names = list(ALGORITHMS) if methods is None else list(methods)
     unknown = [name for name in names if name not in ALGORITHMS]
     if unknown:
