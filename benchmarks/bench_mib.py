@@ -144,6 +144,7 @@ def main() -> None:
         "--methods", nargs="+", default=None, help="default: every registered method but --skip"
     )
     parser.add_argument("--skip", nargs="*", default=list(COSTLY))
+    parser.add_argument("--acdc-threshold", type=float, default=ACDCConfig().threshold)
     parser.add_argument(
         "--acdc-model", default=None, help="compare exact and batched ACDC on this model instead"
     )
