@@ -1,9 +1,9 @@
 """Circuit discovery on mechinterp models: the computational graph, batched edge patching,
-discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC, RelP),
-position-aware circuits (edges per span of positions),
-faithfulness and ROC evaluation, and export (our JSON, EAP-IG JSON, Neuronpedia /
-circuit-tracer graph JSON, GraphML, DOT; the interactive HTML page is a figure, in
-``mechinterp.plotting``).
+discovery algorithms behind one signature (exact edge patching, EAP, EAP-IG, ACDC batched and
+exact, RelP), position-aware circuits (edges per span of positions), faithfulness and ROC
+evaluation, MIB's CPR / CMD over circuit sizes (``compare_methods``), and export (our JSON, EAP-IG
+JSON, Neuronpedia / circuit-tracer graph JSON, GraphML, DOT; the interactive HTML page is a
+figure, in ``mechinterp.plotting``).
 
 Example:
     >>> from circuits import ALGORITHMS, Graph, faithfulness_curve, write
@@ -17,12 +17,14 @@ from circuits.algorithms import (
     ALGORITHMS,
     CONFIGS,
     ACDCConfig,
+    ACDCExactConfig,
     EAPConfig,
     EAPIGConfig,
     EdgePatchingConfig,
     PairedData,
     RelPConfig,
     acdc,
+    acdc_exact,
     eap,
     eap_ig,
     edge_patching,
@@ -40,6 +42,7 @@ from circuits.evaluate import (
     roc_against,
     roc_curve,
 )
+from circuits.exact_acdc import exact_acdc_edges
 from circuits.export import (
     WRITERS,
     read_json,
@@ -54,6 +57,15 @@ from circuits.export import (
     write_neuronpedia_json,
 )
 from circuits.graph import Edge, Graph, Node
+from circuits.mib import (
+    MIB_GRID,
+    MethodComparison,
+    MethodScore,
+    MIBCurve,
+    compare_methods,
+    mib_areas,
+    mib_curve,
+)
 from circuits.neuronpedia import to_neuronpedia_dict
 from circuits.positional import (
     POSITIONAL_METHODS,
@@ -67,8 +79,10 @@ __all__ = [
     "ALGORITHMS",
     "CONFIGS",
     "POSITIONAL_METHODS",
+    "MIB_GRID",
     "WRITERS",
     "ACDCConfig",
+    "ACDCExactConfig",
     "Circuit",
     "CircuitScore",
     "EAPConfig",
@@ -77,19 +91,27 @@ __all__ = [
     "EdgePatchingConfig",
     "FaithfulnessCurve",
     "Graph",
+    "MIBCurve",
+    "MethodComparison",
+    "MethodScore",
     "Node",
     "PairedData",
     "PositionalCircuit",
     "RelPConfig",
     "RocCurve",
     "acdc",
+    "acdc_exact",
+    "compare_methods",
     "eap",
     "eap_ig",
     "eap_ig_scores",
     "eap_scores",
     "edge_patching",
     "evaluate_circuit",
+    "exact_acdc_edges",
     "faithfulness_curve",
+    "mib_areas",
+    "mib_curve",
     "node_scores",
     "patch_edges",
     "positional_faithfulness",

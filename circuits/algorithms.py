@@ -18,6 +18,9 @@ alone carries the corrupted source), the chosen edges and the settings used.
   every edge whose removal changes the mean metric by less than ``config.threshold`` is
   removed. (The original tries them one at a time; trying one destination's candidates
   against the same circuit is what makes it one forward.)
+- ``"acdc-exact"``: ACDC as Conmy et al. wrote it: the same reverse-topological pass, but one
+  edge at a time, each tried against the circuit left by every earlier decision
+  (``circuits.exact_acdc``); the result is the literal greedy loop's, batched speculatively.
 
 Scoring algorithms keep ``config.top_n`` edges (``level="edge"``: the largest scores, or with
 ``selection="greedy"`` grown from the logits edge by edge) or the edges between the
@@ -47,6 +50,7 @@ from tqdm.auto import tqdm
 from circuits.circuit import Circuit
 from circuits.eap import eap_ig_scores, eap_scores, relp_scores
 from circuits.edge_patching import Ablation, patch_edges
+from circuits.exact_acdc import exact_acdc_edges
 from circuits.graph import Graph
 from circuits.prompt import prompt_record
 from mechinterp.dims import AttentionMask, Tokens
@@ -105,6 +109,14 @@ class EdgePatchingConfig(SelectionConfig):
 class ACDCConfig:
     threshold: float = 0.05
     ablation: Ablation = "resample"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ACDCExactConfig(ACDCConfig):
+    """``rows_per_forward``: speculative rows per forward (``circuits.exact_acdc``); it
+    changes the speed only, never the result."""
+
+    rows_per_forward: int = 16
 
 
 def _select(graph: Graph, scores: Tensor, name: str, config: SelectionConfig, prompt: dict) -> Circuit:
@@ -187,8 +199,33 @@ def acdc(
         effects[candidates] = change
         patched[torch.tensor(candidates)[change < config.threshold]] = 1
     metadata = {"algorithm": "acdc", "config": asdict(config), "prompt": prompt_record(model, data, metric)}
+    metadata["scores"] = "magnitude"  # |change|: rank by size only (circuits.mib)
     circuit = Circuit(graph, effects, patched == 0, metadata=metadata)
     return circuit.pruned()
+
+
+@torch.no_grad()
+def acdc_exact(
+    model, data, metric: PositionalMetric, graph: Graph, *, config: ACDCExactConfig = ACDCExactConfig()
+) -> Circuit:
+    in_circuit, effects = exact_acdc_edges(
+        model,
+        data.clean,
+        data.corrupt,
+        graph,
+        metric,
+        threshold=config.threshold,
+        ablation=config.ablation,
+        attention_mask=_mask(data),
+        rows_per_forward=config.rows_per_forward,
+    )
+    metadata = {
+        "algorithm": "acdc-exact",
+        "config": asdict(config),
+        "prompt": prompt_record(model, data, metric),
+        "scores": "magnitude",
+    }
+    return Circuit(graph, effects, in_circuit, metadata=metadata).pruned()
 
 
 Algorithm = Callable[..., Circuit]
@@ -198,6 +235,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "eap-ig": eap_ig,
     "acdc": acdc,
     "relp": relp,
+    "acdc-exact": acdc_exact,
 }
 CONFIGS: dict[str, type] = {
     "edge-patching": EdgePatchingConfig,
@@ -205,4 +243,5 @@ CONFIGS: dict[str, type] = {
     "eap-ig": EAPIGConfig,
     "acdc": ACDCConfig,
     "relp": RelPConfig,
+    "acdc-exact": ACDCExactConfig,
 }

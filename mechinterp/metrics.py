@@ -195,3 +195,40 @@ class Normalized(_PositionalBase):
         if clean.ndim:
             clean, corrupted = clean[examples.to(raw.device)], corrupted[examples.to(raw.device)]
         return (raw - corrupted) / (clean - corrupted)
+
+
+@dataclass(frozen=True, eq=False)
+class GreaterThan(_PositionalBase):
+    """``p(value > threshold) - p(value <= threshold)`` at each example's answer position:
+    the probability mass on answers above the example's threshold minus the mass at or below
+    it (Hanna et al. 2023's greater-than metric, "probability difference").
+
+    ``value_tokens`` ``[answer]``: the token of each value ``0, 1, ...`` in order (two-digit
+    years ``"00".."99"``, or the digits ``"0".."9"``); ``thresholds`` ``[batch]``: each
+    example's value (e.g. the start year's last two digits).
+
+    Example:
+        >>> metric = GreaterThan(positions, value_tokens=digit_ids, thresholds=torch.tensor([3, 5]))
+        >>> metric(logits)     # mean over examples of p(> 3 | > 5) - p(<= 3 | <= 5)
+    """
+
+    positions: Int[Tensor, " batch"]
+    value_tokens: Int[Tensor, " answer"]
+    thresholds: Int[Tensor, " batch"]
+    reduce: Reduce = "mean"
+
+    def __post_init__(self) -> None:
+        self._check_batch(self.thresholds)
+        if int(self.thresholds.min()) < 0 or int(self.thresholds.max()) >= len(self.value_tokens):
+            raise ValueError(
+                f"thresholds must lie in 0..{len(self.value_tokens) - 1} (one value token each), "
+                f"got {self.thresholds.tolist()}"
+            )
+
+    def score(
+        self, logits: Float[Tensor, "row d_vocab"], examples: Int[Tensor, " row"]
+    ) -> Float[Tensor, " row"]:
+        probs = logits.float().softmax(-1)[:, self.value_tokens.to(logits.device)]
+        values = torch.arange(len(self.value_tokens), device=logits.device)
+        above = values[None] > self.thresholds.to(logits.device)[examples.to(logits.device)][:, None]
+        return (probs * above).sum(-1) - (probs * ~above).sum(-1)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 SiteKind = Literal[
     "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v", "pattern"
 ]
-Algorithm = Literal["edge-patching", "eap", "eap-ig", "acdc", "relp"]
+Algorithm = Literal["edge-patching", "eap", "eap-ig", "acdc", "acdc-exact", "relp"]
 ExportFormat = Literal["json", "eap-ig", "neuronpedia", "graphml", "dot", "html"]
 ProbeData = Literal["number_agreement", "entity_category"]
 ExplainUnit = Literal["neuron", "head_output", "head_attention", "sae_latent"]
@@ -125,9 +125,10 @@ class CircuitStep(_StepBase):
     Scoring algorithms (``edge-patching``, ``eap``, ``eap-ig``, ``relp``) keep the ``top_n`` edges
     (``level: edge``; ``selection: greedy`` grows them from the logits instead of taking the
     largest scores) or the edges between the ``top_n`` best nodes (``level: node``) before
-    pruning; ``ig_steps`` is EAP-IG's number of integration steps; ``threshold`` (ACDC)
-    removes edges whose effect is smaller. The curve has ``faithfulness_points`` edge counts from 0 to
-    ``faithfulness_max_edges`` (default: 4 x ``top_n``)."""
+    pruning; ``ig_steps`` is EAP-IG's number of integration steps; ``threshold`` (ACDC:
+    ``acdc``, ``acdc-exact``) removes edges whose effect is smaller. The curve has
+    ``faithfulness_points`` edge counts from 0 to ``faithfulness_max_edges`` (default: 4 x
+    ``top_n``)."""
 
     kind: Literal["circuit"]
     algorithm: Algorithm = "eap"

@@ -21,6 +21,7 @@ from mechinterp.plotting.lens import (
     lens_trajectory,
     probe_accuracy,
 )
+from mechinterp.plotting.mib import mib_figure
 from mechinterp.plotting.patching import comparison_scatter, patch_heatmap
 from mechinterp.plotting.sae import dashboard_html, feature_histogram, sae_evaluation_figure
 from mechinterp.plotting.token_attribution import method_comparison_heatmap, token_attribution_heatmap
@@ -40,6 +41,7 @@ __all__ = [
     "lens_heatmap",
     "lens_trajectory",
     "method_comparison_heatmap",
+    "mib_figure",
     "patch_heatmap",
     "probe_accuracy",
     "roc_figure",

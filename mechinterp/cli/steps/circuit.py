@@ -63,7 +63,7 @@ def run(step: CircuitStep, context, out: Path) -> StepOutput:
     circuit = circuits.ALGORITHMS[step.algorithm](
         model, data, context.metric, graph, config=algorithm_config(step)
     )
-    selected = step.top_n if step.algorithm != "acdc" and step.level == "edge" else circuit.n_edges
+    selected = step.top_n if "acdc" not in step.algorithm and step.level == "edge" else circuit.n_edges
     counts = edge_counts(step, selected, len(graph.edges))
     curve = circuits.faithfulness_curve(
         model,
