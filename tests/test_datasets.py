@@ -119,3 +119,107 @@ def test_errors_are_specific(tiny):
         diff_corpora(tiny, dictionary, ["a b"], ["c d"], holdout=1.0, progress=False)
     with pytest.raises(TypeError, match="read twice"):
         diff_corpora(tiny, dictionary, iter(["a b"]), ["c d"], explain=2)
+
+
+class ClassScorer:
+    """A scripted scorer that reads explanations: detection says Yes when the text holds a
+    character of the class the explanation names (``CLASSES``); a hypothesis is a regex of
+    ``HYPOTHESES`` searched in the text. Unknown descriptions get 50/50."""
+
+    name = "class rules"
+
+    def complete(self, conversations, *, max_tokens):
+        return ["" for _ in conversations]
+
+    def choice_probs(self, conversations, choices):
+        out = []
+        for conversation in conversations:
+            user = conversation[-1]["content"]
+            text = re.search(r"Text: (.*)\n\n", user, re.S).group(1)
+            found = re.search(r"(?:Explanation of the unit|Description): (.*)\n", user).group(1)
+            if found in CLASSES:
+                hit = any(CLASSES[found](c) for c in text)
+            elif found in HYPOTHESES:
+                hit = re.search(HYPOTHESES[found], text) is not None
+            else:
+                out.append(np.array([0.5, 0.5]))
+                continue
+            out.append(np.array([0.9, 0.1]) if hit else np.array([0.1, 0.9]))
+        return out
+
+
+class ClassExplainer:
+    """A scripted explainer: names the class of ``CLASSES`` most of the listed active tokens belong to."""
+
+    name = "class explainer"
+
+    def complete(self, conversations, *, max_tokens):
+        replies = []
+        for conversation in conversations:
+            tokens = re.findall(r"(\S+|' ') \(\d+\)", conversation[-1]["content"])
+            tokens = [" " if t == "' '" else t for t in tokens]
+            votes = {name: sum(map(rule, tokens)) for name, rule in CLASSES.items()}
+            replies.append(f"[EXPLANATION]: {max(votes, key=votes.get)}")
+        return replies
+
+    def choice_probs(self, conversations, choices):
+        raise AssertionError("the explainer is not asked to score")
+
+
+HYPOTHESES = {"mentions a four-digit year": r"\b\d{4}\b", "mentions an animal": r"cat|dog", "names a person": "Alice|Bob"}
+
+
+def test_planted_feature_explanation_beats_shuffled_with_a_checked_scorer(tiny):
+    from mechinterp.explain import ExampleConfig, check_scorer
+
+    scorer = ClassScorer()
+    check = check_scorer(
+        tiny,
+        scorer,
+        check_corpus(),
+        classes={k: CLASSES[k] for k in ("digits", "capital letters", "closing brackets")},
+        example_config=ExampleConfig(context_len=12, n_top=4, n_quantiles=2, n_per_quantile=4, n_random=8),
+    )
+    assert check.passes()
+    a, b = corpora()
+    config = ExampleConfig(context_len=24, n_top=5, n_quantiles=2, n_per_quantile=3, n_random=6)
+    diff = diff_corpora(
+        tiny,
+        TokenClassDictionary(tiny),
+        a,
+        b,
+        context_len=24,
+        explain=3,
+        explainer=ClassExplainer(),
+        scorer=scorer,
+        example_config=config,
+        progress=False,
+    )
+    top = diff.to_frame().iloc[0]
+    assert top["feature"] == list(CLASSES).index("digits") and top["explanation"] == "digits"
+    assert top["score"] == 1.0 and top["shuffled_score"] < 0.8
+    assert diff.scores.to_frame()["error"].isna().all()
+
+
+def test_hypothesis_beats_baselines_and_shuffled_words(tiny):
+    from mechinterp.datasets import check_hypothesis
+
+    a, b = corpora(240)
+    check = check_hypothesis(
+        "mentions a four-digit year",
+        held_out(a),
+        held_out(b),
+        ClassScorer(),
+        baselines=["mentions an animal", "names a person"],
+        labels=("plain", "with years"),
+        n_texts=100,
+    )
+    frame = check.to_frame().set_index("hypothesis")
+    assert list(frame["kind"]) == ["hypothesis", "baseline", "baseline", "shuffled"]
+    assert frame.loc["mentions a four-digit year", "auc"] > 0.6
+    assert frame.loc["mentions a four-digit year", "p_value"] < 0.01
+    assert (frame.loc[frame["kind"] != "hypothesis", "auc"] - 0.5).abs().max() < 0.1
+    assert check.margin() > 0.1 and check.supported()
+    assert (frame["n_failed"] == 0).all()
+    with pytest.raises(ValueError, match="non-empty strings"):
+        check_hypothesis([""], a, b, ClassScorer())

@@ -9,12 +9,15 @@ Example:
 """
 
 from mechinterp.datasets.diff import CorpusDiff, diff_corpora, explain_features, feature_counts
+from mechinterp.datasets.hypothesis import HypothesisCheck, check_hypothesis
 from mechinterp.datasets.reading import held_out
 from mechinterp.datasets.stats import FeatureCounts, log_odds
 
 __all__ = [
     "CorpusDiff",
     "FeatureCounts",
+    "HypothesisCheck",
+    "check_hypothesis",
     "diff_corpora",
     "explain_features",
     "feature_counts",

@@ -12,7 +12,7 @@ the discovery split only and every difference is recomputed on the held-out spli
 ``replicates`` says it has the same sign there with ``|z| >= z_threshold``. A top feature
 that does not replicate is a fluke of the sample, however large its z.
 
-With ``explain`` > 0 the top features (B over A) are explained with ``explain_units`` on
+With ``explain`` > 0 the features of largest ``|z|`` are explained with ``explain_units`` on
 contexts from both corpora and scored against shuffled explanations (``score_explanations``).
 
 The state kept while reading is four ``FeatureCounts`` (fixed size, ``3 * d_sae`` numbers
@@ -249,8 +249,8 @@ def diff_corpora(
         prior: strength of the log-odds prior, in pseudo-counts.
         holdout: fraction of each corpus's texts held out to check replication (0: none).
         threshold: a feature fires where its activation exceeds this.
-        explain: explain and score this many top features (B over A, replicated first);
-            needs corpora that can be read twice (lists). ``explainer`` / ``scorer``:
+        explain: explain and score the this many features of largest ``|z|`` (at least two
+            give each a shuffled baseline) on discovery texts of both corpora; needs corpora that can be read twice (lists). ``explainer`` / ``scorer``:
             ``ChatModel`` s (default: the embedded SmolLM2); ``methods``: scoring methods.
 
     Example:
@@ -285,9 +285,8 @@ def diff_corpora(
     )
     if not explain:
         return diff
-    features = diff.top(explain) or diff.top(explain, replicated=False)
-    if not features:
-        return diff
+    frame = diff.to_frame()
+    features = [int(f) for f in frame.loc[frame["z"].abs().sort_values(ascending=False).index, "feature"][:explain]]
     discovery_texts = [t for t, out in chain(splits(corpus_a, holdout, seed), splits(corpus_b, holdout, seed)) if not out]
     scores = explain_features(
         model,
