@@ -25,7 +25,13 @@ CLASSES = {
     "spaces": lambda s: s == " ",
     "other lowercase letters": lambda s: s.islower() and s not in "aeiou",
 }
-WORDS = ["the cat sat on a mat", "we ate some soup", "rain fell all day", "a dog ran far away", "Alice met Bob"]
+WORDS = [
+    "the cat sat on a mat",
+    "we ate some soup",
+    "rain fell all day",
+    "a dog ran far away",
+    "Alice met Bob",
+]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +88,9 @@ def test_log_odds_by_hand():
 def test_planted_years_top_the_diff_and_replicate(tiny):
     a, b = corpora()
     dictionary = TokenClassDictionary(tiny)
-    diff = diff_corpora(tiny, dictionary, a, b, labels=("plain", "with years"), context_len=24, progress=False)
+    diff = diff_corpora(
+        tiny, dictionary, a, b, labels=("plain", "with years"), context_len=24, progress=False
+    )
     frame = diff.to_frame()
     digits = list(CLASSES).index("digits")
     assert int(frame["feature"].iloc[0]) == digits
@@ -166,7 +174,11 @@ class ClassExplainer:
         raise AssertionError("the explainer is not asked to score")
 
 
-HYPOTHESES = {"mentions a four-digit year": r"\b\d{4}\b", "mentions an animal": r"cat|dog", "names a person": "Alice|Bob"}
+HYPOTHESES = {
+    "mentions a four-digit year": r"\b\d{4}\b",
+    "mentions an animal": r"cat|dog",
+    "names a person": "Alice|Bob",
+}
 
 
 def test_planted_feature_explanation_beats_shuffled_with_a_checked_scorer(tiny):
@@ -223,3 +235,132 @@ def test_hypothesis_beats_baselines_and_shuffled_words(tiny):
     assert (frame["n_failed"] == 0).all()
     with pytest.raises(ValueError, match="non-empty strings"):
         check_hypothesis([""], a, b, ClassScorer())
+
+
+# ------------------------------------------------------------------------------ model diffing
+
+
+@pytest.fixture(scope="module")
+def model_pair(tiny):
+    """``(A, B, v)``: B is A with ``v`` (3x a typical embedding norm) added to the embedding
+    of every digit: the planted change."""
+    import copy
+
+    tuned = copy.deepcopy(tiny)
+    digits = [tiny.tokenizer.convert_tokens_to_ids(c) for c in "0123456789"]
+    v = torch.randn(64, generator=torch.Generator().manual_seed(1))
+    v = v / v.norm()
+    with torch.no_grad():
+        tuned.embed.W_E[digits] += 3 * tiny.embed.W_E.norm(dim=-1).mean() * v
+    return tiny, tuned, v
+
+
+def test_relative_decoder_norms_of_a_hand_built_crosscoder():
+    from mechinterp.datasets.models import Crosscoder
+    from mechinterp.sae import SAE, SAEConfig
+
+    sae = SAE.create(SAEConfig(architecture="relu", d_in=8, d_sae=4, hook_name="blocks.0.hook_resid_pre"))
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.W_dec[0, :4] = torch.tensor([3.0, 0, 0, 0])  # A only
+        sae.W_dec[1, 4:] = torch.tensor([0, 2.0, 0, 0])  # B only
+        sae.W_dec[2] = torch.tensor([1.0, 0, 0, 0, 1.0, 0, 0, 0])  # shared, same direction
+        sae.W_dec[3] = torch.tensor([0, 1.0, 0, 0, 0, 0, 3.0, 4.0])  # mostly B, another direction
+    cc = Crosscoder(sae, ("base", "tuned"))
+    torch.testing.assert_close(cc.decoder_norms(), torch.tensor([[3.0, 0], [0, 2.0], [1.0, 1.0], [1.0, 5.0]]))
+    torch.testing.assert_close(cc.relative_norms(), torch.tensor([0.0, 1.0, 0.5, 5 / 6]))
+    table = cc.latent_table(specific=0.2)
+    assert table["specific_to"].tolist() == ["base", "tuned", "shared", "tuned"]
+    assert table["cosine"].tolist() == pytest.approx([0.0, 0.0, 1.0, 0.0])
+    assert cc.specific_latents("tuned", specific=0.2) == [1, 3] and cc.specific_latents("base") == [0]
+    with pytest.raises(ValueError, match="must be one of"):
+        cc.specific_latents("other")
+    with pytest.raises(ValueError, match="side by side"):
+        Crosscoder(SAE.create(SAEConfig(architecture="relu", d_in=7, d_sae=4, hook_name="x")))
+
+
+def test_batchtopk_crosscoder_finds_directions_specific_to_each_model():
+    """Synthetic paired activations: shared sparse atoms, plus one direction only A has and
+    one only B has (each on a random 10% of rows, independent of the atoms)."""
+    from mechinterp.datasets.models import Crosscoder
+    from mechinterp.sae import TrainingConfig, train_sae
+
+    g = torch.Generator().manual_seed(0)
+    n, d, atoms = 20000, 32, 24
+    dictionary = torch.randn(atoms, d, generator=g)
+    dictionary /= dictionary.norm(dim=-1, keepdim=True)
+    codes = (torch.rand(n, atoms, generator=g) < 0.08) * torch.rand(n, atoms, generator=g) * 2
+    shared = codes @ dictionary
+    only_a, only_b = (x / x.norm() for x in torch.randn(2, d, generator=g))
+    flag_b, flag_a = ((torch.rand(n, 1, generator=g) < 0.1).float() for _ in range(2))
+    x = torch.cat([shared + 2 * flag_a * only_a, shared + 2 * flag_b * only_b], dim=-1)
+    sae = train_sae(
+        x,
+        d_sae=48,
+        architecture="batchtopk",
+        k=2,
+        training=TrainingConfig(samples=256 * 600, batch_size=256),
+        progress=False,
+    )
+    assert (
+        sae.cfg.architecture == "jumprelu" and float(sae.threshold.detach().min()) > 0
+    )  # theta replaces the batch
+    cc = Crosscoder(sae, ("A", "B"))
+    (a_latent,), (b_latent,) = cc.specific_latents("A"), cc.specific_latents("B")
+    cosine = torch.nn.functional.cosine_similarity
+    assert float(cosine(sae.W_dec[a_latent, :d], only_a, dim=0)) > 0.95
+    assert float(cosine(sae.W_dec[b_latent, d:], only_b, dim=0)) > 0.95
+
+
+def test_crosscoder_on_two_models_points_at_the_planted_token_class(model_pair, tmp_path):
+    from mechinterp.datasets.models import Crosscoder, diff_models, train_crosscoder
+    from mechinterp.explain import ExampleConfig
+    from mechinterp.sae import TrainingConfig
+
+    base, tuned, _ = model_pair
+    _, texts = corpora(200)
+    options = {
+        "d_sae": 32, "k": 2, "labels": ("base", "tuned"), "buffer_tokens": 2048, "progress": False,
+        "training": TrainingConfig(samples=128 * 400, batch_size=128, lr=1e-2, checkpoint_every=200),
+    }  # fmt: skip
+    cc = train_crosscoder(base, tuned, texts, "blocks.0.hook_resid_pre", checkpoint_dir=tmp_path, **options)
+    # the most tuned-leaning latents fire on the digits the change was planted on
+    leaning = [int(i) for i in cc.latent_table().sort_values("relative_norm")["latent"].tail(2)]
+    assert cc.relative_norms()[leaning].min() > 0.55
+    result = diff_models(
+        base,
+        tuned,
+        cc,
+        texts,
+        specific=0.45,
+        n_latents=2,
+        example_config=ExampleConfig(context_len=24, n_top=5),
+    )
+    for examples in result.examples[:2]:
+        active = [t for c in examples.top for t, on in zip(c.tokens, c.active, strict=True) if on]
+        assert active and np.mean([t.isdigit() for t in active]) > 0.8
+    assert set(result.to_frame()["latent"]) == set(result.latents)
+    # resumed from the finished checkpoint: no step is taken again, the same crosscoder comes back
+    again = train_crosscoder(
+        base, tuned, texts, "blocks.0.hook_resid_pre", checkpoint_dir=tmp_path, **options
+    )
+    torch.testing.assert_close(again.sae.W_dec, cc.sae.W_dec)
+    cc.save(tmp_path / "cc")
+    torch.testing.assert_close(Crosscoder.load(tmp_path / "cc").relative_norms(), cc.relative_norms())
+
+
+def test_sae_difference_ranks_the_planted_feature_first(model_pair):
+    from mechinterp.datasets.models import sae_difference
+    from mechinterp.sae import SAE, SAEConfig
+
+    base, tuned, v = model_pair
+    sae = SAE.create(
+        SAEConfig(architecture="jumprelu", d_in=64, d_sae=8, hook_name="blocks.0.hook_resid_pre"), seed=3
+    )
+    with torch.no_grad():
+        sae.W_enc[:, 0] = v  # feature 0 reads the planted direction
+        sae.threshold.fill_(1.0)
+    _, texts = corpora(120)
+    diff = sae_difference(base, tuned, sae, texts, labels=("base", "tuned"), context_len=24, progress=False)
+    top = diff.to_frame().iloc[0]
+    assert top["feature"] == 0 and bool(top["replicates"]) and top["freq_b"] > top["freq_a"]

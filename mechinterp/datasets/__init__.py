@@ -10,17 +10,31 @@ Example:
 
 from mechinterp.datasets.diff import CorpusDiff, diff_corpora, explain_features, feature_counts
 from mechinterp.datasets.hypothesis import HypothesisCheck, check_hypothesis
+from mechinterp.datasets.models import (
+    Crosscoder,
+    ModelDiff,
+    crosscoder_examples,
+    diff_models,
+    sae_difference,
+    train_crosscoder,
+)
 from mechinterp.datasets.reading import held_out
 from mechinterp.datasets.stats import FeatureCounts, log_odds
 
 __all__ = [
     "CorpusDiff",
+    "Crosscoder",
     "FeatureCounts",
     "HypothesisCheck",
+    "ModelDiff",
     "check_hypothesis",
+    "crosscoder_examples",
     "diff_corpora",
+    "diff_models",
     "explain_features",
     "feature_counts",
     "held_out",
     "log_odds",
+    "sae_difference",
+    "train_crosscoder",
 ]

@@ -37,7 +37,6 @@ import torch
 
 from mechinterp.datasets.reading import check_dictionary, check_texts, encoded_windows, splits
 from mechinterp.datasets.stats import FeatureCounts, log_odds
-from mechinterp.explain.explainers import default_explainer
 from mechinterp.explain import (
     ChatModel,
     ExampleConfig,
@@ -47,6 +46,7 @@ from mechinterp.explain import (
     explain_units,
     score_explanations,
 )
+from mechinterp.explain.explainers import default_explainer
 
 Level = Literal["window", "token"]
 Direction = Literal["b", "a", "both"]
@@ -124,7 +124,11 @@ class CorpusDiff:
             explanation, score, baseline = [], [], []
             for f in frame["feature"]:
                 row = by_label.get(_label(self.hook_name, int(f))) if int(f) in self.explained else None
-                metric = "correlation" if row is not None and row["method"] == "simulation" else "balanced_accuracy"
+                metric = (
+                    "correlation"
+                    if row is not None and row["method"] == "simulation"
+                    else "balanced_accuracy"
+                )
                 explanation.append(None if row is None else row["explanation"])
                 score.append(math.nan if row is None else row[metric])
                 baseline.append(math.nan if row is None else row[f"baseline_{metric}"])
@@ -170,7 +174,7 @@ def _label(hook_name: str, feature: int) -> str:
     return f"{hook_name}/latent {feature}"
 
 
-def _count(model, dictionary, tagged, threshold: float, **options) -> dict[bool, FeatureCounts] | None:
+def count_splits(model, dictionary, tagged, threshold: float, **options) -> dict[bool, FeatureCounts] | None:
     """Stream ``(text, held_out)`` pairs into one ``FeatureCounts`` per split."""
     counts = None
     for acts, counted, _, held in encoded_windows(model, dictionary, tagged, **options):
@@ -203,7 +207,7 @@ def feature_counts(
         >>> discovery.window_fires / discovery.windows        # firing rate per feature
     """
     check_texts(texts, "texts")
-    counts = _count(
+    counts = count_splits(
         model,
         dictionary,
         splits(texts, holdout, seed),
@@ -281,13 +285,22 @@ def diff_corpora(
     if counts["discovery", "a"].d_sae != counts["discovery", "b"].d_sae:
         raise ValueError("the dictionary gave a different number of features on the two corpora")
     diff = CorpusDiff(
-        labels=labels, hook_name=dictionary.hook_name, counts=counts, level=level, prior=prior, z_threshold=z_threshold
+        labels=labels,
+        hook_name=dictionary.hook_name,
+        counts=counts,
+        level=level,
+        prior=prior,
+        z_threshold=z_threshold,
     )
     if not explain:
         return diff
     frame = diff.to_frame()
-    features = [int(f) for f in frame.loc[frame["z"].abs().sort_values(ascending=False).index, "feature"][:explain]]
-    discovery_texts = [t for t, out in chain(splits(corpus_a, holdout, seed), splits(corpus_b, holdout, seed)) if not out]
+    features = [
+        int(f) for f in frame.loc[frame["z"].abs().sort_values(ascending=False).index, "feature"][:explain]
+    ]
+    discovery_texts = [
+        t for t, out in chain(splits(corpus_a, holdout, seed), splits(corpus_b, holdout, seed)) if not out
+    ]
     scores = explain_features(
         model,
         dictionary,

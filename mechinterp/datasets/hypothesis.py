@@ -42,8 +42,7 @@ HYPOTHESIS_SYSTEM = "You check descriptions of texts. Answer briefly."
 def hypothesis_prompt(hypothesis: str, text: str) -> list[dict]:
     """The scorer's conversation: does ``hypothesis`` fit ``text``?"""
     user = (
-        f"Description: {hypothesis}\n\nText: {text}\n\n"
-        "Does the description fit the text? Answer Yes or No."
+        f"Description: {hypothesis}\n\nText: {text}\n\nDoes the description fit the text? Answer Yes or No."
     )
     return [{"role": "system", "content": HYPOTHESIS_SYSTEM}, {"role": "user", "content": user}]
 
@@ -85,7 +84,10 @@ class HypothesisCheck:
         return {
             "labels": list(self.labels),
             "scorer": self.scorer,
-            "rows": [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in self.rows],
+            "rows": [
+                {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
+                for r in self.rows
+            ],
             "margin": self.margin(),
         }
 
@@ -141,7 +143,10 @@ def check_hypothesis(
             raise ValueError(f"{name} must be a non-empty list of texts")
     rng = np.random.default_rng(seed)
     texts = tuple(
-        tuple(str(corpus[i])[:max_chars] for i in rng.choice(len(corpus), min(n_texts, len(corpus)), replace=False))
+        tuple(
+            str(corpus[i])[:max_chars]
+            for i in rng.choice(len(corpus), min(n_texts, len(corpus)), replace=False)
+        )
         for corpus in (corpus_a, corpus_b)
     )
     descriptions = [(h, "hypothesis") for h in hypotheses]
@@ -158,16 +163,28 @@ def check_hypothesis(
     for k, (description, kind) in enumerate(descriptions):
         mine = answers[k * len(items) : (k + 1) * len(items)]
         ok = np.array([not isinstance(a, ChatError) for a in mine])
-        probs = np.array([float(a[0] / max(a.sum(), 1e-12)) if good else np.nan for a, good in zip(mine, ok, strict=True)])
+        probs = np.array(
+            [float(a[0] / max(a.sum(), 1e-12)) if good else np.nan for a, good in zip(mine, ok, strict=True)]
+        )
         p_yes[description] = tuple(probs.tolist())
-        row = {"hypothesis": description, "kind": kind, "auc": np.nan, "balanced_accuracy": np.nan, "p_value": np.nan}
+        row = {
+            "hypothesis": description,
+            "kind": kind,
+            "auc": np.nan,
+            "balanced_accuracy": np.nan,
+            "p_value": np.nan,
+        }
         y, p = truth[ok], probs[ok]
         if len(set(y.tolist())) == 2:
             row["auc"] = roc_auc(torch.as_tensor(p), torch.as_tensor(y))
             said = p > 0.5
             row["balanced_accuracy"] = float((said[y == 1].mean() + (~said[y == 0]).mean()) / 2)
             row["p_value"] = _permutation_p(p, y, row["auc"], n_permutations, rng)
-        row |= {"n_a": int(ok[truth == 0].sum()), "n_b": int(ok[truth == 1].sum()), "n_failed": int((~ok).sum())}
+        row |= {
+            "n_a": int(ok[truth == 0].sum()),
+            "n_b": int(ok[truth == 1].sum()),
+            "n_failed": int((~ok).sum()),
+        }
         rows.append(row)
     return HypothesisCheck(rows=tuple(rows), labels=labels, scorer=scorer.name, texts=texts, p_yes=p_yes)
 

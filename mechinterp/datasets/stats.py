@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Shaped
 from torch import Tensor
 
 
@@ -46,9 +46,9 @@ class FeatureCounts:
     threshold: float = 0.0
     tokens: int = 0
     windows: int = 0
-    token_fires: Tensor = field(init=False)
-    window_fires: Tensor = field(init=False)
-    activation_sum: Tensor = field(init=False)
+    token_fires: Float[Tensor, " d_sae"] = field(init=False)
+    window_fires: Float[Tensor, " d_sae"] = field(init=False)
+    activation_sum: Float[Tensor, " d_sae"] = field(init=False)
 
     def __post_init__(self) -> None:
         self.token_fires = torch.zeros(self.d_sae, dtype=torch.float64)
@@ -56,7 +56,7 @@ class FeatureCounts:
         self.activation_sum = torch.zeros(self.d_sae, dtype=torch.float64)
 
     @torch.no_grad()
-    def update(self, acts: Float[Tensor, "batch pos d_sae"], mask: Tensor) -> None:
+    def update(self, acts: Float[Tensor, "batch pos d_sae"], mask: Shaped[Tensor, "batch pos"]) -> None:
         """Add a batch: ``acts`` of every window's tokens, ``mask [batch, pos]`` true on the
         tokens that count (not padding, not BOS)."""
         if acts.shape[-1] != self.d_sae:
@@ -79,7 +79,7 @@ class FeatureCounts:
         out.activation_sum = self.activation_sum + other.activation_sum
         return out
 
-    def fires(self, level: str) -> tuple[Tensor, int]:
+    def fires(self, level: str) -> tuple[Float[Tensor, " d_sae"], int]:
         """``(fire counts [d_sae], total)`` at ``level`` ``"token"`` or ``"window"``."""
         if level == "token":
             return self.token_fires, self.tokens
@@ -89,7 +89,9 @@ class FeatureCounts:
 
     def state_nbytes(self) -> int:
         """Bytes held by the accumulated state (independent of how much was read)."""
-        return sum(t.numel() * t.element_size() for t in (self.token_fires, self.window_fires, self.activation_sum))
+        return sum(
+            t.numel() * t.element_size() for t in (self.token_fires, self.window_fires, self.activation_sum)
+        )
 
 
 def log_odds(

@@ -34,6 +34,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
@@ -171,7 +172,7 @@ def collect_examples(
     config: ExampleConfig | None = None,
     *,
     progress: bool = True,
-    reader: Callable[[Sequence[list[int]]], Tensor] | None = None,
+    reader: Callable[[Sequence[list[int]]], Float[Tensor, "_ batch pos"]] | None = None,
     **options,
 ) -> list[UnitExamples]:
     """Stream ``corpus`` (an iterable of strings) once and keep examples for every unit.

@@ -203,7 +203,10 @@ def train_sae(
     if checkpoint is not None and checkpoint.is_file():
         trainer.theta = state.get("theta")
     with tqdm(
-        total=training.steps, initial=step, desc=f"training {'batchtopk' if batch_topk else architecture} SAE", disable=not progress
+        total=training.steps,
+        initial=step,
+        desc=f"training {'batchtopk' if batch_topk else architecture} SAE",
+        disable=not progress,
     ) as bar:
         while step < training.steps:
             x, y = (t.to(device).float() * scale for t in next(stream))
