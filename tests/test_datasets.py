@@ -308,8 +308,8 @@ def test_batchtopk_crosscoder_finds_directions_specific_to_each_model():
     cc = Crosscoder(sae, ("A", "B"))
     (a_latent,), (b_latent,) = cc.specific_latents("A"), cc.specific_latents("B")
     cosine = torch.nn.functional.cosine_similarity
-    assert float(cosine(sae.W_dec[a_latent, :d], only_a, dim=0)) > 0.95
-    assert float(cosine(sae.W_dec[b_latent, d:], only_b, dim=0)) > 0.95
+    assert float(cosine(sae.W_dec.detach()[a_latent, :d], only_a, dim=0)) > 0.95
+    assert float(cosine(sae.W_dec.detach()[b_latent, d:], only_b, dim=0)) > 0.95
 
 
 def test_crosscoder_on_two_models_points_at_the_planted_token_class(model_pair, tmp_path):
@@ -364,3 +364,25 @@ def test_sae_difference_ranks_the_planted_feature_first(model_pair):
     diff = sae_difference(base, tuned, sae, texts, labels=("base", "tuned"), context_len=24, progress=False)
     top = diff.to_frame().iloc[0]
     assert top["feature"] == 0 and bool(top["replicates"]) and top["freq_b"] > top["freq_a"]
+
+
+def test_describe_corpus_groups_features_that_fire_together(tiny):
+    from mechinterp.datasets import describe_corpus
+    from mechinterp.datasets.describe import average_linkage
+
+    reference, _ = corpora(120)
+    rng = np.random.default_rng(1)
+    texts = [t + f" (in {rng.integers(1700, 2030)})" if i % 3 == 0 else t for i, t in enumerate(reference)]
+    description = describe_corpus(
+        tiny, TokenClassDictionary(tiny), texts, reference, n_features=5, context_len=24, progress=False
+    )
+    frame = description.to_frame().set_index("feature")
+    digits, brackets = list(CLASSES).index("digits"), list(CLASSES).index("closing brackets")
+    assert set(frame.index) == {digits, brackets}
+    assert frame.loc[digits, "cluster"] == frame.loc[brackets, "cluster"]
+    assert "<<" in frame.loc[digits, "example"]
+    jaccard = description.jaccard()
+    assert jaccard[0, 1] > 0.5 and np.allclose(np.diag(jaccard), 1.0)
+    similarity = np.array([[1, 0.9, 0.1, 0], [0.9, 1, 0.2, 0.1], [0.1, 0.2, 1, 0.5], [0, 0.1, 0.5, 1.0]])
+    assert average_linkage(similarity, 0.4) == [0, 0, 1, 1]
+    assert average_linkage(similarity, 0.95) == [0, 1, 2, 3]

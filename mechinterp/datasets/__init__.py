@@ -8,6 +8,7 @@ Example:
     >>> check_hypothesis(["mentions a year"], held_out(texts_a), held_out(texts_b), scorer=scorer)
 """
 
+from mechinterp.datasets.describe import CorpusDescription, describe_corpus
 from mechinterp.datasets.diff import CorpusDiff, diff_corpora, explain_features, feature_counts
 from mechinterp.datasets.hypothesis import HypothesisCheck, check_hypothesis
 from mechinterp.datasets.models import (
@@ -22,6 +23,7 @@ from mechinterp.datasets.reading import held_out
 from mechinterp.datasets.stats import FeatureCounts, log_odds
 
 __all__ = [
+    "CorpusDescription",
     "CorpusDiff",
     "Crosscoder",
     "FeatureCounts",
@@ -29,6 +31,7 @@ __all__ = [
     "ModelDiff",
     "check_hypothesis",
     "crosscoder_examples",
+    "describe_corpus",
     "diff_corpora",
     "diff_models",
     "explain_features",
