@@ -386,3 +386,33 @@ def test_describe_corpus_groups_features_that_fire_together(tiny):
     similarity = np.array([[1, 0.9, 0.1, 0], [0.9, 1, 0.2, 0.1], [0.1, 0.2, 1, 0.5], [0, 0.1, 0.5, 1.0]])
     assert average_linkage(similarity, 0.4) == [0, 0, 1, 1]
     assert average_linkage(similarity, 0.95) == [0, 1, 2, 3]
+
+
+def test_figures_and_offline_report(tiny, model_pair, tmp_path):
+    from mechinterp.datasets import Crosscoder, check_hypothesis
+    from mechinterp.datasets.models import ModelDiff
+    from mechinterp.plotting import (
+        corpus_diff_figure,
+        crosscoder_figure,
+        hypothesis_figure,
+        write_diff_report,
+    )
+    from mechinterp.sae import SAE, SAEConfig
+
+    a, b = corpora(60)
+    diff = diff_corpora(tiny, TokenClassDictionary(tiny), a, b, context_len=24, progress=False)
+    check = check_hypothesis(
+        "mentions a four-digit year", a, b, ClassScorer(), baselines=["names a person"], n_texts=20
+    )
+    cc = Crosscoder(
+        SAE.create(SAEConfig(architecture="relu", d_in=128, d_sae=16, hook_name="blocks.0.hook_resid_pre"))
+    )
+    model_diff = ModelDiff(crosscoder=cc, latents=(0,), examples=())
+    assert len(corpus_diff_figure(diff).data) == 2
+    assert list(hypothesis_figure(check).data[0].y) == list(check.to_frame()["hypothesis"])
+    assert crosscoder_figure(cc).data[0].x.shape == (16,)
+    path = write_diff_report(tmp_path / "report.html", diff=diff, hypothesis=check)
+    page = path.read_text()
+    assert page.count("plotly.js v") == 1 and 'src="http' not in page  # inlined once, nothing fetched
+    assert "Hypothesis check" in page and "Corpus diff" in page
+    assert model_diff.crosscoder is cc

@@ -6,6 +6,13 @@ Example:
 """
 
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure, write_circuit_html
+from mechinterp.plotting.datasets import (
+    corpus_diff_figure,
+    crosscoder_figure,
+    diff_report,
+    hypothesis_figure,
+    write_diff_report,
+)
 from mechinterp.plotting.explain import (
     explanation_dashboard,
     explanation_scores,
@@ -28,13 +35,17 @@ __all__ = [
     "attention_heatmap",
     "circuit_figure",
     "comparison_scatter",
+    "corpus_diff_figure",
+    "crosscoder_figure",
     "dashboard_html",
+    "diff_report",
     "dla_bar",
     "dla_heatmap",
     "explanation_dashboard",
     "explanation_scores",
     "faithfulness_figure",
     "feature_histogram",
+    "hypothesis_figure",
     "lens_heatmap",
     "lens_trajectory",
     "method_comparison_heatmap",
@@ -45,5 +56,6 @@ __all__ = [
     "scorer_check",
     "token_attribution_heatmap",
     "write_circuit_html",
+    "write_diff_report",
     "write_explanation_dashboard",
 ]
