@@ -59,6 +59,14 @@ SMALL = {
             "dashboards=2",
         )
     ],
+    "diff_smollm2": [
+        *[
+            f"steps.0.{key}"
+            for key in ("d_sae=256", "train_texts=24", "samples=4096", "batch_size=512", "context=32")
+        ],
+        *[f"steps.0.{key}" for key in ("eval_texts=4", "dashboards=1")],
+        *[f"steps.1.{key}" for key in ("max_texts=16", "context_len=32", "explain=0", "n_texts=4")],
+    ],
 }
 EXPECTED_FILES = {
     "patching": ["result.safetensors", "result.json", "heatmap.html", "heatmap.plotly.json"],
@@ -70,6 +78,7 @@ EXPECTED_FILES = {
     "token_attribution": ["integrated_gradients.safetensors", "integrated_gradients.json", "methods_0.html"],
     "sae": ["sae/sae.json", "sae/sae.safetensors", "evaluation.json", "evaluation.html", "dashboards.html"],
     "explain": ["scores.json", "dashboard.html", "scores.html"],
+    "diff": ["diff.csv", "summary.json", "report.html", "volcano.html", "hypotheses.json"],
 }
 
 

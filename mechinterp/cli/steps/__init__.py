@@ -6,6 +6,7 @@ from collections.abc import Callable
 from mechinterp.cli.steps import (
     attribution,
     circuit,
+    diff,
     explain,
     export,
     logit_lens,
@@ -26,6 +27,7 @@ STEPS: dict[str, Callable[..., StepOutput]] = {
     "explain": explain.run,
     "token_attribution": token_attribution.run,
     "sae": sae.run,
+    "diff": diff.run,
 }
 
 __all__ = ["STEPS", "StepOutput", "table"]
