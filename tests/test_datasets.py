@@ -98,6 +98,21 @@ def test_planted_years_top_the_diff_and_replicate(tiny):
     assert top["freq_a"] == 0.0 and top["freq_b"] > 0.1
     assert top["z"] > 2.5 and top["ci_low"] > 0 and bool(top["replicates"])
     assert diff.top(3) == [digits]  # nothing else differs in a way that replicates
+    # literally: the character tokenizer cuts each text into windows of 23 characters after BOS
+    from mechinterp.datasets.reading import splits
+
+    for c, corpus in (("a", a), ("b", b)):
+        for split, held in (("discovery", False), ("holdout", True)):
+            pieces = [
+                t[i : i + 23]
+                for t, out in splits(corpus, 0.5, 0)
+                if out == held
+                for i in range(0, len(t), 23)
+            ]
+            counts = diff.counts[split, c]
+            assert counts.windows == len(pieces) and counts.tokens == sum(map(len, pieces))
+            assert counts.window_fires[digits] == sum(any(ch.isdigit() for ch in p) for p in pieces)
+            assert counts.token_fires[digits] == sum(ch.isdigit() for p in pieces for ch in p)
     summary = diff.summary()
     assert summary["of those, replicate on held-out texts"] >= 1
     # the held-out split is the texts `held_out` returns
