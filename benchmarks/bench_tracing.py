@@ -10,10 +10,12 @@ position, so ``n_layers * tokens * k`` features are active), and trace a random 
 many tokens. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the trace; on the
 CPU the peak resident set size above the level before the trace (sampled every 20 ms).
 
-Every active feature is a target of the trace, so the full trace costs
-``(features + logits) / batch`` backward passes. ``--sample-batches K`` times the replacement
-build and ``K`` backward batches only and extrapolates the full time linearly in the batch count
-(marked ``*`` in the table); ``--sample-batches 0`` runs the whole ``trace``.
+Every active feature is a target of the trace (or the ``--max-feature-nodes`` most influential),
+so the trace costs ``(targets + logits) / batch`` backward passes of one retained forward.
+``--sample-batches K`` times the replacement build (one forward of the model and one of the frozen
+replacement) and ``K`` backward batches only, spread over the layers, and extrapolates the full
+time linearly in the batch count (marked ``*`` in the table); ``--sample-batches 0`` runs the
+whole ``trace``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 
 import mechinterp
 from circuits.tracing import Replacement, random_transcoders, trace
-from circuits.tracing.trace import _direct_effects, select_logits
+from circuits.tracing.trace import FrozenBackward, select_logits
 
 
 def build_model(shape: str, device: str):
@@ -93,11 +95,14 @@ def measure(args: argparse.Namespace, n_tokens: int) -> dict:
         if args.sample_batches:
             rep = Replacement(model, tc, tokens)
             logit_tokens, _ = select_logits(rep.clean_logits[-1], 10, 0.95)
-            n_targets = len(rep.active) + logit_tokens.shape[0]
+            backward = FrozenBackward(rep, logit_tokens)
+            n_features = len(rep.active)
+            n_targets = min(n_features, args.max_feature_nodes or n_features) + logit_tokens.shape[0]
             built = time.perf_counter()
-            for batch in range(args.sample_batches):
-                targets = torch.arange(batch * args.batch, (batch + 1) * args.batch, device=model.device)
-                _direct_effects(rep, targets % n_targets, logit_tokens)
+            firsts = torch.linspace(0, max(n_features - args.batch, 0), args.sample_batches).long().tolist()
+            for first in firsts:  # spread over the layers: a deeper target's backward costs more
+                targets = torch.arange(first, first + args.batch, device=model.device)
+                backward.direct_effects(targets % (n_features + logit_tokens.shape[0]))
             if cuda:
                 torch.cuda.synchronize()
             per_batch = (time.perf_counter() - built) / args.sample_batches
@@ -105,7 +110,14 @@ def measure(args: argparse.Namespace, n_tokens: int) -> dict:
             seconds = built - start + per_batch * n_batches
             features, edges = len(rep.active), None
         else:
-            graph = trace(model, tc, tokens, batch_size=args.batch, progress=False)
+            graph = trace(
+                model,
+                tc,
+                tokens,
+                batch_size=args.batch,
+                max_feature_nodes=args.max_feature_nodes,
+                progress=False,
+            )
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
@@ -133,6 +145,9 @@ def main() -> None:
     parser.add_argument(
         "--sample-batches", type=int, default=0, help="time K batches and extrapolate (0: full)"
     )
+    parser.add_argument(
+        "--max-feature-nodes", type=int, default=None, help="trace only this many features (default: all)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shape", choices=["smollm2", "1b"], default="smollm2")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -140,8 +155,10 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(measure(args, args.child)))
         return
+    limit = "all" if args.max_feature_nodes is None else args.max_feature_nodes
     print(
-        f"{args.shape} on {args.device}, CLT width {args.width}, top-{args.k}, {args.batch} targets per backward"
+        f"{args.shape} on {args.device}, CLT width {args.width}, top-{args.k}, {args.batch} targets per backward, "
+        f"features traced: {limit}"
     )
     print("| tokens | active features | backward batches | s / batch | total s | peak MiB |")
     print("|---:|---:|---:|---:|---:|---:|")

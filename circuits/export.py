@@ -373,12 +373,62 @@ def write_neuronpedia_json(
     )
 
 
+def read_graph_metadata(folder: str | Path) -> dict[str, Any]:
+    """``folder/graph-metadata.json`` (circuit-tracer's graph index), checked to be
+    ``{"graphs": [{"slug": ...}, ...]}``; ``{"graphs": []}`` when the folder has none yet.
+
+    Example:
+        >>> [graph["slug"] for graph in read_graph_metadata("graphs")["graphs"]]
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file; a graph folder must be a directory")
+    index_path = folder / "graph-metadata.json"
+    if not index_path.exists():
+        return {"graphs": []}
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{index_path} is not JSON ({error}); is {folder} a graph folder?") from None
+    graphs = index.get("graphs") if isinstance(index, dict) else None
+    if not isinstance(graphs, list) or not all(isinstance(g, dict) and "slug" in g for g in graphs):
+        raise ValueError(
+            f'{index_path} is not a circuit-tracer graph index ({{"graphs": [{{"slug": ...}}, ...]}}); '
+            "write the graph to another folder"
+        )
+    return index
+
+
+def add_graph_metadata(folder: str | Path, entry: dict[str, Any], *, replace: bool = True) -> Path:
+    """Add ``entry`` (a graph file's ``metadata``) to ``folder/graph-metadata.json``, the index
+    circuit-tracer's local viewer lists graphs from (``{"graphs": [metadata, ...]}``): other
+    graphs' entries are kept; an entry with the same ``slug`` is replaced, or, with
+    ``replace=False``, refused. Returns the index's path.
+
+    Raises:
+        ValueError: the index is not ``{"graphs": [{"slug": ...}, ...]}``, or the slug is
+            taken and ``replace`` is false.
+
+    Example:
+        >>> add_graph_metadata("graphs", {"slug": "ioi", "scan": "gpt2-small", "prompt": "..."})
+    """
+    index = read_graph_metadata(folder)
+    index_path = Path(folder) / "graph-metadata.json"
+    slug = entry["slug"]
+    if not replace and any(graph["slug"] == slug for graph in index["graphs"]):
+        raise ValueError(
+            f"{index_path} already lists a graph with slug {slug!r}; choose another slug, or pass replace=True"
+        )
+    index["graphs"] = [graph for graph in index["graphs"] if graph["slug"] != slug] + [entry]
+    return write_text_atomically(index_path, json.dumps(index, indent=1))
+
+
 def write_graph_folder(
     circuit: Circuit, folder: str | Path, *, scan: str | None = None, slug: str | None = None
 ) -> Path:
     """Add the circuit to a folder that circuit-tracer's local viewer serves: the graph as
     ``folder/<slug>.json`` and its metadata in ``folder/graph-metadata.json`` (an entry
-    with the same slug is replaced). Returns the graph file's path.
+    with the same slug is replaced; ``add_graph_metadata``). Returns the graph file's path.
 
     Example:
         >>> write_graph_folder(circuit, "graphs", slug="ioi-eap")
@@ -389,12 +439,10 @@ def write_graph_folder(
     slug = data["metadata"]["slug"]
     if slug in (".", ".."):
         raise ValueError(f"slug {slug!r} cannot name a file")
+    read_graph_metadata(folder)  # an unknown layout fails before anything is written
     path = write_text_atomically(folder / f"{slug}.json", json.dumps(data, indent=1))
-    index_path = folder / "graph-metadata.json"
-    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {"graphs": []}
     entry = {key: value for key, value in data["metadata"].items() if key != "mechinterp"}
-    index["graphs"] = [graph for graph in index.get("graphs", []) if graph.get("slug") != slug] + [entry]
-    write_text_atomically(index_path, json.dumps(index, indent=1))
+    add_graph_metadata(folder, entry)
     return path
 
 

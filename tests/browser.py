@@ -37,11 +37,12 @@ CHROMIUM_ARGS = [
 @dataclass(frozen=True)
 class RenderResult:
     """``console_errors``: text of every ``console.error`` message; ``page_errors``: uncaught
-    exceptions; ``plot_count``: rendered plotly plots."""
+    exceptions; ``plot_count``: rendered plotly plots; ``value``: the result of ``script``."""
 
     console_errors: list[str]
     page_errors: list[str]
     plot_count: int
+    value: object = None  # what ``render_page(script=...)`` evaluated to
 
 
 def skip_without_chromium() -> None:
@@ -50,8 +51,10 @@ def skip_without_chromium() -> None:
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium; .ci/run does it)")
 
 
-def render_page(path: str | Path, *, timeout_ms: int = 30_000) -> RenderResult:
-    """Open the local file ``path`` in headless Chromium and collect its errors and plots."""
+def render_page(path: str | Path, *, timeout_ms: int = 30_000, script: str | None = None) -> RenderResult:
+    """Open the local file ``path`` in headless Chromium and collect its errors and plots;
+    ``script`` (a JavaScript function expression, e.g. ``"() => document.title"``) runs after the
+    plots have drawn and its result is ``value``."""
     from playwright.sync_api import sync_playwright
 
     console_errors: list[str] = []
@@ -69,6 +72,7 @@ def render_page(path: str | Path, *, timeout_ms: int = 30_000) -> RenderResult:
                 timeout=timeout_ms,
             )
             plot_count = page.locator(".js-plotly-plot:has(svg.main-svg)").count()
+            value = page.evaluate(script) if script is not None else None
         finally:
             browser.close()
-    return RenderResult(console_errors, page_errors, plot_count)
+    return RenderResult(console_errors, page_errors, plot_count, value)

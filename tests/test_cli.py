@@ -47,6 +47,7 @@ SMALL = {
         "steps.0.methods=[detection]",
         "steps.0.check_scorer=false",
     ],
+    "attribution_graph_smollm2": ["steps.0.prompt='The capital of France'"],
     "sae_smollm2": [
         f"steps.0.{key}"
         for key in (
@@ -78,6 +79,12 @@ EXPECTED_FILES = {
     "token_attribution": ["integrated_gradients.safetensors", "integrated_gradients.json", "methods_0.html"],
     "sae": ["sae/sae.json", "sae/sae.safetensors", "evaluation.json", "evaluation.html", "dashboards.html"],
     "explain": ["scores.json", "dashboard.html", "scores.html"],
+    "attribution_graph": [
+        "attribution_graph.json",
+        "attribution_graph.html",
+        "graph_folder/graph-metadata.json",
+        "graph.html",
+    ],
     "diff": ["diff.csv", "summary.json", "report.html", "volcano.html", "hypotheses.json"],
 }
 
@@ -155,6 +162,15 @@ BAD = [
     ("steps: []", "steps: list should have at least 1 item"),
     ("- a\n- b\n", "the config must be a mapping"),
     ("steps: [{kind: logit_lens, prompts: [a], targets: [' b', ' c']}]", "targets: 2 targets for 1 prompts"),
+    (
+        "steps: [{kind: attribution_graph, prompt: a, transcoders: ., width: 8, k: 2}]",
+        "steps[0]: k, width go with transcoders: random only",
+    ),
+    (
+        "steps: [{kind: attribution_graph, prompt: a, activation: relu, k: 2}]",
+        "steps[0]: k applies to activation: topk only",
+    ),
+    ("steps: [{kind: attribution_graph, prompt: a, transcoders: nowhere}]", "steps[0].transcoders: "),
 ]
 
 
@@ -198,6 +214,11 @@ def test_literals_match_the_library():
     assert set(typing.get_args(schema.Algorithm)) == set(ALGORITHMS)
     assert set(typing.get_args(schema.ExportFormat)) == set(FORMATS) == set(SUFFIXES)
     assert set(typing.get_args(schema.ProbeData)) == set(BUILT_IN)
+    from circuits.tracing import transcoders
+
+    assert typing.get_args(schema.TranscoderKind) == typing.get_args(transcoders.Kind)
+    assert typing.get_args(schema.TranscoderActivation) == typing.get_args(transcoders.Activation)
+    assert typing.get_args(schema.TranscoderInput) == typing.get_args(transcoders.InputSite)
 
 
 # --- overrides --------------------------------------------------------------------------
@@ -408,6 +429,30 @@ def test_export_command_converts_a_circuit_file(ioi_run, tmp_path):
     assert dot.startswith("digraph") and dot.count("->") == edges
     result, output = invoke("export", tmp_path / "none.json", "--to", "dot")
     assert result.exit_code == 2 and "does not exist" in output
+
+
+def test_attribution_graph_step_on_a_tiny_model(tmp_path):
+    from mechinterp.models.tiny import tiny_hf_model
+
+    hf_model, tokenizer = tiny_hf_model("llama", n_kv_heads=2)
+    hf_model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    step = "{kind: attribution_graph, prompt: 'cab ca', width: 16, input_site: mlp_normalized, node_threshold: 0.99}"
+    config = write(tmp_path, f"model: {{name: {tmp_path / 'tiny'}, device: cpu}}\nsteps: [{step}]")
+    result, output = invoke("run", config, "--out", tmp_path / "run")
+    assert result.exit_code == 0, output
+    check_run_folder(tmp_path / "run")
+    folder = tmp_path / "run" / "steps" / "01_attribution_graph"
+    data = json.loads((folder / "attribution_graph.json").read_text())
+    assert data["metadata"]["slug"] == "attribution_graph" and data["metadata"]["node_threshold"] == 0.99
+    assert data["links"] and all("mechinterp_heads" in link for link in data["links"])  # head_split: true
+    index = json.loads((folder / "graph_folder" / "graph-metadata.json").read_text())["graphs"]
+    assert [g["slug"] for g in index] == ["attribution_graph"]
+    assert json.loads((folder / "graph_folder" / "attribution_graph.json").read_text()) == data
+    summary = json.loads((folder / "done.json").read_text())["summary"]
+    assert summary["kept nodes"] == len(data["nodes"]) and summary["kept edges"] == len(data["links"])
+    assert summary["kept features"] > 0 and 0 <= summary["replacement score"] <= 1
+    assert "heads: L" in (folder / "attribution_graph.html").read_text()
 
 
 @pytest.mark.slow

@@ -119,3 +119,13 @@ def test_split_across_cuda_and_cpu(models):
             got, expected = run(split), run(whole)
             assert got.device == split.device or got.device.type == "cpu", name  # results come home
             torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_attribution_graphs_on_a_placed_model_equal_the_unsplit_models(models):
+    from circuits.tracing import random_transcoders, trace
+
+    whole, split = models
+    tc = random_transcoders(whole, 8, kind="clt", seed=3)
+    graphs = [trace(model, tc, "abc ab", progress=False, batch_size=16) for model in (whole, split)]
+    assert torch.allclose(graphs[0].dense(), graphs[1].dense(), atol=1e-6)
+    assert torch.allclose(graphs[0].values, graphs[1].values, atol=1e-6)

@@ -80,6 +80,18 @@ EXPECTED = {
         ],
         4,
     ),
+    "08_attribution_graphs.ipynb": (
+        [
+            r"AttributionGraph\(smollm2-135m, 6 tokens: \d+ features",
+            r"replacement score 0\.\d{3}, completeness score 0\.\d{3}",
+            r"frozen replacement vs graph: max \|difference\| \d\.\de-0[4-9]",
+            r"top heads \(layer, head, share\): \[\(\d+, \d+, ",
+            r"add up to the weight: True",
+            r"feature \d+/\d+: top context ['\"].*<<",
+            r"graph folder: \['france\.json', 'graph-metadata\.json'\]",
+        ],
+        1,
+    ),
     "05_sparse_dictionaries.ipynb": (
         [
             r"explained variance 0\.\d+, L0 1[0-6]\.\d",

@@ -8,6 +8,7 @@ import json
 import math
 import re
 
+import numpy
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -28,7 +29,8 @@ from circuits.tracing import (
     trace,
     write_attribution_graph,
 )
-from circuits.tracing.replacement import apply_values
+from circuits.tracing.replacement import ActiveFeatures, apply_values
+from circuits.tracing.trace import _decoder_products
 from mechinterp.models.tiny import tiny_hf_model
 from mechinterp.sae import SAE, SAEConfig
 
@@ -185,6 +187,52 @@ def test_edges_equal_a_slow_autograd_reference(gpt2):
     for target, source in pairs:
         expected = _reference_edge(gpt2, tc, tokens, described(target), described(source))
         assert float(dense[target, source]) == pytest.approx(expected, rel=1e-4, abs=1e-5), (target, source)
+
+
+def test_decoder_products_equal_a_loop_over_features_when_positions_are_uneven():
+    """The padded per-position products (grouped busiest-first when positions are uneven) equal
+    one dot product per feature."""
+    generator = torch.Generator().manual_seed(0)
+    n_pos, batch, n_out, d_model, d_tc = 7, 3, 2, 5, 11
+    reads = torch.randn(n_pos, batch, n_out, d_model, generator=generator)
+    W_dec = torch.randn(d_tc, n_out + 1, d_model, generator=generator)
+    counts = [6, 0, 1, 2, 1, 3, 1]  # uneven: padding to 6 everywhere would waste most of it
+    pos = torch.tensor([p for p, c in enumerate(counts) for _ in range(c)])
+    index = torch.cat([torch.randperm(d_tc, generator=generator)[:c] for c in counts])
+    active = ActiveFeatures(torch.zeros_like(pos), pos, index, torch.ones(len(pos)))
+    chosen = torch.arange(len(pos))
+    expected = torch.stack(
+        [
+            (reads[p] * W_dec[i, :n_out]).sum((-1, -2))
+            for p, i in zip(pos.tolist(), index.tolist(), strict=True)
+        ],
+        dim=1,
+    )
+    for max_elements in (1 << 20, 1):  # one group per position at the smallest budget
+        assert torch.allclose(
+            _decoder_products(reads, W_dec, active, chosen, max_elements), expected, atol=1e-5
+        )
+
+
+def test_max_feature_nodes_traces_the_most_influential_features_exactly(tiny_llama):
+    tc = random_transcoders(tiny_llama, 16, kind="clt", input_site="mlp_normalized", seed=1)
+    full = trace(tiny_llama, tc, PROMPT, progress=False, batch_size=64)
+    limit = full.n_features // 3
+    partial = trace(tiny_llama, tc, PROMPT, progress=False, batch_size=4, max_feature_nodes=limit)
+    assert int(partial.traced.sum()) == limit and bool(full.traced.all())
+    dense_full, dense_partial = full.dense(), partial.dense()
+    traced = partial.traced.nonzero()[:, 0]
+    # a traced feature's incoming edges and every logit's are the full graph's; the rest have none
+    assert torch.allclose(dense_partial[traced], dense_full[traced], atol=1e-6)
+    logits = slice(full.logit_node(0), None)
+    assert torch.allclose(dense_partial[logits], dense_full[logits], atol=1e-6)
+    assert dense_partial[: full.n_features][~partial.traced].abs().sum() == 0
+    assert torch.equal(partial.values, full.values)
+    # the first round (4 batches of 4) takes the features with most influence through the logits' edges
+    weights = dense_full[logits].abs()
+    weights = weights / weights.sum(1, keepdim=True)
+    first = (full.logit_probabilities @ weights)[: full.n_features]
+    assert bool(partial.traced[first.topk(min(limit, 16)).indices].all())
 
 
 # ---------------------------------------------------------------- interventions
@@ -456,6 +504,36 @@ def test_circuit_tracer_layout_and_sae_transcoders_load(tiny_llama, tmp_path):
     wrong = SAE.create(SAEConfig(architecture="relu", d_in=64, d_sae=4, hook_name="blocks.0.hook_resid_post"))
     with pytest.raises(ValueError, match="not a transcoder"):
         load_transcoders([wrong])
+
+
+def test_gemma_scope_transcoder_folders_load_one_per_layer(tiny_llama, tmp_path):
+    """Gemma Scope's layout: layer_<l>/width_<w>/average_l0_<n>/params.npz, W_enc [d_model, d_tc]."""
+    model = tiny_llama
+    tc = random_transcoders(model, 6, kind="plt", input_site="mlp_normalized", seed=5)
+    for layer in range(tc.n_layers):
+        folder = tmp_path / "scope" / f"layer_{layer}" / "width_6" / f"average_l0_{3 + layer}"
+        folder.mkdir(parents=True)
+        arrays = {
+            "W_enc": tc.W_enc[layer].T,
+            "b_enc": tc.b_enc[layer],
+            "W_dec": tc.W_dec[layer][:, 0],
+            "b_dec": tc.b_dec[layer],
+            "threshold": tc.threshold[layer],
+        }
+        numpy.savez(folder / "params.npz", **{name: t.detach().numpy() for name, t in arrays.items()})
+    loaded = load_transcoders(tmp_path / "scope")
+    assert loaded.kind == "plt" and loaded.activation == "jumprelu" and loaded.input_site == "mlp_normalized"
+    tokens = model.to_tokens(PROMPT)
+    assert _close(
+        Replacement(model, loaded, tokens).active.value, Replacement(model, tc, tokens).active.value
+    )
+    extra = tmp_path / "scope" / "layer_1" / "width_6" / "average_l0_9"
+    extra.mkdir()
+    (extra / "params.npz").write_bytes(
+        (tmp_path / "scope/layer_1/width_6/average_l0_4/params.npz").read_bytes()
+    )
+    with pytest.raises(ValueError, match="layer 1 has 2 transcoders"):
+        load_transcoders(tmp_path / "scope")
 
 
 # ---------------------------------------------------------------- export

@@ -6,7 +6,8 @@ term, freeze attention patterns and norm scales on one prompt (``Replacement``),
 effects between features, errors, token embeddings and logits off batched backward passes
 (``trace``), split edges over the attention heads that carry them and a head's score over the
 nodes that drive it (``head_split``, ``qk_split``), keep what carries the influence on the logits (``prune_graph``), check edges by
-intervening on features (``intervene``) and export the graph for Neuronpedia's viewer.
+intervening on features (``intervene``) and export the graph for Neuronpedia's viewer
+(``write_attribution_graph``) and circuit-tracer's local server (``write_graph_folder``).
 
 Example:
     >>> from circuits.tracing import random_transcoders, trace, prune_graph, write_attribution_graph
@@ -14,9 +15,15 @@ Example:
     >>> graph = trace(model, tc, "The cat sat on the")
     >>> pruned = prune_graph(graph)
     >>> write_attribution_graph(pruned, "cat.json", slug="cat")
+    >>> write_graph_folder(pruned, "graphs", slug="cat")   # circuit-tracer's local server
 """
 
-from circuits.tracing.export import to_attribution_dict, write_attribution_graph
+from circuits.tracing.export import (
+    kept_head_splits,
+    to_attribution_dict,
+    write_attribution_graph,
+    write_graph_folder,
+)
 from circuits.tracing.graph import AttributionGraph
 from circuits.tracing.heads import HeadSplit, QKSplit, head_split, head_splits, qk_split
 from circuits.tracing.intervene import Intervention, intervene
@@ -38,6 +45,7 @@ __all__ = [
     "head_split",
     "head_splits",
     "intervene",
+    "kept_head_splits",
     "load_transcoders",
     "prune_graph",
     "qk_split",
@@ -45,4 +53,5 @@ __all__ = [
     "to_attribution_dict",
     "trace",
     "write_attribution_graph",
+    "write_graph_folder",
 ]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuits.tracing.replacement import FeatureKey
@@ -43,6 +43,8 @@ class AttributionGraph:
     Attributes:
         tokens: the prompt's token ids ``[pos]``; ``token_strings`` their text.
         features: ``[n_features, 3]`` rows ``(layer, pos, index)``; ``activations`` their values.
+        traced: ``[n_features]`` whether each feature's incoming edges were computed (all of
+            them, unless ``trace`` ran with ``max_feature_nodes``); logit nodes are always traced.
         logit_tokens / logit_probabilities: ``[n_logits]`` the logit nodes' tokens and their
             probabilities under the model.
         edges: sparse COO ``[n_nodes, n_nodes]``, ``A[target, source]`` (coalesced).
@@ -56,6 +58,7 @@ class AttributionGraph:
     n_layers: int
     features: Int[Tensor, "feature 3"]
     activations: Float[Tensor, " feature"]
+    traced: Bool[Tensor, " feature"]
     logit_tokens: Int[Tensor, " logit"]
     logit_probabilities: Float[Tensor, " logit"]
     edges: Float[Tensor, "node node"]  # sparse COO

@@ -98,14 +98,18 @@ class Replacement:
         layers, positions, indices, values, acts = [], [], [], [], []
         with torch.no_grad():
             for layer in range(n_layers):
-                a = transcoders.encode(layer, transcoders.transcoder_input(model, layer, mlp_in[layer]))
+                x = transcoders.transcoder_input(model, layer, mlp_in[layer]).to(transcoders.device)
+                a = transcoders.encode(layer, x)
                 acts.append(a)
                 pos, index = a.nonzero(as_tuple=True)  # row-major: ordered by position, then index
                 layers.append(torch.full_like(pos, layer))
                 positions.append(pos)
                 indices.append(index)
                 values.append(a[pos, index])
-            reconstructions = [transcoders.decode(layer, acts).to(model.dtype) for layer in range(n_layers)]
+            reconstructions = [
+                transcoders.decode(layer, acts).to(self.mlp_out[layer].device, model.dtype)
+                for layer in range(n_layers)
+            ]
         self.active = ActiveFeatures(*(torch.cat(t) for t in (layers, positions, indices, values)))
         self.errors = [out - recon for out, recon in zip(self.mlp_out, reconstructions, strict=True)]
 
@@ -181,7 +185,7 @@ class Replacement:
                 vectors = tc.W_dec[source][active.index[rows], layer - source]  # [n, d_model]
                 out = out.index_add(0, active.pos[rows], values[rows].to(tc.dtype)[:, None] * vectors)
             out = out.to(self.model.dtype)
-            outputs.append(out + self.errors[layer] if errors else out)
+            outputs.append(out + self.errors[layer].to(out.device) if errors else out)
         return outputs
 
     def logits(self, values: Float[Tensor, " feature"] | None = None) -> Float[Tensor, "pos d_vocab"]:
@@ -201,7 +205,8 @@ def _constant(value: Tensor, name: str) -> Callable:
                 f"{name}: the frozen value {tuple(value.shape)} does not fit the activation {tuple(x.shape)}; "
                 "the replacement model runs only on its own prompt"
             )
-        return value.expand(x.shape) if value.shape[0] == 1 else value
+        here = value.to(x.device)  # a model placed across devices (device_map)
+        return here.expand(x.shape) if here.shape[0] == 1 else here
 
     return hook
 

@@ -316,7 +316,11 @@ def load_transcoders(
       (``W_enc_{l}.safetensors`` with ``W_enc_{l}``, ``b_enc_{l}``, ``b_dec_{l}``,
       ``threshold_{l}``; ``W_dec_{l}.safetensors`` with ``W_dec_{l}``); tensors are merged over
       the files. circuit-tracer's CLTs read ``hook_resid_mid``: ``input_site="mlp_in"``;
-    - a folder of SAE folders (``load_sae`` each), one transcoder per layer.
+    - a folder of SAE folders (``load_sae`` each), one transcoder per layer;
+    - Gemma Scope transcoders (Lieberum et al. 2024): a folder holding one ``params.npz`` per
+      layer below a ``layer_{l}`` folder (their release's layout, e.g.
+      ``layer_3/width_16k/average_l0_54/params.npz``; keep one L0 per layer). They are JumpReLU
+      transcoders that read the MLP's normalised input (``input_site="mlp_normalized"``).
 
     Example:
         >>> tc = load_transcoders("downloads/clt-llama-3.2-1b")         # circuit-tracer layout
@@ -334,6 +338,8 @@ def load_transcoders(
             for file in files:
                 tensors |= load_file(str(file))
             transcoder = Transcoder.from_circuit_tracer(tensors, input_site=input_site or "mlp_in")
+        elif path.is_dir() and any(path.rglob(GEMMA_SCOPE_FILE)):
+            transcoder = _gemma_scope_transcoders(path, input_site or "mlp_normalized")
         elif path.is_dir():
             from mechinterp.sae import load_sae
 
@@ -344,6 +350,48 @@ def load_transcoders(
         else:
             raise FileNotFoundError(f"no transcoders at {path}")
     return transcoder.to(device=device, dtype=dtype)
+
+
+GEMMA_SCOPE_FILE = "params.npz"
+
+
+def _gemma_scope_transcoders(folder: Path, input_site: InputSite) -> Transcoder:
+    """Per-layer JumpReLU transcoders from Gemma Scope's ``layer_{l}/.../params.npz`` files."""
+    from mechinterp.sae.files import read_npz
+
+    by_layer: dict[int, list[Path]] = {}
+    for file in sorted(folder.rglob(GEMMA_SCOPE_FILE)):
+        match = re.search(r"(?:^|/)layer_(\d+)(?:/|$)", file.relative_to(folder).as_posix())
+        if match is None:
+            raise ValueError(
+                f"{file}: Gemma Scope files sit below a layer_<l> folder; found none in its path"
+            )
+        by_layer.setdefault(int(match.group(1)), []).append(file)
+    several = {layer: files for layer, files in by_layer.items() if len(files) > 1}
+    if several:
+        layer, files = min(several.items())
+        raise ValueError(
+            f"{folder}: layer {layer} has {len(files)} transcoders ({', '.join(str(f.parent) for f in files)}); "
+            "keep one per layer (one width and average L0) in the folder you load"
+        )
+    if sorted(by_layer) != list(range(len(by_layer))):
+        raise ValueError(
+            f"{folder}: need a transcoder for every layer 0..L-1; found layers {sorted(by_layer)}"
+        )
+    arrays = [read_npz(by_layer[layer][0]) for layer in range(len(by_layer))]
+    for layer, tensors in enumerate(arrays):
+        missing = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - set(tensors)
+        if missing:
+            raise KeyError(f"{by_layer[layer][0]}: missing {', '.join(sorted(missing))}")
+    return Transcoder(
+        [t["W_enc"].T for t in arrays],
+        [t["b_enc"] for t in arrays],
+        [t["W_dec"][:, None] for t in arrays],
+        [t["b_dec"] for t in arrays],
+        activation="jumprelu",
+        threshold=[t["threshold"] for t in arrays],
+        input_site=input_site,
+    )
 
 
 def random_transcoders(

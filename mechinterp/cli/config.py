@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mechinterp.cli.schema import CORPUS_NAMES, ExplainStep, RecordsDataset, RunConfig
+from mechinterp.cli.schema import CORPUS_NAMES, AttributionGraphStep, ExplainStep, RecordsDataset, RunConfig
 
 
 class ConfigError(Exception):
@@ -106,8 +106,9 @@ def read_text(path: Path) -> str:
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read, override (``--set``), validate and resolve a config file.
 
-    A records dataset's relative ``path`` is resolved against the config file's folder and
-    must exist.
+    A records dataset's relative ``path``, an explain step's corpus file and an
+    attribution_graph step's transcoder path are resolved against the config file's folder
+    and must exist.
     """
     path = Path(path)
     if not path.is_file():
@@ -130,6 +131,11 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
             if not corpus.is_file():
                 raise ConfigError([f"steps[{i}].corpus: file {corpus} does not exist"])
             steps[i] = step.model_copy(update={"corpus": str(corpus)})
+        if isinstance(step, AttributionGraphStep) and step.transcoders != "random":
+            transcoders = (path.parent / step.transcoders).resolve()
+            if not transcoders.exists():
+                raise ConfigError([f"steps[{i}].transcoders: {transcoders} does not exist"])
+            steps[i] = step.model_copy(update={"transcoders": str(transcoders)})
     return config.model_copy(update={"steps": steps})
 
 

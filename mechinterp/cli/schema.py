@@ -34,6 +34,9 @@ IntegrationRule = Literal[
 ]
 CorpusName = Literal["default", "docstrings", "wordnet", "fortunes"]  # mechinterp.data.corpus
 CORPUS_NAMES = typing.get_args(CorpusName)
+TranscoderKind = Literal["plt", "clt"]  # circuits.tracing.transcoders
+TranscoderActivation = Literal["relu", "jumprelu", "topk"]
+TranscoderInput = Literal["mlp_in", "mlp_normalized"]
 ProbeHook = Literal["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out"]
 
 
@@ -189,6 +192,47 @@ class SAEStep(_StepBase):
     seed: int = 0
 
 
+class AttributionGraphStep(_StepBase):
+    """The attribution graph of one ``prompt`` over transcoder features (``circuits.tracing``):
+    trace, prune, and write the graph JSON, a circuit-tracer server folder and an HTML view.
+
+    ``transcoders``: ``random`` (random transcoders of ``width`` features per layer,
+    ``transcoder_kind``, ``activation``, ``k`` (``topk``), ``seed``: a demo of the mechanics,
+    not an explanation of the model) or a path, relative to the config file, that
+    ``load_transcoders`` reads (circuit-tracer's CLT layout, or a folder of SAE folders).
+    ``head_split``: split each kept edge over the attention heads that carry it."""
+
+    kind: Literal["attribution_graph"]
+    prompt: str = Field(min_length=1)
+    transcoders: str = "random"
+    width: PositiveInt = 64
+    transcoder_kind: TranscoderKind = "clt"
+    activation: TranscoderActivation = "topk"
+    k: PositiveInt = 4
+    seed: int = 0
+    input_site: TranscoderInput | None = None
+    max_logits: PositiveInt = 10
+    logit_probability: float = Field(default=0.95, gt=0, le=1)
+    node_threshold: float = Field(default=0.8, gt=0, le=1)
+    edge_threshold: float = Field(default=0.98, gt=0, le=1)
+    batch_size: PositiveInt | None = None
+    head_split: bool = True
+    scan: str | None = None  # the graph's Neuronpedia model id (default: the model name)
+    slug: str | None = None  # the graph's name (default: the step's name)
+
+    @model_validator(mode="after")
+    def _random_keys_with_random_transcoders(self) -> AttributionGraphStep:
+        random_only = {"width", "transcoder_kind", "activation", "k", "seed"} & self.model_fields_set
+        if self.transcoders != "random" and random_only:
+            raise ValueError(
+                f"{', '.join(sorted(random_only))} go with transcoders: random only; a transcoder file "
+                "or folder carries its own shape"
+            )
+        if "k" in self.model_fields_set and self.activation != "topk":
+            raise ValueError(f"k applies to activation: topk only (got activation: {self.activation})")
+        return self
+
+
 class ExportStep(_StepBase):
     """Write the circuit of an earlier circuit step (``circuit``: its name) in ``formats``."""
 
@@ -332,6 +376,7 @@ Step = Annotated[
     | ExplainStep
     | TokenAttributionStep
     | SAEStep
+    | AttributionGraphStep
     | DiffStep,
     Field(discriminator="kind"),
 ]

@@ -5,6 +5,7 @@ Example:
     >>> patch_heatmap(result).show()
 """
 
+from mechinterp.plotting.attribution import attribution_graph_figure, write_attribution_graph_html
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure, write_circuit_html
 from mechinterp.plotting.datasets import (
     corpus_diff_figure,
@@ -33,6 +34,7 @@ from mechinterp.plotting.token_attribution import method_comparison_heatmap, tok
 
 __all__ = [
     "attention_heatmap",
+    "attribution_graph_figure",
     "circuit_figure",
     "comparison_scatter",
     "corpus_diff_figure",
@@ -55,6 +57,7 @@ __all__ = [
     "sae_evaluation_figure",
     "scorer_check",
     "token_attribution_heatmap",
+    "write_attribution_graph_html",
     "write_circuit_html",
     "write_diff_report",
     "write_explanation_dashboard",

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from mechinterp.cli.steps import (
     attribution,
+    attribution_graph,
     circuit,
     diff,
     explain,
@@ -27,6 +28,7 @@ STEPS: dict[str, Callable[..., StepOutput]] = {
     "explain": explain.run,
     "token_attribution": token_attribution.run,
     "sae": sae.run,
+    "attribution_graph": attribution_graph.run,
     "diff": diff.run,
 }
 
