@@ -108,6 +108,10 @@ def main() -> None:
     held = [t for t in load_corpus("fortunes", "train", max_texts=args.texts, seed=args.seed) if "," in t]
     before, after = behaviour(base, held[:200], 64), behaviour(tuned, held[:200], 64)
     finetuned = time.perf_counter()
+    print(
+        f"fine-tuned in {finetuned - start:.0f} s: P(' indeed' after a comma) {before:.4f} -> {after:.4f}",
+        flush=True,
+    )
     cc = train_crosscoder(
         base,
         tuned,
