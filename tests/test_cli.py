@@ -60,6 +60,14 @@ SMALL = {
             "dashboards=2",
         )
     ],
+    "diff_smollm2": [
+        *[
+            f"steps.0.{key}"
+            for key in ("d_sae=256", "train_texts=24", "samples=4096", "batch_size=512", "context=32")
+        ],
+        *[f"steps.0.{key}" for key in ("eval_texts=4", "dashboards=1")],
+        *[f"steps.1.{key}" for key in ("max_texts=16", "context_len=32", "explain=0", "n_texts=4")],
+    ],
 }
 EXPECTED_FILES = {
     "patching": ["result.safetensors", "result.json", "heatmap.html", "heatmap.plotly.json"],
@@ -77,6 +85,7 @@ EXPECTED_FILES = {
         "graph_folder/graph-metadata.json",
         "graph.html",
     ],
+    "diff": ["diff.csv", "summary.json", "report.html", "volcano.html", "hypotheses.json"],
 }
 
 

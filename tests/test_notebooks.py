@@ -101,6 +101,14 @@ EXPECTED = {
         ],
         2,
     ),
+    "09_dataset_diffing.ipynb": (
+        [
+            r"top feature: digits and numbers, z \d+\.\d, replicates on held-out texts: True",
+            r"AUC: hypothesis \d\.\d\d, best baseline \d\.\d\d",
+            r"most changed feature: capitalised words and names, fires on \d+\.\d% of tokens in base, \d+\.\d% in tuned",
+        ],
+        2,
+    ),
 }
 
 

@@ -291,6 +291,42 @@ class ExplainStep(_StepBase):
         return self
 
 
+class DiffStep(_StepBase):
+    """Corpus diffing through the latents of the SAE an earlier ``sae`` step wrote (``sae``:
+    its name): which latents fire more often in ``corpus_b`` than in ``corpus_a`` (each a
+    corpus of ``mechinterp.data.corpus`` by name, or a text file of documents separated by
+    blank lines; ``max_texts`` of each), ranked by prior-smoothed log-odds with replication
+    on ``holdout`` of the texts (``mechinterp.datasets.diff_corpora``). ``explain`` top
+    latents are explained and scored; ``hypotheses`` (properties of ``corpus_b``'s texts) are
+    checked on held-out texts next to ``baselines`` and shuffled words."""
+
+    kind: Literal["diff"]
+    sae: str
+    corpus_a: str = "wordnet"
+    corpus_b: str = "fortunes"
+    max_texts: PositiveInt = 500
+    context_len: int = Field(default=64, ge=4)
+    level: Literal["window", "token"] = "window"
+    prior: float = Field(default=10.0, gt=0)
+    holdout: float = Field(default=0.5, ge=0, lt=1)
+    top: PositiveInt = 20
+    explain: NonNegativeInt = 0
+    hypotheses: list[str] = Field(default=[])
+    baselines: list[str] = Field(default=[])
+    n_texts: PositiveInt = 30
+    explainer: ChatEndpoint = ChatEndpoint()
+    scorer: ChatEndpoint = ChatEndpoint()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _explain_more_than_one(self) -> DiffStep:
+        if self.explain == 1:
+            raise ValueError(
+                "explain: 1 leaves the explanation without a shuffled baseline; use 0 or at least 2"
+            )
+        return self
+
+
 class TokenAttributionStep(_StepBase):
     """Which input tokens drove each answer (``mechinterp.token_attribution``), by several
     methods side by side.
@@ -344,7 +380,8 @@ Step = Annotated[
     | ExplainStep
     | TokenAttributionStep
     | SAEStep
-    | AttributionGraphStep,
+    | AttributionGraphStep
+    | DiffStep,
     Field(discriminator="kind"),
 ]
 PAIR_STEPS = ("patching", "attribution", "circuit")

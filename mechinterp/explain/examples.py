@@ -28,12 +28,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
@@ -171,12 +172,16 @@ def collect_examples(
     config: ExampleConfig | None = None,
     *,
     progress: bool = True,
+    reader: Callable[[Sequence[list[int]]], Float[Tensor, "_ batch pos"]] | None = None,
     **options,
 ) -> list[UnitExamples]:
     """Stream ``corpus`` (an iterable of strings) once and keep examples for every unit.
 
     ``options`` are ``ExampleConfig`` fields (``context_len=64, n_top=20, ...``) when no
-    ``config`` is given. ``progress`` shows a bar of windows read.
+    ``config`` is given. ``progress`` shows a bar of windows read. ``reader`` replaces the
+    model's forward for units it cannot compute alone (a crosscoder's latents read two
+    models): it maps BOS-prefixed token windows to activations ``[unit, batch, pos]`` (BOS
+    dropped, padding ``-inf``), as ``UnitReader`` does.
 
     Example:
         >>> examples = collect_examples(model, units, texts, n_top=10, max_contexts=2000)
@@ -187,7 +192,7 @@ def collect_examples(
     units = list(units)
     if not units:
         raise ValueError("collect_examples needs at least one unit")
-    reader = UnitReader(model, units)
+    reader = UnitReader(model, units) if reader is None else reader
     windows, maxima, top = [], [], _TopK(len(units), config.n_top)
     with tqdm(total=config.max_contexts, desc="reading corpus", unit="window", disable=not progress) as bar:
         for batch in _batches(model, corpus, config):

@@ -7,6 +7,13 @@ Example:
 
 from mechinterp.plotting.attribution import attribution_graph_figure, write_attribution_graph_html
 from mechinterp.plotting.circuits import circuit_figure, faithfulness_figure, roc_figure, write_circuit_html
+from mechinterp.plotting.datasets import (
+    corpus_diff_figure,
+    crosscoder_figure,
+    diff_report,
+    hypothesis_figure,
+    write_diff_report,
+)
 from mechinterp.plotting.explain import (
     explanation_dashboard,
     explanation_scores,
@@ -31,13 +38,17 @@ __all__ = [
     "attribution_graph_figure",
     "circuit_figure",
     "comparison_scatter",
+    "corpus_diff_figure",
+    "crosscoder_figure",
     "dashboard_html",
+    "diff_report",
     "dla_bar",
     "dla_heatmap",
     "explanation_dashboard",
     "explanation_scores",
     "faithfulness_figure",
     "feature_histogram",
+    "hypothesis_figure",
     "lens_heatmap",
     "lens_trajectory",
     "method_comparison_heatmap",
@@ -50,5 +61,6 @@ __all__ = [
     "token_attribution_heatmap",
     "write_attribution_graph_html",
     "write_circuit_html",
+    "write_diff_report",
     "write_explanation_dashboard",
 ]

@@ -53,6 +53,9 @@ class ActivationStream:
         outlier_ratio: drop tokens whose input norm exceeds this multiple of the median
             (``None`` keeps every token).
         seed: shuffling seed.
+        model_b: a second model with the same tokenizer (crosscoders): each row is the two
+            models' activations at ``hook_name`` on the same token, concatenated
+            ``[model's, model_b's]`` (width ``2 * d_model``).
     """
 
     model: object
@@ -64,10 +67,18 @@ class ActivationStream:
     buffer_tokens: int = 65536
     outlier_ratio: float | None = 10.0
     seed: int = 0
+    model_b: object | None = None
 
     def __post_init__(self) -> None:
         if not self.texts:
             raise ValueError("ActivationStream needs at least one text")
+        if self.model_b is not None:
+            if self.hook_name_out is not None:
+                raise ValueError("a paired stream (model_b) reads one hook; drop hook_name_out")
+            sizes = (self.model.architecture.d_vocab, self.model_b.architecture.d_vocab)
+            if sizes[0] != sizes[1]:
+                raise ValueError(f"model and model_b must share a tokenizer; their vocabularies are {sizes}")
+            stop_layer(self.model_b, self.hook_name)
         names = [self.hook_name] if self.hook_name_out is None else [self.hook_name, self.hook_name_out]
         stops = [stop_layer(self.model, name) for name in names]
         self.names = names
@@ -87,6 +98,16 @@ class ActivationStream:
         kwargs = {} if self.stop is None else {"stop_at_layer": self.stop}
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=self.names, **kwargs)
         rows = [cache[name][keep].flatten(1) for name in self.names]
+        if self.model_b is not None:
+            stop = stop_layer(self.model_b, self.hook_name)
+            device = self.model_b.device
+            _, cache_b = self.model_b.run_with_cache(
+                tokens.to(device),
+                attention_mask=mask.to(device),
+                names_filter=self.names,
+                **({} if stop is None else {"stop_at_layer": stop}),
+            )
+            rows = [torch.cat([rows[0], cache_b[self.hook_name][keep.to(device)].flatten(1).to(rows[0])], -1)]
         if self.outlier_ratio is not None:
             rows = [r[typical_tokens(rows[0], self.outlier_ratio)] for r in rows]
         return rows

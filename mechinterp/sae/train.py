@@ -7,6 +7,11 @@ Losses (reconstruction is the mean squared error per element, on inputs scaled s
   **AuxK** loss: latents that have not fired for ``dead_after`` samples reconstruct the
   residual error with their own top-``aux_k``, weighted ``aux_coefficient`` (1/32).
   This revives dead latents.
+- ``batchtopk`` (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders"): the ``k * batch``
+  largest latent activations of the whole batch are kept, so tokens differ in how many
+  latents they use; AuxK as for ``topk``. The threshold ``theta`` (a running mean of the
+  smallest kept activation per batch) replaces the batch at inference: the trained SAE is
+  returned as a ``jumprelu`` SAE with every threshold ``theta``.
 - ``jumprelu`` (Rajamanoharan et al. 2024, "Jumping Ahead"): MSE plus ``l0_coefficient``
   times L0, differentiated through the thresholds with straight-through estimators of
   kernel width ``bandwidth``.
@@ -33,8 +38,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -42,7 +48,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechinterp.sae.activations import ActivationStream
-from mechinterp.sae.model import SAE, Architecture, SAEConfig
+from mechinterp.sae.model import SAE, Architecture, SAEConfig, from_tensors
 
 CHECKPOINT = "checkpoint.pt"
 # activation rows (transcoders: input and output rows), or a stream of them
@@ -137,7 +143,7 @@ def train_sae(
     source: Source,
     *,
     d_sae: int,
-    architecture: Architecture = "topk",
+    architecture: Architecture | Literal["batchtopk"] = "topk",
     k: int | None = 32,
     seed: int = 0,
     hook_name: str | None = None,
@@ -153,7 +159,8 @@ def train_sae(
             an ``ActivationStream`` (a model's activations on a corpus; with
             ``hook_name_out`` it trains a transcoder).
         d_sae: number of latents; ``architecture``: ``topk`` (default), ``jumprelu``,
-            ``relu`` or ``gated``; ``k``: latents per token (``topk`` only).
+            ``relu``, ``gated`` or ``batchtopk`` (returned as ``jumprelu``); ``k``: latents per
+            token (``topk``; ``batchtopk``: on average over a batch).
         hook_name: the hook a tensor source came from (streams know theirs).
         training: optimisation settings (``TrainingConfig``).
         checkpoint_dir: save checkpoints there and resume from the last one.
@@ -162,6 +169,8 @@ def train_sae(
     Example:
         >>> sae = train_sae(torch.randn(60000, 64), d_sae=256, k=4)
     """
+    batch_topk = architecture == "batchtopk"
+    architecture = "topk" if batch_topk else architecture  # trained as topk with a batch-wide top-k
     k = k if architecture == "topk" else None
     batches, cfg = _prepare(source, d_sae=d_sae, architecture=architecture, k=k, hook_name=hook_name)
     device = source.model.device if isinstance(source, ActivationStream) else _first(source).device
@@ -178,7 +187,11 @@ def train_sae(
     checkpoint = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state["config"] != asdict(training) or state["sae_config"] != asdict(cfg):
+        if (
+            state["config"] != asdict(training)
+            or state["sae_config"] != asdict(cfg)
+            or bool(state.get("batch_topk", False)) != batch_topk
+        ):
             raise ValueError(
                 f"{checkpoint} was written by a run with other settings; use another checkpoint_dir"
             )
@@ -186,9 +199,14 @@ def train_sae(
         optimizer.load_state_dict(state["optimizer"])
         last_fired, step, scale = state["last_fired"], state["step"], state["scale"]
     stream = batches(training.batch_size, seed, step)
-    trainer = _Trainer(sae, training, scale)
+    trainer = _Trainer(sae, training, scale, batch_topk=batch_topk)
+    if checkpoint is not None and checkpoint.is_file():
+        trainer.theta = state.get("theta")
     with tqdm(
-        total=training.steps, initial=step, desc=f"training {architecture} SAE", disable=not progress
+        total=training.steps,
+        initial=step,
+        desc=f"training {'batchtopk' if batch_topk else architecture} SAE",
+        disable=not progress,
     ) as bar:
         while step < training.steps:
             x, y = (t.to(device).float() * scale for t in next(stream))
@@ -211,8 +229,20 @@ def train_sae(
                 l0 = (acts > 0).sum(-1).float().mean().item()
                 callback(StepInfo(step, step * training.batch_size, loss.item(), mse.item(), l0, dead))
             if checkpoint is not None and (step % training.checkpoint_every == 0 or step == training.steps):
-                _save_checkpoint(checkpoint, sae, optimizer, training, cfg, last_fired, step, scale)
+                extra = {"batch_topk": batch_topk, "theta": trainer.theta}
+                _save_checkpoint(checkpoint, sae, optimizer, training, cfg, last_fired, step, scale, extra)
+    if batch_topk:
+        sae = _as_jumprelu(sae, trainer.theta)
     return _unscaled(sae, scale)
+
+
+@torch.no_grad()
+def _as_jumprelu(sae: SAE, theta: float | None) -> SAE:
+    """A BatchTopK-trained SAE for inference: ``jumprelu`` with every threshold ``theta``."""
+    cfg = replace(sae.cfg, architecture="jumprelu", k=None)
+    tensors = {name: p.detach().clone() for name, p in sae.named_parameters()}
+    tensors["threshold"] = torch.full_like(tensors["b_enc"], theta if theta is not None else 0.0)
+    return from_tensors(cfg, tensors, source="batchtopk training")
 
 
 def _first(source) -> Tensor:
@@ -234,7 +264,9 @@ def _prepare(source: Source, *, d_sae, architecture, k, hook_name):
             hook_name_out=source.hook_name_out,
             k=k,
             apply_b_dec_to_input=not transcoder,
-            model_name=source.model.architecture.model_name,
+            model_name=source.model.architecture.model_name
+            if source.model_b is None
+            else f"{source.model.architecture.model_name}+{source.model_b.architecture.model_name}",
         )
 
         def stream_batches(batch_size: int, seed: int, start: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -278,7 +310,8 @@ def _prepare(source: Source, *, d_sae, architecture, k, hook_name):
 
 def _fields(stream: ActivationStream) -> dict:
     names = (
-        "model", "texts", "hook_name", "hook_name_out", "context", "texts_per_forward", "buffer_tokens", "outlier_ratio"
+        "model", "texts", "hook_name", "hook_name_out", "context", "texts_per_forward", "buffer_tokens", "outlier_ratio",
+        "model_b",
     )  # fmt: skip
     return {name: getattr(stream, name) for name in names}
 
@@ -307,9 +340,22 @@ def _lr(cfg: TrainingConfig, step: int) -> float:
 class _Trainer:
     """Training-time forward and losses of one architecture."""
 
-    def __init__(self, sae: SAE, cfg: TrainingConfig, scale: float):
+    def __init__(self, sae: SAE, cfg: TrainingConfig, scale: float, *, batch_topk: bool = False):
         self.sae, self.cfg, self.scale = sae, cfg, scale
         self.aux_k = cfg.aux_k or max(1, sae.cfg.d_in // 2)
+        self.batch_topk = batch_topk
+        self.theta: float | None = None  # batchtopk: running mean of the smallest kept activation
+
+    def _batch_topk(self, pre: Tensor) -> Tensor:
+        """Keep the ``k * batch`` largest positive activations of the whole batch."""
+        flat = pre.relu().flatten()
+        values, indices = flat.topk(min(self.sae.cfg.k * pre.shape[0], flat.numel()), sorted=False)
+        acts = torch.zeros_like(flat).scatter(0, indices, values).reshape(pre.shape)
+        kept = values.detach()[values.detach() > 0]
+        if kept.numel():
+            smallest = float(kept.min())
+            self.theta = smallest if self.theta is None else 0.99 * self.theta + 0.01 * smallest
+        return acts
 
     def loss(self, x: Tensor, y: Tensor, step: int, last_fired: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         sae, cfg = self.sae, self.cfg
@@ -319,6 +365,8 @@ class _Trainer:
         if arch == "jumprelu":
             acts = _JumpReLU.apply(pre, sae.threshold, cfg.bandwidth)
             extra = cfg.l0_coefficient * _Step.apply(pre, sae.threshold, cfg.bandwidth).sum(-1).mean()
+        elif self.batch_topk:
+            acts = self._batch_topk(pre)
         else:
             acts = sae.activate(pre, x)
         recon = acts @ sae.W_dec + sae.b_dec
@@ -355,7 +403,7 @@ class _Trainer:
             self.sae.threshold.clamp_(min=1e-4)
 
 
-def _save_checkpoint(path: Path, sae, optimizer, training, cfg, last_fired, step, scale) -> None:
+def _save_checkpoint(path: Path, sae, optimizer, training, cfg, last_fired, step, scale, extra=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "sae": sae.state_dict(),
@@ -365,6 +413,7 @@ def _save_checkpoint(path: Path, sae, optimizer, training, cfg, last_fired, step
         "last_fired": last_fired,
         "step": step,
         "scale": scale,
+        **(extra or {}),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)

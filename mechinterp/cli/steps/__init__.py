@@ -7,6 +7,7 @@ from mechinterp.cli.steps import (
     attribution,
     attribution_graph,
     circuit,
+    diff,
     explain,
     export,
     logit_lens,
@@ -28,6 +29,7 @@ STEPS: dict[str, Callable[..., StepOutput]] = {
     "token_attribution": token_attribution.run,
     "sae": sae.run,
     "attribution_graph": attribution_graph.run,
+    "diff": diff.run,
 }
 
 __all__ = ["STEPS", "StepOutput", "table"]
