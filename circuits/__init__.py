@@ -78,8 +78,8 @@ from circuits.prompt import prompt_record
 __all__ = [
     "ALGORITHMS",
     "CONFIGS",
-    "POSITIONAL_METHODS",
     "MIB_GRID",
+    "POSITIONAL_METHODS",
     "WRITERS",
     "ACDCConfig",
     "ACDCExactConfig",

@@ -23,9 +23,9 @@ from mechinterp.data.tasks import (
 )
 
 __all__ = [
-    "PositionSpans",
     "TASKS",
     "GreaterThanPairs",
+    "PositionSpans",
     "PromptPairs",
     "arithmetic_pairs",
     "greater_than_pairs",
