@@ -1,4 +1,4 @@
-"""Attribution graphs (work in progress): feature-level circuits through transcoders.
+"""Attribution graphs: feature-level circuits through transcoders.
 
 Ameisen et al. 2025 ("Circuit Tracing: Revealing Computational Graphs in Language Models") and
 the ``circuit-tracer`` library: replace each MLP by transcoder features plus an exact error
