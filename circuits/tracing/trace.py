@@ -48,8 +48,8 @@ from circuits.tracing.prune import influence, normalized_weights
 from circuits.tracing.replacement import ActiveFeatures, Replacement
 from circuits.tracing.transcoders import Transcoder
 from mechinterp.dims import Tokens
-from mechinterp.patching.memory import bytes_per_row, free_memory
-from mechinterp.patching.rows import RowSet, run_rows
+from mechinterp.patching.memory import bytes_per_row
+from mechinterp.patching.rows import RowSet, rows_per_chunk, run_rows
 
 
 def prompt_tokens(model: Any, prompt: str | Tensor) -> Int[Tensor, "1 pos"]:
@@ -164,16 +164,15 @@ def trace(
             stats["rows_per_chunk"] = max(stats["rows_per_chunk"], run_stats.rows_per_chunk)
 
         run(torch.arange(n_features, n_features + n_logits))
-        while int(traced.sum()) < limit:
-            if limit == n_features:
-                chosen = torch.arange(n_features)
-            else:
-                weights = torch.zeros(n_nodes)
-                weights[n_sources:] = logit_probs.float().cpu()
-                scores = found.influence(weights)[:n_features].masked_fill(traced, -1.0)
-                round_size = 4 * _rows_per_batch(batch_size, max_memory, model.device, row_bytes(n_pos))
-                take = min(limit - int(traced.sum()), round_size)
-                chosen = scores.topk(take).indices  # ties (no influence yet) go in node order
+        if limit == n_features:
+            traced[:] = True
+            run(torch.arange(n_features))
+        logit_weights = torch.zeros(n_nodes)
+        logit_weights[n_sources:] = logit_probs.float().cpu()
+        round_size = 4 * rows_per_chunk(row_bytes(n_pos), model.device, batch_size, max_memory)
+        while int(traced.sum()) < limit:  # by influence through the edges found so far
+            scores = found.influence(logit_weights)[:n_features].masked_fill(traced, -1.0)
+            chosen = scores.topk(min(limit - int(traced.sum()), round_size)).indices  # ties: node order
             traced[chosen] = True
             run(chosen)
 
@@ -206,14 +205,6 @@ def trace(
         transcoder_kind=transcoders.kind,
         info={"logit_strings": logit_strings, **stats},
     )
-
-
-def _rows_per_batch(batch_size: int | str, max_memory: int | None, device: torch.device, row: int) -> int:
-    """Targets per backward pass: ``batch_size``, or what fits the memory budget (``run_rows``'s rule)."""
-    if batch_size != "auto":
-        return int(batch_size)
-    budget = max_memory if max_memory is not None else free_memory(device) // 2
-    return max(1, budget // max(row, 1))
 
 
 class _Edges:
@@ -278,6 +269,7 @@ class FrozenBackward:
             last = normed.detach().expand(everything.shape[0], -1, -1)
             self.values = target_values(rep, everything, logit_tokens, one_row, last)
         self.element = torch.finfo(tc.dtype).bits // 8
+        self.by_layer = [(rep.active.layer == layer).nonzero()[:, 0] for layer in range(len(self.outputs))]
 
     def row_bytes(self, n_pos: int, n_sources: int) -> int:
         """Peak memory of one target: the backward's activations, the gradient of every source
@@ -340,8 +332,7 @@ class FrozenBackward:
                 torch.stack(g_out[:reached], dim=2).transpose(0, 1).contiguous() if reached else None
             )
             parts = []
-            for source in range(len(g_out)):
-                chosen = (active.layer == source).nonzero()[:, 0]
+            for source, chosen in enumerate(self.by_layer):
                 n_out = min(tc.output_layers(source).stop, reached) - source
                 if n_out <= 0:
                     parts.append(torch.zeros(batch, chosen.shape[0], device=targets.device))

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from circuits.tracing.transcoders import Activation, InputSite, Kind, Transcoder, encoder_input
+from mechinterp.sae.activations import content_tokens, shuffled_batches
 from mechinterp.sae.train import TrainingConfig, _JumpReLU, _lr, _Step  # one home for the estimators
 
 CHECKPOINT = "transcoder_checkpoint.pt"
@@ -83,8 +84,6 @@ def train_transcoders(
         raise ValueError(
             f"activation must be 'topk' or 'jumprelu' (relu CLTs are not trained here), got {activation!r}"
         )
-    if training.batch_size > buffer_tokens // 2:
-        raise ValueError(f"batch_size {training.batch_size} exceeds half the buffer ({buffer_tokens} tokens)")
     if not texts:
         raise ValueError("train_transcoders needs at least one text")
     device = model.device
@@ -252,16 +251,13 @@ def _activation_batches(
     layer, d_model]`` each, from one forward per group of texts (cycled) through a buffer."""
     n_layers = model.architecture.n_layers
     names = [f"blocks.{layer}.hook_mlp_{which}" for which in ("in", "out") for layer in range(n_layers)]
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(texts), generator=generator).tolist()
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
 
     def forwards() -> Iterator[Tensor]:
         while True:
             for start in range(0, len(order), texts_per_forward):
                 tokens, mask = model.encode([texts[i] for i in order[start : start + texts_per_forward]])
                 tokens, mask = tokens[:, :context], mask[:, :context]
-                keep = mask.bool() if bos is None else mask.bool() & (tokens != bos)
                 with torch.no_grad():
                     _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names)
                     inputs = [
@@ -270,16 +266,8 @@ def _activation_batches(
                     ]
                     outputs = [cache[names[n_layers + layer]] for layer in range(n_layers)]
                 # [text, pos, 2, layer, d_model] -> the kept tokens' rows [token, 2, layer, d_model]
-                yield torch.stack([torch.stack(inputs, 2), torch.stack(outputs, 2)], 2)[keep].float()
+                pairs = torch.stack([torch.stack(inputs, 2), torch.stack(outputs, 2)], 2)
+                yield pairs[content_tokens(model, tokens, mask)].float()
 
-    source, buffer = forwards(), None
-    while True:
-        while buffer is None or buffer.shape[0] < buffer_tokens:
-            new = next(source)
-            buffer = new if buffer is None else torch.cat([buffer, new])
-        buffer = buffer[torch.randperm(buffer.shape[0], generator=generator).to(buffer.device)]
-        half = buffer_tokens // 2
-        for start in range(0, half - batch_size + 1, batch_size):
-            rows = buffer[start : start + batch_size]  # [batch, 2, layer, d_model]
-            yield rows[:, 0], rows[:, 1]
-        buffer = buffer[half:]
+    for rows in shuffled_batches(forwards(), batch_size, buffer_tokens, seed=seed + 1):
+        yield rows[:, 0], rows[:, 1]

@@ -31,6 +31,11 @@ def bytes_per_row(model, n_positions: int, n_logit_positions: int, n_key_positio
     return elements * torch.finfo(model.dtype).bits // 8
 
 
+def memory_budget(device: torch.device, max_memory: int | None = None) -> int:
+    """Bytes a chunk may use: ``max_memory``, or half the free memory of ``device``."""
+    return max_memory if max_memory is not None else free_memory(device) // 2
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA and host out-of-memory errors."""
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechinterp.patching.memory import free_memory, is_out_of_memory
+from mechinterp.patching.memory import is_out_of_memory, memory_budget
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,17 @@ class RowStats:
     rows: int
     chunks: int
     rows_per_chunk: int
+
+
+def rows_per_chunk(
+    row_bytes: int,
+    device: torch.device,
+    max_rows: int | Literal["auto"] = "auto",
+    max_memory: int | None = None,
+) -> int:
+    """The rows ``run_rows`` puts in a chunk whose rows cost ``row_bytes`` each (before any halving)."""
+    fitting = max(1, memory_budget(device, max_memory) // max(row_bytes, 1))
+    return fitting if max_rows == "auto" else min(max_rows, fitting)
 
 
 def run_rows(
@@ -87,7 +98,7 @@ def run_rows(
         torch.argsort(rows.start * (int(rows.layer.max()) + 1) + rows.layer, stable=True) if n else rows.start
     )
     starts = rows.start[order].tolist()
-    budget = max_memory if max_memory is not None else free_memory(device) // 2
+    budget = memory_budget(device, max_memory)
     limit = n if max_rows == "auto" else max_rows  # halved on out-of-memory
     chunks, largest = 0, 0
     with tqdm(total=n, desc=description, unit="row", disable=not progress) as bar:

@@ -42,6 +42,34 @@ def typical_tokens(x: Tensor, ratio: float) -> Tensor:
     return norms <= ratio * norms.median()
 
 
+def content_tokens(model, tokens: Tensor, mask: Tensor) -> Tensor:
+    """The positions that hold text: not padding (``mask``), not the beginning-of-sequence token."""
+    keep = mask.bool()
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    return keep if bos is None else keep & (tokens != bos)
+
+
+def shuffled_batches(
+    rows: Iterator[Tensor], batch_size: int, buffer_tokens: int, *, seed: int
+) -> Iterator[Tensor]:
+    """Batches of ``batch_size`` rows drawn from ``rows`` (an endless iterator of ``[n, ...]``
+    blocks) through a shuffling buffer of ``buffer_tokens`` rows: fill it, shuffle, serve the
+    first half, keep the second half for the next fill. Memory stays at one buffer."""
+    if batch_size > buffer_tokens // 2:
+        raise ValueError(f"batch_size {batch_size} exceeds half the buffer ({buffer_tokens} tokens)")
+    generator = torch.Generator().manual_seed(seed)
+    buffer: Tensor | None = None
+    while True:
+        while buffer is None or buffer.shape[0] < buffer_tokens:
+            new = next(rows)
+            buffer = new if buffer is None else torch.cat([buffer, new])
+        buffer = buffer[torch.randperm(buffer.shape[0], generator=generator).to(buffer.device)]
+        half = buffer_tokens // 2
+        for start in range(0, half - batch_size + 1, batch_size):
+            yield buffer[start : start + batch_size]
+        buffer = buffer[half:]
+
+
 @dataclass(eq=False)
 class ActivationStream:
     """Activations of ``model`` at ``hook_name`` (and ``hook_name_out`` for transcoders) on ``texts``.
@@ -91,10 +119,7 @@ class ActivationStream:
         model = self.model
         tokens, mask = model.encode(texts)
         tokens, mask = tokens[:, : self.context], mask[:, : self.context]
-        keep = mask.bool()
-        bos = getattr(model.tokenizer, "bos_token_id", None)
-        if bos is not None:
-            keep &= tokens != bos
+        keep = content_tokens(model, tokens, mask)
         kwargs = {} if self.stop is None else {"stop_at_layer": self.stop}
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=self.names, **kwargs)
         rows = [cache[name][keep].flatten(1) for name in self.names]
@@ -125,20 +150,9 @@ class ActivationStream:
         Float[Tensor, "batch d_in"] | tuple[Float[Tensor, "batch d_in"], Float[Tensor, "batch d_out"]]
     ]:
         """Shuffled training batches ``[batch_size, d_in]`` (transcoders: ``(input, output)`` pairs)."""
-        if batch_size > self.buffer_tokens // 2:
-            raise ValueError(f"batch_size {batch_size} exceeds half the buffer ({self.buffer_tokens} tokens)")
-        generator = torch.Generator().manual_seed(self.seed + 1)
-        source = self.token_batches()
-        buffer: Tensor | None = None
-        while True:
-            while buffer is None or buffer.shape[0] < self.buffer_tokens:
-                new = torch.cat(next(source), dim=-1).float()
-                buffer = new if buffer is None else torch.cat([buffer, new])
-            buffer = buffer[torch.randperm(buffer.shape[0], generator=generator).to(buffer.device)]
-            half = self.buffer_tokens // 2
-            for start in range(0, half - batch_size + 1, batch_size):
-                yield self._split(buffer[start : start + batch_size])
-            buffer = buffer[half:]
+        rows = (torch.cat(parts, dim=-1).float() for parts in self.token_batches())
+        for batch in shuffled_batches(rows, batch_size, self.buffer_tokens, seed=self.seed + 1):
+            yield self._split(batch)
 
     def _split(self, rows: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         if self.hook_name_out is None:

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechinterp.patching.memory import free_memory, is_out_of_memory
+from mechinterp.patching.memory import is_out_of_memory, memory_budget
 from mechinterp.token_attribution.objective import Objective
 
 PATTERN_HOOKS = ("attn.hook_pattern", "attn.hook_attn_scores")
@@ -144,7 +144,7 @@ class SiteRunner:
             if isinstance(max_batch_rows, bool) or not isinstance(max_batch_rows, int) or max_batch_rows < 1:
                 raise ValueError(f"max_batch_rows must be an integer >= 1 or 'auto', got {max_batch_rows!r}")
             return max_batch_rows
-        budget = max_memory if max_memory is not None else free_memory(self.model.device) // 2
+        budget = memory_budget(self.model.device, max_memory)
         return max(1, budget // self.bytes_per_row(backward=backward))
 
 
