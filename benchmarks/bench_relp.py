@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_relp.py [--task ioi] [--n 8] [--seed 0] [--device cpu]
 
 For one task's prompt pairs, every site family below is patched exactly (``patch_sweep``,
-corrupt values into the clean run... denoising, the sweeps' default) and estimated by AtP,
-AtP* and RelP (``attribution_patch``); the table gives the Pearson correlation of the
-example-mean effects over the cells, and Spearman in brackets:
+the sweeps' default direction) and estimated by AtP, AtP*, RelP (its default rules: LN,
+identity, half) and RelP with the AH rule too (``attribution_patch``; ``--methods`` picks
+some); the table gives the Pearson correlation of the example-mean effects over the cells,
+and Spearman in brackets:
 
 - ``mlp_out`` per layer and position (the paper's headline: MLP outputs);
 - ``mlp_out`` per layer (all positions at once);
@@ -29,6 +30,7 @@ import mechinterp
 import mechinterp.data
 from mechinterp.data import ioi_pairs
 from mechinterp.patching import SweepSpec, attribution_patch, compare, patch_sweep, relevance_rules
+from mechinterp.patching.relevance import RULES
 
 SITES = {
     "MLP out (layer x position)": SweepSpec(kind="mlp_out"),
@@ -37,15 +39,23 @@ SITES = {
     "resid_pre (layer x position)": SweepSpec(kind="resid_pre"),
 }
 SITE_NAMES = dict(zip(("mlp", "mlp-layer", "heads", "resid"), SITES, strict=True))
-METHODS = ("atp", "atp*", "relp")
+METHODS = {  # column label -> attribution_patch arguments
+    "AtP": dict(method="atp"),
+    "AtP*": dict(method="atp*"),
+    "RelP": dict(method="relp"),
+    "RelP + AH": dict(method="relp", relp_rules=RULES),
+}
+METHOD_NAMES = dict(zip(("atp", "atp*", "relp", "relp+ah"), METHODS, strict=True))
 RULE_SUBSETS = {
     "AtP (no rules)": (),
     "LN": ("ln",),
     "AH": ("ah",),
+    "identity": ("identity",),
+    "half": ("half",),
     "identity + half": ("identity", "half"),
     "LN + AH": ("ln", "ah"),
-    "LN + identity + half": ("ln", "identity", "half"),
-    "RelP (all four)": ("ln", "ah", "identity", "half"),
+    "LN + identity + half (RelP)": ("ln", "identity", "half"),
+    "all four (RelP + AH)": RULES,
 }
 
 
@@ -66,6 +76,9 @@ def main() -> None:
     parser.add_argument(
         "--sites", default="mlp,mlp-layer,heads,resid", help=f"some of {','.join(SITE_NAMES)}"
     )
+    parser.add_argument(
+        "--methods", default=",".join(METHOD_NAMES), help=f"some of {','.join(METHOD_NAMES)}"
+    )
     args = parser.parse_args()
     available = tasks()
     if args.list:
@@ -81,18 +94,19 @@ def main() -> None:
     if args.ablate:
         ablate(model, pairs, metric, run)
         return
-    print(f"| sites | cells | {' | '.join(m.upper().replace('RELP', 'RelP') for m in METHODS)} |")
-    print("|---|---|" + "---|" * len(METHODS))
+    methods = [METHOD_NAMES[name] for name in args.methods.split(",")]
+    print(f"| sites | cells | {' | '.join(methods)} |")
+    print("|---|---|" + "---|" * len(methods))
     for label in (SITE_NAMES[name] for name in args.sites.split(",")):
         spec = SITES[label]
         start = time.perf_counter()
         exact = patch_sweep(model, pairs.clean, pairs.corrupt, spec, metric, **run)
         timings = {"exact": time.perf_counter() - start}
         cells = []
-        for method in METHODS:
+        for method in methods:
             start = time.perf_counter()
             estimate = attribution_patch(
-                model, pairs.clean, pairs.corrupt, metric, spec, method=method, **run
+                model, pairs.clean, pairs.corrupt, metric, spec, **METHODS[method], **run
             )
             timings[method] = time.perf_counter() - start
             comparison = compare(exact, estimate)

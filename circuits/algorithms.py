@@ -11,7 +11,8 @@ alone carries the corrupted source), the chosen edges and the settings used.
 - ``"eap"``: edge attribution patching (Syed et al. 2023), one forward and backward pass.
 - ``"eap-ig"``: EAP with integrated gradients over the input embeddings (Hanna et al. 2024).
 - ``"relp"``: relevance patching (Rezaei Jafari et al. 2025): EAP with LRP relevance
-  coefficients in place of gradients, same cost; query and key edges score 0.
+  coefficients in place of gradients, same cost (``config.rules``; with the AH rule, query
+  and key edges score 0).
 - ``"acdc"``: ACDC (Conmy et al. 2023) with batched candidates: destinations are visited from
   the logits backwards; all incoming edges of one destination are tried as rows of one
   batched forward that starts at the destination's block (earlier blocks run once), and
@@ -55,6 +56,7 @@ from circuits.graph import Graph
 from circuits.prompt import prompt_record
 from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
+from mechinterp.patching.relevance import DEFAULT_RULES
 
 Level = Literal["edge", "node"]
 Selection = Literal["top_n", "greedy"]
@@ -91,7 +93,10 @@ class EAPConfig(SelectionConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class RelPConfig(SelectionConfig):
-    """RelP has no settings beyond the selection."""
+    """``rules``: the LRP rules (a subset of ``mechinterp.patching.relevance.RULES``; default
+    the RelP authors' LN, identity and half rules)."""
+
+    rules: tuple[str, ...] = DEFAULT_RULES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +144,9 @@ def eap(model, data, metric: PositionalMetric, graph: Graph, *, config: EAPConfi
 def relp(
     model, data, metric: PositionalMetric, graph: Graph, *, config: RelPConfig = RelPConfig()
 ) -> Circuit:
-    scores = relp_scores(model, data.clean, data.corrupt, graph, metric, attention_mask=_mask(data))
+    scores = relp_scores(
+        model, data.clean, data.corrupt, graph, metric, attention_mask=_mask(data), rules=config.rules
+    )
     return _select(graph, scores / data.clean.shape[0], "relp", config, prompt_record(model, data, metric))
 
 

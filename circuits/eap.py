@@ -9,9 +9,9 @@ source outputs. Where the metric is linear in the target's input this is exact e
 
 RelP at edge level (``relp_scores``; Rezaei Jafari et al. 2025) is the same product with the
 gradient replaced by LRP relevance coefficients (``mechinterp.patching.relevance``): norm
-scales and attention patterns held constant, ``act(x)/x`` through the MLP activation, half
-the relevance to each factor of a gated MLP. Same cost as EAP. Query and key edges score 0
-(their heads' patterns are constants under the rules).
+scales held constant, ``act(x)/x`` through the MLP activation, half the relevance to each
+factor of a gated MLP (``DEFAULT_RULES``). Same cost as EAP. With the AH rule too
+(``rules=RULES``) query and key edges score 0 (their heads' patterns are constants).
 
 EAP-IG (Hanna et al. 2024, "inputs" variant) replaces the clean gradient by the gradient
 averaged along the straight line from the corrupt to the clean input embeddings (integrated
@@ -35,6 +35,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -51,7 +53,7 @@ from circuits.graph import Graph, Node
 from mechinterp.data.pairs import PositionSpans
 from mechinterp.dims import AttentionMask, Tokens
 from mechinterp.metrics import PositionalMetric
-from mechinterp.patching.relevance import relevance_hooks
+from mechinterp.patching.relevance import DEFAULT_RULES, relevance_hooks
 
 
 def _destination_gradients(
@@ -62,15 +64,15 @@ def _destination_gradients(
     mask: Tensor | None,
     embed_line: Tensor | None,
     record: dict[str, Tensor] | None = None,
-    relevance: bool = False,
+    rules: Collection[str] = (),
 ) -> dict[str, Tensor]:
     """Gradients of the summed metric with respect to every destination hook's input.
 
     With ``embed_line`` (``[steps, batch, pos, d_model]`` token embeddings) the rows are the
     points of that line and gradients are averaged over them. ``record`` receives the
     (detached) activations ``source_outputs`` needs, so the run doubles as the clean run.
-    With ``relevance`` the backward pass propagates LRP coefficients (RelP); inputs they do
-    not reach (queries, keys) get zeros."""
+    With ``rules`` the backward pass propagates LRP coefficients (RelP with those rules);
+    inputs they do not reach (queries and keys, under the AH rule) get zeros."""
     steps = 1 if embed_line is None else embed_line.shape[0]
     groups = destination_groups(graph)
     inputs: dict[str, Tensor] = {}
@@ -88,8 +90,8 @@ def _destination_gradients(
         return source.detach().requires_grad_(True)
 
     with model.per_head_hooks(split_inputs=True):
-        rules = relevance_hooks(model) if relevance else []  # first: later hooks read their values
-        hooks = [*rules, ("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
+        relevance = relevance_hooks(model, rules) if rules else []  # first: later hooks read them
+        hooks = [*relevance, ("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
         if record is not None:
             hooks += [(name, save) for name in sorted(source_hook_names(graph)) if name in model.hook_dict]
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
@@ -103,7 +105,7 @@ def _destination_gradients(
             examples = torch.arange(batch, device=model.device).repeat(steps)
             total = metric.score(logits[:, 0].float(), examples).sum() / steps
             names = [g.hook for g in groups]
-            grads = torch.autograd.grad(total, [inputs[n] for n in names], allow_unused=relevance)
+            grads = torch.autograd.grad(total, [inputs[n] for n in names], allow_unused=bool(rules))
     grads = [torch.zeros_like(inputs[n]) if g is None else g for n, g in zip(names, grads, strict=True)]
     return {
         name: grad.to(model.device).reshape(steps, batch, *grad.shape[1:]).sum(0)
@@ -175,7 +177,7 @@ def eap_scores(
     """EAP scores ``[edge]`` (summed over the batch): the estimated change of the summed
     metric when each edge alone carries the corrupted source; ``[edge, span]`` per span of
     positions with ``spans``."""
-    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, relevance=False)
+    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, rules=())
 
 
 def relp_scores(
@@ -187,25 +189,27 @@ def relp_scores(
     *,
     attention_mask: AttentionMask | None = None,
     spans: PositionSpans | None = None,
+    rules: Collection[str] = DEFAULT_RULES,
 ) -> Float[Tensor, " edge *span"]:
     """RelP scores ``[edge]`` (summed over the batch): EAP with LRP relevance coefficients in
-    place of gradients (see the module docstring); query and key edges score 0.
-    ``[edge, span]`` per span of positions with ``spans``.
+    place of gradients (see the module docstring; ``rules``: a subset of
+    ``relevance.RULES``; with ``"ah"`` query and key edges score 0). ``[edge, span]`` per
+    span of positions with ``spans``.
 
     Example:
         >>> scores = relp_scores(model, pairs.clean, pairs.corrupt, Graph.from_model(model), pairs.metric())
     """
-    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, relevance=True)
+    return _first_order_scores(model, clean, corrupt, graph, metric, attention_mask, spans, rules=rules)
 
 
 def _first_order_scores(
-    model, clean, corrupt, graph: Graph, metric, attention_mask, spans, *, relevance: bool
+    model, clean, corrupt, graph: Graph, metric, attention_mask, spans, *, rules: Collection[str]
 ) -> Float[Tensor, " edge *span"]:
     check_graph_fits(model, graph)
     clean, corrupt = clean.to(model.device), corrupt.to(model.device)
     mask = None if attention_mask is None else attention_mask.to(model.device)
     clean_run: dict[str, Tensor] = {}
-    grads = _destination_gradients(model, graph, clean, metric, mask, None, clean_run, relevance)
+    grads = _destination_gradients(model, graph, clean, metric, mask, None, clean_run, rules)
     with torch.no_grad():
         delta = run_source_outputs(model, graph, corrupt, mask) - source_outputs(model, clean_run, graph)
     return _span_scores(graph, grads, delta, first_difference(clean, corrupt, "resample"), spans)

@@ -14,6 +14,7 @@ from mechinterp.metrics import LogitDifference
 from mechinterp.models.tiny import tiny_hf_model
 from mechinterp.patching import SweepSpec, attribution_patch, relevance_rules
 from mechinterp.patching.engine import site_index
+from mechinterp.patching.relevance import DEFAULT_RULES, RULES
 
 
 @functools.cache
@@ -68,11 +69,13 @@ def frozen_exact(model, clean, corrupt, spec, metric):
 )
 def test_relp_is_exact_where_the_rules_make_the_model_linear(spec):
     """A GPT-2 (LayerNorm with biases) whose MLP activation is the identity: with norm scales
-    and attention patterns frozen the model is affine in every activation, and RelP's
-    coefficients are that affine map's, so RelP equals exact patching of it."""
+    and attention patterns frozen the model is affine in every activation, and the
+    coefficients of all four rules are that affine map's, so RelP equals exact patching of it."""
     model = tiny("gpt2", activation_function="linear")
     clean, corrupt, metric = pair()
-    relp = attribution_patch(model, clean, corrupt, metric, spec, method="relp", direction="noise")
+    relp = attribution_patch(
+        model, clean, corrupt, metric, spec, method="relp", direction="noise", relp_rules=RULES
+    )
     exact = frozen_exact(model, clean, corrupt, spec, metric)
     estimated = relp.values.reshape(exact.shape)
     torch.testing.assert_close(estimated, exact, atol=1e-4 * float(exact.abs().max()), rtol=1e-4)
@@ -81,7 +84,7 @@ def test_relp_is_exact_where_the_rules_make_the_model_linear(spec):
     assert (atp.values.reshape(exact.shape) - exact).abs().max() > 1e-3 * exact.abs().max()
 
 
-def relevance_at(model, tokens, metric, names, rules=True):
+def relevance_at(model, tokens, metric, names, rules=DEFAULT_RULES):
     """``(metric total, {name: (activation, coefficient)})`` from one backward pass."""
     kept = {}
 
@@ -94,7 +97,7 @@ def relevance_at(model, tokens, metric, names, rules=True):
 
     rows = torch.arange(tokens.shape[0])
     hooks = [("hook_embed", leaf), *((n, keep) for n in names)]
-    rules_or_not = relevance_rules(model) if rules else contextlib.nullcontext()
+    rules_or_not = relevance_rules(model, rules) if rules else contextlib.nullcontext()
     with torch.enable_grad():
         with rules_or_not, model.hooks(fwd_hooks=hooks):
             logits = model(tokens)
@@ -106,8 +109,9 @@ def relevance_at(model, tokens, metric, names, rules=True):
 @pytest.mark.parametrize("family", ["llama", "olmo2"])
 def test_relevance_is_conserved_layer_by_layer(family):
     """Without biases (Llama: gated SiLU MLP, RMSNorm, rotary; OLMo 2: post-norms, QK-norm)
-    the relevance ``x . R(x)`` of every layer's residual stream and of the embeddings sums
-    to the metric; plain gradient x input does not."""
+    the relevance ``x . R(x)`` of all four rules, at every layer's residual stream and at the
+    embeddings, sums to the metric; plain gradient x input and the default rules (the
+    softmax keeps its gradient) do not."""
     model = tiny(family)
     biases = [p for name, p in model.named_parameters() if name.split(".")[-1].startswith("b")]
     assert all(not bool(p.any()) for p in biases), "the check needs a model without biases"
@@ -117,14 +121,15 @@ def test_relevance_is_conserved_layer_by_layer(family):
         *(f"blocks.{layer}.hook_resid_pre" for layer in range(2)),
         "blocks.1.hook_resid_post",
     ]
-    total, relevance = relevance_at(model, clean, metric, names)
+    total, relevance = relevance_at(model, clean, metric, names, rules=RULES)
     for activation, coefficient in relevance.values():
         torch.testing.assert_close(
             (activation * coefficient).sum(), total, atol=1e-4 * total.abs(), rtol=1e-4
         )
-    total, plain = relevance_at(model, clean, metric, ["hook_embed"], rules=False)
-    activation, gradient = plain["hook_embed"]
-    assert ((activation * gradient).sum() - total).abs() > 1e-2 * total.abs()
+    for rules in ((), DEFAULT_RULES):
+        total, plain = relevance_at(model, clean, metric, ["hook_embed"], rules=rules)
+        activation, gradient = plain["hook_embed"]
+        assert ((activation * gradient).sum() - total).abs() > 1e-3 * total.abs()
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -153,7 +158,7 @@ def test_mlp_rules_identity_and_half(family):
         torch.testing.assert_close((linear * linear_coefficient).sum(), out_relevance / 2)
     else:  # patching the activation's input to 0 is estimated exactly: -act(x) . upstream
         torch.testing.assert_close(-(pre * pre_coefficient).sum(), -(activated * post_coefficient).sum())
-        _, plain = relevance_at(model, clean, metric, names, rules=False)
+        _, plain = relevance_at(model, clean, metric, names, rules=())
         tangent = -(pre * plain[names[0]][1]).sum()  # AtP's estimate of the same patch
         assert (tangent + (activated * post_coefficient).sum()).abs() > 1e-3 * out_relevance.abs()
 
@@ -172,26 +177,36 @@ def test_relp_differs_from_atp_only_where_rules_apply():
     assert gap[0] > 0 and gap[1] > 0
 
 
-def test_relp_refuses_query_key_and_pattern_sites():
+def test_relp_query_key_sites_need_the_softmax_gradient():
+    """Default RelP estimates queries and keys (the softmax keeps its gradient, as AtP's);
+    with the AH rule they get no relevance and are refused."""
     model = tiny("gpt2")
     clean, corrupt, metric = pair()
+    for kind in ("q", "k"):
+        spec = SweepSpec(kind=kind, per_position=False)
+        relp = attribution_patch(model, clean, corrupt, metric, spec, method="relp")
+        assert relp.metadata["relp_rules"] == sorted(DEFAULT_RULES)
+        assert bool((relp.values - relp.base).abs().sum() > 0)
     for kind in ("q", "k", "pattern"):
         with pytest.raises(ValueError, match="pattern as a constant"):
-            attribution_patch(model, clean, corrupt, metric, SweepSpec(kind=kind), method="relp")
+            attribution_patch(
+                model, clean, corrupt, metric, SweepSpec(kind=kind), method="relp", relp_rules=RULES
+            )
     with pytest.raises(ValueError, match="method must be one of"):
         attribution_patch(model, clean, corrupt, metric, SweepSpec(kind="z"), method="lrp")
 
 
-def test_edge_relp_is_exact_on_the_linear_model_and_registered():
+@pytest.mark.parametrize("rules", [DEFAULT_RULES, RULES], ids=["default", "with-ah"])
+def test_edge_relp_sums_to_node_relp_and_is_registered(rules):
     """Edge RelP sums to node RelP (a node's edges carry its whole output), q/k edges score
-    zero (AH rule), and ``ALGORITHMS['relp']`` returns a circuit like ``'eap'``."""
+    zero under the AH rule only, and ``ALGORITHMS['relp']`` returns a circuit like ``'eap'``."""
     model = tiny("gpt2", activation_function="linear")
     clean, corrupt, metric = pair()
     graph = Graph.from_model(model)
-    scores = relp_scores(model, clean, corrupt, graph, metric)
+    scores = relp_scores(model, clean, corrupt, graph, metric, rules=rules)
     assert scores.shape == (len(graph.edges),)
     qk = torch.tensor([e.channel in ("q", "k") for e in graph.edges])
-    assert bool((scores[qk] == 0).all()) and bool((scores[~qk] != 0).any())
+    assert bool((scores[qk] == 0).all()) == ("ah" in rules) and bool((scores[~qk] != 0).any())
     plain = eap_scores(model, clean, corrupt, graph, metric)
     assert not torch.allclose(scores, plain)
     # an MLP node's outgoing edges sum to patching its output everywhere (node-level RelP)
@@ -203,6 +218,7 @@ def test_edge_relp_is_exact_on_the_linear_model_and_registered():
         SweepSpec(kind="mlp_out", per_position=False),
         method="relp",
         direction="noise",
+        relp_rules=rules,
     )
     for layer in range(2):
         outgoing = [
@@ -210,14 +226,15 @@ def test_edge_relp_is_exact_on_the_linear_model_and_registered():
         ]
         effect = (node.values[layer] - node.base).sum()
         torch.testing.assert_close(scores[outgoing].sum(), effect, atol=1e-4 * effect.abs(), rtol=1e-4)
-    circuit = ALGORITHMS["relp"](
-        model, PairedData(clean, corrupt), metric, graph, config=CONFIGS["relp"](top_n=10)
-    )
+    config = CONFIGS["relp"](top_n=10, rules=rules)
+    circuit = ALGORITHMS["relp"](model, PairedData(clean, corrupt), metric, graph, config=config)
     assert circuit.metadata["algorithm"] == "relp" and circuit.n_edges <= 10
+    torch.testing.assert_close(circuit.scores, scores / clean.shape[0])
 
 
 def test_rule_subsets():
-    """AtP run inside ``relevance_rules`` is RelP; with no rules it is AtP; unknown rules fail."""
+    """AtP run inside ``relevance_rules`` is RelP (default: LN, identity, half); with no rules
+    it is AtP; unknown rules fail."""
     model = tiny("llama")
     clean, corrupt, metric = pair()
     spec = SweepSpec(kind="mlp_out", per_position=False)

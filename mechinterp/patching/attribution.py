@@ -27,9 +27,10 @@ quantity as an exact ``patch_sweep``, so ``normalized()`` and plots mean the sam
 
 RelP (``method="relp"``; Rezaei Jafari et al. 2025, arXiv 2508.21258) is AtP with the
 gradient replaced by LRP relevance coefficients (``mechinterp.patching.relevance``): norms'
-scales and attention patterns held constant, the MLP activation passing ``act(x)/x`` and a
-gated MLP's product splitting its relevance in half. Same cost as AtP. Its coefficients
-reach no query, key or pattern (the pattern is a constant), so those kinds are refused.
+scales held constant, the MLP activation passing ``act(x)/x`` and a gated MLP's product
+splitting its relevance in half (``DEFAULT_RULES``). Same cost as AtP. With the AH rule too
+(``relp_rules=RULES``: attention patterns constant) no coefficient reaches a query, key or
+pattern, so those kinds are refused.
 
 Cost: AtP and RelP are 2 forwards + 1 backward. AtP* is 2 forwards + ``L + 1`` backwards (``L`` =
 layers) plus, for each query/key cell, one softmax over that head's attention scores.
@@ -42,7 +43,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Literal
 
 import torch
@@ -51,7 +52,7 @@ from torch import Tensor
 from mechinterp.dims import AttentionMask
 from mechinterp.metrics import MetricFn, PositionalMetric
 from mechinterp.patching.engine import CellTable
-from mechinterp.patching.relevance import relevance_hooks
+from mechinterp.patching.relevance import DEFAULT_RULES, relevance_hooks
 from mechinterp.patching.result import PatchResult
 from mechinterp.patching.scoring import PositionalScorer
 from mechinterp.patching.sites import PatchSite, SweepSpec
@@ -75,10 +76,16 @@ def _rotated(kind: str, model) -> str:
 
 class _GradientRun:
     """The base run with gradients: activations at the needed hooks and the metric total.
-    With ``relevance`` the backward pass propagates LRP coefficients (RelP)."""
+    With ``rules`` the backward pass propagates LRP coefficients (RelP with those rules)."""
 
     def __init__(
-        self, model, tokens: Tensor, mask: Tensor, hook_names: set[str], scorer, relevance: bool = False
+        self,
+        model,
+        tokens: Tensor,
+        mask: Tensor,
+        hook_names: set[str],
+        scorer,
+        rules: Collection[str] = (),
     ):
         self.model = model
         self.activations: dict[str, Tensor] = {}
@@ -99,8 +106,8 @@ class _GradientRun:
         def leaf(embedding: Tensor, hook) -> Tensor:  # gradients flow from here, not into the weights
             return embedding.detach().requires_grad_(True)
 
-        rules = relevance_hooks(model) if relevance else []  # first: later hooks read their values
-        hooks = [*rules, ("hook_embed", leaf), *((name, keep) for name in sorted(hook_names))]
+        relevance = relevance_hooks(model, rules) if rules else []  # first: later hooks read them
+        hooks = [*relevance, ("hook_embed", leaf), *((name, keep) for name in sorted(hook_names))]
         for layer in range(model.architecture.n_layers):
             for name in ("hook_attn_out", "hook_mlp_out"):
                 if f"blocks.{layer}.{name}" in model.hook_dict:  # attention-only models have no MLP
@@ -243,6 +250,7 @@ def attribution_patch(
     grad_drop: bool = True,
     direction: Direction = "denoise",
     attention_mask: AttentionMask | None = None,
+    relp_rules: Collection[str] = DEFAULT_RULES,
 ) -> PatchResult:
     """Estimate every cell of ``spec`` by attribution patching (see the module docstring).
 
@@ -250,15 +258,16 @@ def attribution_patch(
     and layout, so exact and estimated maps can be compared (``compare``) and plotted side
     by side. ``method="atp*"`` applies the QK fix to query/key sites and, unless
     ``grad_drop=False``, GradDrop; ``method="relp"`` uses LRP relevance coefficients in place
-    of gradients (RelP; not for query, key or pattern sites). The metric may be positional or any callable on logits
-    returning a scalar or per-example values.
+    of gradients (RelP with ``relp_rules``, a subset of ``relevance.RULES``; with ``"ah"``
+    not for query, key or pattern sites). The metric may be positional or any callable on
+    logits returning a scalar or per-example values.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "relp" and spec.kind in ("q", "k", "pattern"):
+    if method == "relp" and "ah" in relp_rules and spec.kind in ("q", "k", "pattern"):
         raise ValueError(
-            f"RelP treats the attention pattern as a constant, so {spec.kind!r} sites get no relevance; "
-            "use method='atp*' for queries, keys and patterns"
+            f"the AH rule treats the attention pattern as a constant, so {spec.kind!r} sites get no "
+            "relevance; leave 'ah' out of relp_rules or use method='atp*' for queries, keys and patterns"
         )
     clean_tokens, corrupt_tokens, mask = prepare_pair(model, clean, corrupt, attention_mask)
     base, source = base_and_source(clean_tokens, corrupt_tokens, direction)
@@ -274,7 +283,7 @@ def attribution_patch(
     source_logits, source_cache = model.run_with_cache(
         source, attention_mask=mask, names_filter=list(names | rot_names)
     )
-    run = _GradientRun(model, base, mask, names | rot_names, scorer, relevance=method == "relp")
+    run = _GradientRun(model, base, mask, names | rot_names, scorer, relp_rules if method == "relp" else ())
     delta = {n: source_cache[n] - run.activations[n].detach().to(source_cache[n].device) for n in names}
     grad_names = sorted(names)
 
@@ -315,5 +324,6 @@ def attribution_patch(
             "model": model.architecture.model_name,
             "metric": type(metric).__name__,
             "examples": int(base.shape[0]),
+            **({"relp_rules": sorted(relp_rules)} if method == "relp" else {}),
         },
     )

@@ -9,19 +9,28 @@ model's value but whose backward is the rule's:
 
 - **LN rule** (LayerNorm, RMSNorm, QK-norms, post-norms, the final norm): the scale
   ``sqrt(var + eps)`` is treated as a constant, so the norm is linear in its input.
-- **AH rule** (attention): the attention pattern is treated as a constant, so a head is
-  linear in its values; queries and keys get no relevance.
+- **AH rule** (attention; off by default): the attention pattern is treated as a constant,
+  so a head is linear in its values; queries and keys get no relevance.
 - **Identity rule** (the MLP's activation ``act``): ``act(x)`` passes relevance as if it were
   ``x * (act(x) / x)`` with the ratio constant: the coefficient is the secant slope from 0 to
   ``x``, not the tangent slope ``act'(x)``.
 - **Half rule** (the gated MLP's product ``act(gate) * linear``): each factor receives half
   of the product's relevance (its gradient times 0.5).
 
-With these rules every sub-step ``y = f(x)`` satisfies ``J x = y`` for its modified Jacobian
-``J`` (norm, attention-on-values, activation and product are then linear or degree-one in
-their inputs), so in a model without biases the relevance ``x . dM/dx`` summed over any
-layer's residual stream equals the metric (conservation); biases absorb their share
-otherwise. Each rule sits on the model's own hook point for that sub-step
+The default rules are ``DEFAULT_RULES`` (LN, identity, half): the rules the RelP authors'
+code (``FarnoushRJ/RelP``) turns on by default and in its patching demo; the AH rule is
+implemented there and here, but off unless asked for (``rules=RULES``). With all four rules
+every sub-step ``y = f(x)`` satisfies ``J x = y`` for its modified Jacobian ``J`` (norm,
+attention-on-values, activation and product are then linear or degree-one in their inputs),
+so in a model without biases the relevance ``x . dM/dx`` summed over any layer's residual
+stream equals the metric (conservation); biases absorb their share otherwise. Without the
+AH rule the softmax keeps its gradient, so queries and keys get coefficients and
+conservation is approximate.
+
+These coefficients are exact for a patch that scales an input to zero (degree one), not for
+a small change: where both factors of a gated MLP move, the half rule counts half of the
+first-order change. Which estimate is closer to real patching depends on the model and
+task (README, "Relevance patching"). Each rule sits on the model's own hook point for that sub-step
 (``*.hook_scale``, ``attn.hook_pattern``, ``mlp.hook_post``), so every family gets them from
 one place. Not covered: soft-capped final logits (Gemma 2's ``tanh`` cap keeps its
 gradient).
@@ -42,9 +51,11 @@ from torch import Tensor
 
 Hook = tuple[str, Callable]
 RULES: tuple[str, ...] = ("ln", "ah", "identity", "half")
-"""The rules, all on by default: ``ln`` (norm scales constant), ``ah`` (attention patterns
-constant), ``identity`` (``act(x)/x`` through the MLP activation), ``half`` (a gated MLP's
-factors share its relevance). A subset keeps plain gradients elsewhere (for ablations)."""
+"""Every rule: ``ln`` (norm scales constant), ``ah`` (attention patterns constant),
+``identity`` (``act(x)/x`` through the MLP activation), ``half`` (a gated MLP's factors share
+its relevance). A subset keeps plain gradients elsewhere."""
+DEFAULT_RULES: tuple[str, ...] = ("ln", "identity", "half")
+"""RelP's default: the rules the authors' code turns on by default (no AH rule)."""
 
 
 def _constant(value: Tensor, hook) -> Tensor:
@@ -91,7 +102,7 @@ def _mlp_hooks(layer: int, mlp, identity: bool = True, half: bool = True) -> lis
     return [*hooks, (f"{prefix}.hook_post", post)]
 
 
-def relevance_hooks(model, rules: Collection[str] = RULES) -> list[Hook]:
+def relevance_hooks(model, rules: Collection[str] = DEFAULT_RULES) -> list[Hook]:
     """Forward hooks that make a run's backward pass propagate LRP relevance coefficients
     (see the module docstring; ``rules``: a subset of ``RULES``). Register them before any
     hook that reads the values they replace (``model.hooks`` fires a hook point's hooks in
@@ -111,10 +122,10 @@ def relevance_hooks(model, rules: Collection[str] = RULES) -> list[Hook]:
 
 
 @contextmanager
-def relevance_rules(model, rules: Collection[str] = RULES) -> Iterator[None]:
+def relevance_rules(model, rules: Collection[str] = DEFAULT_RULES) -> Iterator[None]:
     """Inside the ``with`` block, backward passes through ``model`` propagate LRP relevance
     instead of gradients (forward values are unchanged); ``rules`` picks a subset of
-    ``RULES`` (AtP run inside the block is then RelP with those rules only).
+    ``RULES`` (default ``DEFAULT_RULES``; AtP run inside the block is RelP with those rules).
 
     Example:
         >>> with torch.enable_grad(), relevance_rules(model):
