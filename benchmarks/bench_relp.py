@@ -76,9 +76,7 @@ def main() -> None:
     parser.add_argument(
         "--sites", default="mlp,mlp-layer,heads,resid", help=f"some of {','.join(SITE_NAMES)}"
     )
-    parser.add_argument(
-        "--methods", default=",".join(METHOD_NAMES), help=f"some of {','.join(METHOD_NAMES)}"
-    )
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES), help=f"some of {','.join(METHOD_NAMES)}")
     args = parser.parse_args()
     available = tasks()
     if args.list:
