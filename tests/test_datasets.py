@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -398,6 +399,10 @@ def test_describe_corpus_groups_features_that_fire_together(tiny):
     assert "<<" in frame.loc[digits, "example"]
     jaccard = description.jaccard()
     assert jaccard[0, 1] > 0.5 and np.allclose(np.diag(jaccard), 1.0)
+    reused = describe_corpus(
+        tiny, TokenClassDictionary(tiny), texts, n_features=5, context_len=24, diff=description.diff
+    )
+    pd.testing.assert_frame_equal(reused.to_frame(), description.to_frame())
     similarity = np.array([[1, 0.9, 0.1, 0], [0.9, 1, 0.2, 0.1], [0.1, 0.2, 1, 0.5], [0, 0.1, 0.5, 1.0]])
     assert average_linkage(similarity, 0.4) == [0, 0, 1, 1]
     assert average_linkage(similarity, 0.95) == [0, 1, 2, 3]

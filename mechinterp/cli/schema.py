@@ -298,7 +298,9 @@ class DiffStep(_StepBase):
     blank lines; ``max_texts`` of each), ranked by prior-smoothed log-odds with replication
     on ``holdout`` of the texts (``mechinterp.datasets.diff_corpora``). ``explain`` top
     latents are explained and scored; ``hypotheses`` (properties of ``corpus_b``'s texts) are
-    checked on held-out texts next to ``baselines`` and shuffled words."""
+    checked on held-out texts next to ``baselines`` and shuffled words. ``describe`` latents
+    most over-represented in ``corpus_b`` are grouped by co-occurrence into clusters with
+    ``min_similarity`` (``describe_corpus``; 0: skipped)."""
 
     kind: Literal["diff"]
     sae: str
@@ -311,6 +313,8 @@ class DiffStep(_StepBase):
     holdout: float = Field(default=0.5, ge=0, lt=1)
     top: PositiveInt = 20
     explain: NonNegativeInt = 0
+    describe: NonNegativeInt = 0
+    min_similarity: float = Field(default=0.3, ge=0, le=1)
     hypotheses: list[str] = Field(default=[])
     baselines: list[str] = Field(default=[])
     n_texts: PositiveInt = 30

@@ -119,6 +119,7 @@ def describe_corpus(
     batch_size: int = 16,
     threshold: float = 0.0,
     max_reference_texts: int = 2000,
+    diff: CorpusDiff | None = None,
     explain: bool = False,
     explainer: ChatModel | None = None,
     scorer: ChatModel | None = None,
@@ -128,7 +129,9 @@ def describe_corpus(
 ) -> CorpusDescription:
     """Describe ``corpus`` by the ``n_features`` features most over-represented in it against
     ``reference`` (default: ``max_reference_texts`` texts of the offline English corpus),
-    their co-occurrence clusters and example contexts; see the module docstring.
+    their co-occurrence clusters and example contexts; see the module docstring. ``diff``:
+    an existing ``diff_corpora(model, dictionary, reference, corpus)`` result to reuse
+    (``reference`` is then only its label's texts and is not read again).
 
     Example:
         >>> d = describe_corpus(model, sae, my_texts, n_features=10)
@@ -136,12 +139,13 @@ def describe_corpus(
     """
     if isinstance(corpus, str) or not isinstance(corpus, Sequence):
         raise TypeError("corpus must be a list of texts (it is read more than once)")
-    if reference is None:
-        reference = load_corpus("default", "train", max_texts=max_reference_texts, seed=seed)
     options = {"context_len": context_len, "batch_size": batch_size, "threshold": threshold}
-    diff = diff_corpora(
-        model, dictionary, reference, corpus, labels=labels, seed=seed, progress=progress, **options
-    )
+    if diff is None:
+        if reference is None:
+            reference = load_corpus("default", "train", max_texts=max_reference_texts, seed=seed)
+        diff = diff_corpora(
+            model, dictionary, reference, corpus, labels=labels, seed=seed, progress=progress, **options
+        )
     features = diff.top(n_features, direction="b")
     if not features:
         raise ValueError(

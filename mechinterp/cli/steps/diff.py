@@ -4,7 +4,9 @@ over ``corpus_a`` with replication on held-out texts, optionally explained and s
 natural-language hypotheses checked on held-out texts against baselines.
 
 Writes ``diff.csv`` (every latent's statistics), ``summary.json``, ``hypotheses.json`` (with
-``hypotheses``), ``report.html`` (offline) and the figures.
+``hypotheses``), ``description.csv`` (with ``describe``: the latents over-represented in
+``corpus_b``, their co-occurrence clusters and top contexts), ``report.html`` (offline) and the
+figures.
 
 Example config::
 
@@ -12,6 +14,7 @@ Example config::
       sae: sae
       corpus_a: wordnet
       corpus_b: fortunes
+      describe: 10
       hypotheses: ["is a joke, quotation or aphorism"]
 """
 
@@ -23,7 +26,7 @@ from pathlib import Path
 from mechinterp.cli.schema import DiffStep
 from mechinterp.cli.steps.explain import chat_model, read_corpus
 from mechinterp.cli.steps.output import StepOutput, table
-from mechinterp.datasets import check_hypothesis, diff_corpora, held_out
+from mechinterp.datasets import check_hypothesis, describe_corpus, diff_corpora, held_out
 from mechinterp.explain import ExampleConfig
 from mechinterp.plotting import corpus_diff_figure, hypothesis_figure, write_diff_report
 from mechinterp.sae import load_sae
@@ -72,6 +75,23 @@ def run(step: DiffStep, context, out: Path) -> StepOutput:
         check.save(out / "hypotheses.json")
         figures["hypotheses"] = hypothesis_figure(check)
         summary["hypothesis AUC margin over baselines"] = round(check.margin(), 4) + 0.0
+    description = None
+    if step.describe and not diff.top(step.describe, direction="b"):
+        summary["description"] = f"no latent over-represented in {labels[1]} replicates; nothing to describe"
+    elif step.describe:
+        description = describe_corpus(
+            model,
+            sae,
+            corpora[1],
+            n_features=step.describe,
+            min_similarity=step.min_similarity,
+            context_len=step.context_len,
+            diff=diff,
+            seed=step.seed,
+            progress=False,
+        ).to_frame()
+        description.to_csv(out / "description.csv", index=False)
+        summary["description clusters"] = int(description["cluster"].nunique())
     write_diff_report(out / "report.html", diff=diff, hypothesis=check, n_features=step.top)
     columns = ["feature", "freq_a", "freq_b", "log_odds", "ci_low", "ci_high", "z", "holdout_z", "replicates"]
     columns += [c for c in ("explanation", "score", "shuffled_score") if c in frame]
@@ -83,4 +103,6 @@ def run(step: DiffStep, context, out: Path) -> StepOutput:
     ]
     if check is not None:
         tables.append(table("hypotheses on held-out texts", check.to_frame()))
+    if description is not None:
+        tables.append(table(f"{labels[1]} described: over-represented latents by cluster", description))
     return StepOutput(summary=summary, figures=figures, tables=tables)
