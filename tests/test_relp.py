@@ -252,3 +252,12 @@ def test_rule_subsets():
         relevance_rules(model, rules=("lrp-eps",)),
     ):
         pass
+
+
+def test_configs_default_to_the_library_rules():
+    """YAML steps (``relp_rules``) and ``RelPConfig`` default to ``DEFAULT_RULES``."""
+    from mechinterp.cli.schema import AttributionStep, CircuitStep
+
+    for step in (AttributionStep, CircuitStep):
+        assert step.model_fields["relp_rules"].default == list(DEFAULT_RULES)
+    assert CONFIGS["relp"]().rules == DEFAULT_RULES

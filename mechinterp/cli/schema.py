@@ -110,12 +110,17 @@ class PatchingStep(_SweepFields):
     ablation: Literal["resample", "zero", "mean"] = "resample"
 
 
+RelPRule = Literal["ln", "ah", "identity", "half"]
+DEFAULT_RELP_RULES: list[RelPRule] = ["ln", "identity", "half"]  # relevance.DEFAULT_RULES
+
+
 class AttributionStep(_SweepFields):
     """Attribution patching (AtP / AtP* / RelP); ``compare_with`` names an earlier patching step
-    over the same grid to compare against."""
+    over the same grid to compare against; ``relp_rules``: RelP's LRP rules."""
 
     kind: Literal["attribution"]
     method: Literal["atp", "atp*", "relp"] = "atp"
+    relp_rules: list[RelPRule] = Field(default=DEFAULT_RELP_RULES)
     compare_with: str | None = None
 
 
@@ -125,7 +130,8 @@ class CircuitStep(_StepBase):
     Scoring algorithms (``edge-patching``, ``eap``, ``eap-ig``, ``relp``) keep the ``top_n`` edges
     (``level: edge``; ``selection: greedy`` grows them from the logits instead of taking the
     largest scores) or the edges between the ``top_n`` best nodes (``level: node``) before
-    pruning; ``ig_steps`` is EAP-IG's number of integration steps; ``threshold`` (ACDC:
+    pruning; ``ig_steps`` is EAP-IG's number of integration steps; ``relp_rules`` RelP's LRP
+    rules; ``threshold`` (ACDC:
     ``acdc``, ``acdc-exact``) removes edges whose effect is smaller. The curve has
     ``faithfulness_points`` edge counts from 0 to ``faithfulness_max_edges`` (default: 4 x
     ``top_n``)."""
@@ -137,6 +143,7 @@ class CircuitStep(_StepBase):
     selection: Literal["top_n", "greedy"] = "top_n"
     threshold: float = Field(default=0.05, gt=0)
     ig_steps: PositiveInt = 5
+    relp_rules: list[RelPRule] = Field(default=DEFAULT_RELP_RULES)
     faithfulness_points: int = Field(default=9, ge=2)
     faithfulness_max_edges: PositiveInt | None = None
 

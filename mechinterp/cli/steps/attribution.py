@@ -33,6 +33,7 @@ def run(step: AttributionStep, context, out: Path) -> StepOutput:
         context.metric,
         sweep_spec(step),
         method=step.method,
+        relp_rules=step.relp_rules,
         direction=step.direction,
         attention_mask=pairs.attention_mask,
     )

@@ -44,6 +44,7 @@ def algorithm_config(step: CircuitStep):
         "selection": step.selection,
         "threshold": step.threshold,
         "steps": step.ig_steps,
+        "rules": tuple(step.relp_rules),
     }
     names = {f.name for f in dataclasses.fields(config_class)}
     return config_class(**{key: value for key, value in settings.items() if key in names})
