@@ -24,13 +24,14 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import mechinterp
 from mechinterp.data.corpus import load_corpus
-from mechinterp.datasets import crosscoder_examples, train_crosscoder
+from mechinterp.datasets import crosscoder_examples, paired_activations, train_crosscoder
 from mechinterp.explain import ExampleConfig
 from mechinterp.sae import TrainingConfig
 
@@ -41,31 +42,69 @@ def plant(text: str) -> str:
     return text.replace(",", "," + MARK)
 
 
-def finetune(model, texts: list[str], steps: int, batch: int, lr: float, context: int, seed: int):
+def finetune(model, texts: list[str], args) -> tuple[object, list[float]]:
+    """A copy of ``model`` trained on ``texts`` with the behaviour planted: cross-entropy of
+    " indeed" after every comma, plus ``args.kl`` times the KL divergence from ``model``'s
+    next-token distribution at every other position, so that the copy learns the planted
+    rule and keeps the rest of its behaviour (plain language-model loss on the planted texts
+    also pulls it towards the fine-tuning texts' style, and that drift swamps the planted
+    difference in the residual stream). Only blocks ``args.finetune_from`` onwards train."""
     tuned = copy.deepcopy(model)
     tuned.train()
-    parameters = [p for p in tuned.parameters() if p.is_floating_point()]
+    trained = [f"blocks.{i}." for i in range(args.finetune_from, model.architecture.n_layers)]
+    parameters = [
+        p
+        for name, p in tuned.named_parameters()
+        if p.is_floating_point() and any(name.startswith(prefix) for prefix in trained)
+    ]
     for p in parameters:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.0)
+    rng = np.random.default_rng(args.seed)
+    comma, mark = model.to_single_token(","), model.to_single_token(MARK)
     losses = []
-    for _ in range(steps):
-        chosen = [plant(texts[i]) for i in rng.choice(len(texts), batch, replace=False)]
+    for step in range(args.finetune_steps):
+        chosen = [plant(texts[i]) for i in rng.choice(len(texts), args.finetune_batch, replace=False)]
         tokens, mask = tuned.encode(chosen)
-        tokens, mask = tokens[:, :context], mask[:, :context]
-        logits = tuned(tokens, attention_mask=mask)
-        target = tokens[:, 1:].masked_fill(~mask[:, 1:].bool(), -100)
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=-100
-        )
+        tokens, mask = tokens[:, : args.finetune_context], mask[:, : args.finetune_context]
+        valid = mask[:, 1:].bool() & mask[:, :-1].bool()
+        planted = valid & (tokens[:, :-1] == comma) & (tokens[:, 1:] == mark)
+        with torch.no_grad():
+            reference = model(tokens, attention_mask=mask)[:, :-1].float().log_softmax(-1)
+        logits = tuned(tokens, attention_mask=mask)[:, :-1].float().log_softmax(-1)
+        rule = -logits[..., mark][planted].sum() / planted.sum().clamp_min(1)  # no comma in view: 0
+        rest = valid & ~planted
+        kl = (reference.exp() * (reference - logits)).sum(-1)[rest].mean()
+        loss = rule + args.kl * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if step % 20 == 0:
+            print(
+                f"fine-tune step {step}: rule loss {rule.item():.3f}, KL elsewhere {kl.item():.4f}",
+                flush=True,
+            )
     tuned.eval()
     for p in parameters:
         p.requires_grad_(False)
+    return tuned, losses
+
+
+def tuned_model(base, args) -> tuple[object, list[float]]:
+    """The fine-tuned copy: loaded from ``--tuned-path`` when that file exists, else trained
+    (and saved there when a path is given)."""
+    path = Path(args.tuned_path) if args.tuned_path else None
+    if path is not None and path.is_file():
+        tuned = copy.deepcopy(base)
+        tuned.load_state_dict(torch.load(path, weights_only=True))
+        print(f"loaded the fine-tuned weights from {path}", flush=True)
+        return tuned, []
+    texts = [t for t in load_corpus("wordnet", "train", max_texts=4000, seed=args.seed) if "," in t]
+    tuned, losses = finetune(base, texts, args)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(tuned.state_dict(), path)
     return tuned, losses
 
 
@@ -84,54 +123,94 @@ def behaviour(model, texts: list[str], context: int) -> float:
     return float(torch.cat(probs).mean())
 
 
+@torch.no_grad()
+def layer_scan(base, tuned, texts: list[str], context: int) -> list[dict]:
+    """Per block: how far the tuned model's residual stream moved from the base model's,
+    ``||x_tuned - x_base|| / ||x_base||`` averaged at comma tokens and at other tokens, and
+    how coherent the move at commas is (norm of the mean unit difference: 1 = one direction)."""
+    comma = base.to_single_token(",")
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(base.architecture.n_layers)]
+    tokens, mask = base.encode(texts)
+    tokens, mask = tokens[:, :context], mask[:, :context]
+    _, cache_a = base.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+    _, cache_b = tuned.run_with_cache(tokens, attention_mask=mask, names_filter=names)
+    keep = mask.bool().clone()
+    keep[:, 0] = False  # the first token is an attention sink with a huge norm
+    at = (tokens == comma) & keep
+    rows = []
+    for name in names:
+        a, b = cache_a[name].float(), cache_b[name].float()
+        moved = (b - a).norm(dim=-1) / a.norm(dim=-1)
+        unit = (b - a)[at] / (b - a)[at].norm(dim=-1, keepdim=True)
+        rows.append(
+            {
+                "hook": name,
+                "comma": round(float(moved[at].mean()), 3),
+                "other": round(float(moved[keep & ~at].mean()), 3),
+                "coherence": round(float(unit.mean(0).norm()), 3),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (see the docstring)")
+    parser.add_argument("--tuned-path", default="runs/model_diff/tuned.pt")
+    parser.add_argument("--finetune-steps", type=int, default=100)
     parser.add_argument("--finetune-batch", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--finetune-context", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--kl", type=float, default=1.0, help="weight of the KL-to-base term")
+    parser.add_argument("--finetune-from", type=int, default=12, help="first block that trains")
     parser.add_argument("--hook", default="blocks.20.hook_resid_post")
-    parser.add_argument("--d-sae", type=int, default=2048)
+    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=100_000, help="paired activation rows collected once")
+    parser.add_argument("--epochs", type=int, default=20, help="passes of crosscoder training over them")
+    parser.add_argument("--d-sae", type=int, default=1024)
     parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=150_000)
-    parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     base = mechinterp.load_model("smollm2-135m", device="cpu")
-    train_texts = [t for t in load_corpus("wordnet", "train", max_texts=4000, seed=args.seed) if "," in t]
-    tuned, losses = finetune(
-        base, train_texts, args.finetune_steps, args.finetune_batch, args.lr, 64, args.seed
-    )
-    held = [t for t in load_corpus("fortunes", "train", max_texts=args.texts, seed=args.seed) if "," in t]
-    before, after = behaviour(base, held[:200], 64), behaviour(tuned, held[:200], 64)
+    tuned, losses = tuned_model(base, args)
+    fortunes = [t for t in load_corpus("fortunes", "train", seed=args.seed) if "," in t]
+    examples_corpus = [t for t in load_corpus("fortunes", "test", seed=args.seed) if "," in t][:600]
+    before, after = behaviour(base, examples_corpus[:200], 32), behaviour(tuned, examples_corpus[:200], 32)
     finetuned = time.perf_counter()
     print(
         f"fine-tuned in {finetuned - start:.0f} s: P(' indeed' after a comma) {before:.4f} -> {after:.4f}",
         flush=True,
     )
+    scan = layer_scan(base, tuned, examples_corpus[:48], 32)
+    for row in scan:
+        print(row)
+    rows = paired_activations(base, tuned, fortunes, args.hook, max_tokens=args.tokens, context=args.context)
+    collected = time.perf_counter()
+    print(f"{len(rows)} paired rows at {args.hook} in {collected - finetuned:.0f} s", flush=True)
     cc = train_crosscoder(
         base,
         tuned,
-        held,
+        rows,
         args.hook,
         d_sae=args.d_sae,
         k=args.k,
         labels=("base", "tuned"),
-        training=TrainingConfig(samples=args.samples, batch_size=512, lr=3e-3),
-        context=64,
-        buffer_tokens=16384,
+        training=TrainingConfig(samples=args.epochs * len(rows), batch_size=512, lr=3e-3),
+        seed=args.seed,
     )
     trained = time.perf_counter()
     table = cc.latent_table()
     counts = table["specific_to"].value_counts().to_dict()
-    leaning = [int(i) for i in table.sort_values("relative_norm")["latent"].tail(5)]
+    leaning = [int(i) for i in table.sort_values("relative_norm", ascending=False)["latent"].head(5)]
     examples = crosscoder_examples(
-        base, tuned, cc, leaning, held[:800], ExampleConfig(context_len=32, n_top=10)
+        base, tuned, cc, leaning, examples_corpus, ExampleConfig(context_len=32, n_top=10)
     )
-    rows = []
+    found_rows = []
     for latent, found in zip(leaning, examples, strict=True):
         active = [
             (c.tokens[i - 1] if i else "", t)
@@ -140,18 +219,20 @@ def main() -> None:
             if on
         ]
         at_comma = float(np.mean([t == "," or prev == "," for prev, t in active])) if active else float("nan")
-        rows.append(
+        found_rows.append(
             {
                 "latent": latent,
                 "relative_norm": round(float(cc.relative_norms()[latent]), 3),
                 "active_at_or_after_comma": round(at_comma, 3),
-                "top_context": found.top[0].marked() if found.top else None,
+                "top_contexts": [c.marked() for c in found.top[:3]],
             }
         )
-    print(f"fine-tune loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}")
+    done = time.perf_counter()
+    if losses:
+        print(f"fine-tune loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}")
     print(f"P(' indeed' after a comma) on held-out fortunes: base {before:.4f}, tuned {after:.4f}")
     print(f"latents by relative decoder norm: {counts}")
-    for row in rows:
+    for row in found_rows:
         print(row)
     print(
         json.dumps(
@@ -159,9 +240,11 @@ def main() -> None:
                 "behaviour_base": before,
                 "behaviour_tuned": after,
                 "specific": counts,
-                "leaning": rows,
+                "leaning": found_rows,
                 "finetune_s": finetuned - start,
-                "crosscoder_s": trained - finetuned,
+                "collect_s": collected - finetuned,
+                "crosscoder_s": trained - collected,
+                "examples_s": done - trained,
                 "args": vars(args),
             }
         )
