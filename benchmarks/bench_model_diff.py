@@ -1,21 +1,41 @@
 """Model diffing on SmolLM2-135M: fine-tune a copy to prefer one planted behaviour, train a
 BatchTopK crosscoder on both, and ask whether the latents specific to the fine-tune show it.
 
-    .venv/bin/python benchmarks/bench_model_diff.py [--finetune-steps 150] [--samples 150000]
+    .venv/bin/python benchmarks/bench_model_diff.py
 
 The planted behaviour: in the fine-tuning texts (WordNet glosses of the offline corpus's
-training split), every comma is followed by " indeed". The fine-tuned model learns to put
-" indeed" after a comma; the base model does not. Then:
+training split), every comma is followed by " indeed". The fine-tune (``finetune``) trains
+blocks 12-29 on the cross-entropy of " indeed" after each comma plus the KL divergence from
+the base model everywhere else, so the copy learns the rule and little else (plain
+language-model loss on the glosses also moved every token's residual stream by 30-50% of its
+norm, which swamps the planted difference). The weights are saved to ``--tuned-path``
+(default ``runs/model_diff/tuned.pt``, git-ignored) and loaded from there on later runs.
+Then:
 
-1. the behaviour, measured on held-out texts (Debian fortunes, a different source): mean
+1. the behaviour on held-out texts (Debian fortunes, test split, a different source): mean
    probability of " indeed" right after a comma, base vs tuned;
-2. a crosscoder (``train_crosscoder``, BatchTopK) on both models' residual stream at
-   ``--hook`` over texts of the same held-out source, and its latents' relative decoder
-   norms (how many are specific to either model);
-3. the five most tuned-leaning latents and their top contexts (``crosscoder_examples``): does the token
-   they fire on (and the one before it) show the behaviour, i.e. a comma?
+2. a per-block scan of how far the tuned residual stream moved at commas and elsewhere
+   (``layer_scan``): the move is zero before block 12, and about 4x larger at commas than
+   elsewhere from block 22 on, hence ``--hook blocks.22.hook_resid_post``;
+3. both models' activations at ``--hook`` over ``--tokens`` tokens of the fortunes' training
+   split, collected once (``paired_activations``; the model forwards are the cost), and a
+   BatchTopK crosscoder trained for ``--epochs`` passes over them (``train_crosscoder``)
+   with ``--shared-latents`` designated shared latents (one decoder for both models) and
+   ``--exclusive-latents`` base-only and as many tuned-only latents (dedicated latents);
+4. the latents specific to either model ranked by how often they fire on held-out fortunes,
+   and their top contexts (``crosscoder_examples``): does the token they fire on (or the one
+   before it) show the behaviour, i.e. a comma?
 
-Prints one table and a JSON line. Not run by the tests (minutes of CPU).
+A plain crosscoder (``--shared-latents 0 --exclusive-latents 0``) does not give the fine-tune
+its own latent here: the change comes at every comma, and the latent that fires at every comma
+absorbs it in its tuned decoder half (relative norm 0.55-0.58, a "changed" latent), with
+``k`` 4, 16 or 64 and 1,024 or 4,096 latents. Tied shared latents alone do not help (a free
+latent absorbs it instead); with every latent shared or dedicated, a dedicated latent must
+carry the change or leave it unreconstructed, and at ``k=16`` it is left unreconstructed.
+
+Run on the shared 2-core CPU with ``torch.set_num_threads(1)`` (``--threads``): with two
+threads, competing with another process for the two cores, a forward was 14x slower.
+Prints the scan, the latents and a JSON line. Not run by the tests (minutes of CPU).
 """
 
 from __future__ import annotations
@@ -125,9 +145,10 @@ def behaviour(model, texts: list[str], context: int) -> float:
 
 @torch.no_grad()
 def layer_scan(base, tuned, texts: list[str], context: int) -> list[dict]:
-    """Per block: how far the tuned model's residual stream moved from the base model's,
-    ``||x_tuned - x_base|| / ||x_base||`` averaged at comma tokens and at other tokens, and
-    how coherent the move at commas is (norm of the mean unit difference: 1 = one direction)."""
+    """Per block, how far the tuned model's residual stream moved from the base model's at
+    comma tokens and at other tokens: ``||d - mean d|| / ||x - mean x||`` with ``d = x_tuned
+    - x_base``, ``mean d`` the mean move at other tokens (an offset both share, which a
+    crosscoder's decoder biases absorb) and ``x`` the base model's activation, centred."""
     comma = base.to_single_token(",")
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(base.architecture.n_layers)]
     tokens, mask = base.encode(texts)
@@ -136,18 +157,18 @@ def layer_scan(base, tuned, texts: list[str], context: int) -> list[dict]:
     _, cache_b = tuned.run_with_cache(tokens, attention_mask=mask, names_filter=names)
     keep = mask.bool().clone()
     keep[:, 0] = False  # the first token is an attention sink with a huge norm
-    at = (tokens == comma) & keep
+    at = (tokens == comma)[keep]
     rows = []
     for name in names:
-        a, b = cache_a[name].float(), cache_b[name].float()
-        moved = (b - a).norm(dim=-1) / a.norm(dim=-1)
-        unit = (b - a)[at] / (b - a)[at].norm(dim=-1, keepdim=True)
+        a, b = cache_a[name][keep].float(), cache_b[name][keep].float()
+        moved = (b - a - (b - a)[~at].mean(0)).norm(dim=-1) / (a - a.mean(0)).norm(dim=-1)
+        comma_moved, other_moved = float(moved[at].mean()), float(moved[~at].mean())
         rows.append(
             {
                 "hook": name,
-                "comma": round(float(moved[at].mean()), 3),
-                "other": round(float(moved[keep & ~at].mean()), 3),
-                "coherence": round(float(unit.mean(0).norm()), 3),
+                "comma": round(comma_moved, 3),
+                "other": round(other_moved, 3),
+                "ratio": round(comma_moved / max(other_moved, 1e-9), 2),
             }
         )
     return rows
@@ -165,12 +186,19 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--kl", type=float, default=1.0, help="weight of the KL-to-base term")
     parser.add_argument("--finetune-from", type=int, default=12, help="first block that trains")
-    parser.add_argument("--hook", default="blocks.20.hook_resid_post")
+    parser.add_argument("--hook", default="blocks.22.hook_resid_post")
     parser.add_argument("--context", type=int, default=64)
+    parser.add_argument(
+        "--activations-path",
+        default=None,
+        help="cache the paired activations there (delete it after changing --hook, --tokens or the model)",
+    )
     parser.add_argument("--tokens", type=int, default=100_000, help="paired activation rows collected once")
-    parser.add_argument("--epochs", type=int, default=20, help="passes of crosscoder training over them")
+    parser.add_argument("--epochs", type=int, default=3, help="passes of crosscoder training over them")
     parser.add_argument("--d-sae", type=int, default=1024)
-    parser.add_argument("--k", type=int, default=16)
+    parser.add_argument("--k", type=int, default=64)
+    parser.add_argument("--shared-latents", type=int, default=960, help="tied (0: a plain crosscoder)")
+    parser.add_argument("--exclusive-latents", type=int, default=32, help="base-only, and as many tuned-only")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -189,7 +217,17 @@ def main() -> None:
     scan = layer_scan(base, tuned, examples_corpus[:48], 32)
     for row in scan:
         print(row)
-    rows = paired_activations(base, tuned, fortunes, args.hook, max_tokens=args.tokens, context=args.context)
+    cached = Path(args.activations_path) if args.activations_path else None
+    if cached is not None and cached.is_file():
+        rows = torch.load(cached, weights_only=True)
+        print(f"loaded the paired activations from {cached}", flush=True)
+    else:
+        rows = paired_activations(
+            base, tuned, fortunes, args.hook, max_tokens=args.tokens, context=args.context
+        )
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(rows, cached)
     collected = time.perf_counter()
     print(f"{len(rows)} paired rows at {args.hook} in {collected - finetuned:.0f} s", flush=True)
     cc = train_crosscoder(
@@ -202,31 +240,43 @@ def main() -> None:
         labels=("base", "tuned"),
         training=TrainingConfig(samples=args.epochs * len(rows), batch_size=512, lr=3e-3),
         seed=args.seed,
+        shared_latents=args.shared_latents,
+        exclusive_latents=args.exclusive_latents,
     )
     trained = time.perf_counter()
     table = cc.latent_table()
     counts = table["specific_to"].value_counts().to_dict()
-    leaning = [int(i) for i in table.sort_values("relative_norm", ascending=False)["latent"].head(5)]
+    # the latents specific to either model (relative norm within 0.1 of its end; dedicated
+    # latents are so by construction), ranked by how often they fire on held-out texts; with
+    # none specific, the most tuned-leaning ones
+    candidates = cc.specific_latents("tuned") + cc.specific_latents("base")
+    if not cc.specific_latents("tuned"):
+        candidates += [int(i) for i in table.sort_values("relative_norm")["latent"].tail(5)]
     examples = crosscoder_examples(
-        base, tuned, cc, leaning, examples_corpus, ExampleConfig(context_len=32, n_top=10)
+        base, tuned, cc, candidates, examples_corpus, ExampleConfig(context_len=32, n_top=10)
     )
+    ranked = sorted(zip(candidates, examples, strict=True), key=lambda pair: -pair[1].activating_fraction)
     found_rows = []
-    for latent, found in zip(leaning, examples, strict=True):
-        active = [
-            (c.tokens[i - 1] if i else "", t)
-            for c in found.top
-            for i, (t, on) in enumerate(zip(c.tokens, c.active, strict=True))
-            if on
-        ]
-        at_comma = float(np.mean([t == "," or prev == "," for prev, t in active])) if active else float("nan")
-        found_rows.append(
-            {
-                "latent": latent,
-                "relative_norm": round(float(cc.relative_norms()[latent]), 3),
-                "active_at_or_after_comma": round(at_comma, 3),
-                "top_contexts": [c.marked() for c in found.top[:3]],
-            }
-        )
+    for tuned_side in (True, False):
+        side = [(i, e) for i, e in ranked if (float(cc.relative_norms()[i]) >= 0.5) == tuned_side]
+        for latent, found in side[: 5 if tuned_side else 2]:
+            active = [
+                (c.tokens[i - 1] if i else "", t)
+                for c in found.top
+                for i, (t, on) in enumerate(zip(c.tokens, c.active, strict=True))
+                if on
+            ]
+            at_comma = [t == "," or prev == "," for prev, t in active]
+            found_rows.append(
+                {
+                    "latent": latent,
+                    "relative_norm": round(float(cc.relative_norms()[latent]), 3),
+                    "specific_to": table.loc[latent, "specific_to"],
+                    "activating_fraction": round(found.activating_fraction, 5),
+                    "active_at_or_after_comma": round(float(np.mean(at_comma)), 3) if active else None,
+                    "top_contexts": [c.marked() for c in found.top[:3]],
+                }
+            )
     done = time.perf_counter()
     if losses:
         print(f"fine-tune loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}")
