@@ -224,7 +224,7 @@ def train_sae(
         last_fired, step, scale = state["last_fired"], state["step"], state["scale"]
     stream = batches(training.batch_size, seed, step)
     trainer = _Trainer(sae, training, scale, batch_topk=batch_topk, halves=(tied_halves, exclusive_halves))
-    if step == 0:
+    if step == 0 and (tied_halves or exclusive_halves):
         trainer.after_step()  # tie (and zero halves of) the fresh decoder's rows
     if checkpoint is not None and checkpoint.is_file():
         trainer.theta = state.get("theta")
