@@ -26,12 +26,22 @@ Then:
    and their top contexts (``crosscoder_examples``): does the token they fire on (or the one
    before it) show the behaviour, i.e. a comma?
 
+Measured (the command above, one torch thread on the shared 2-core CPU; about 20 min: 5.8
+fine-tuning, 10.5 collecting 100,000 paired tokens, 1 training the crosscoder, 2 reading
+examples; with ``--activations-path runs/model_diff/rows.pt`` a rerun loads both caches and
+takes 3.5 min): P(" indeed" after a comma) 0.0004 base, 0.887 tuned; 960 shared, 32 base-only,
+32 tuned-only latents; the most used tuned-only latent (1019, active in 14% of held-out
+windows) fires at commas (63% of its top-context tokens at or right after one:
+``-- Mark Twain<<,>> "Pudd'nhead Wilson's Calendar<<">>``); the others are rarely active and
+not about commas; base-only latents 988 and 990 fire at commas (91%, 82%). A dedicated
+latent's relative norm is 1 by construction: what counts is which of them the training uses.
+
 A plain crosscoder (``--shared-latents 0 --exclusive-latents 0``) does not give the fine-tune
-its own latent here: the change comes at every comma, and the latent that fires at every comma
-absorbs it in its tuned decoder half (relative norm 0.55-0.58, a "changed" latent), with
-``k`` 4, 16 or 64 and 1,024 or 4,096 latents. Tied shared latents alone do not help (a free
-latent absorbs it instead); with every latent shared or dedicated, a dedicated latent must
-carry the change or leave it unreconstructed, and at ``k=16`` it is left unreconstructed.
+its own latent: the change comes at every comma, and the latents that fire at commas absorb
+it in their tuned decoder halves (relative norms 0.53-0.58, "changed" latents; its four most
+tuned-leaning latents are comma latents), with ``k`` 4, 16 and 64 at 1,024 latents and
+``k=16`` at 4,096. Tied shared latents alone do not help (a free latent absorbs it instead);
+with every latent shared or dedicated at ``k=16`` the dedicated latents stay unused.
 
 Run on the shared 2-core CPU with ``torch.set_num_threads(1)`` (``--threads``): with two
 threads, competing with another process for the two cores, a forward was 14x slower.
