@@ -26,11 +26,12 @@ Then:
    and their top contexts (``crosscoder_examples``): does the token they fire on (or the one
    before it) show the behaviour, i.e. a comma?
 
-Measured (the command above, one torch thread on the shared 2-core CPU; about 20 min: 5.8
-fine-tuning, 10.5 collecting 100,000 paired tokens, 1 training the crosscoder, 2 reading
-examples; with ``--activations-path runs/model_diff/rows.pt`` a rerun loads both caches and
-takes 3.5 min): P(" indeed" after a comma) 0.0004 base, 0.887 tuned; 960 shared, 32 base-only,
-32 tuned-only latents; the most used tuned-only latent (1019, active in 14% of held-out
+Measured (the command above from scratch, one torch thread on the shared 2-core CPU: 18.4 min
+wall, 18.2 CPU-min; 6.7 loading, fine-tuning and measuring the behaviour, 8.9 scanning blocks
+and collecting 100,000 paired tokens, 1 training the crosscoder, 1.8 reading examples; a
+second run with the same numbers; with ``--activations-path runs/model_diff/rows.pt`` a rerun
+loads both caches and takes 3.5 min): P(" indeed" after a comma) 0.0004 base, 0.887 tuned;
+960 shared, 32 base-only, 32 tuned-only latents; the most used tuned-only latent (1019, active in 14% of held-out
 windows) fires at commas (63% of its top-context tokens at or right after one:
 ``-- Mark Twain<<,>> "Pudd'nhead Wilson's Calendar<<">>``); the others are rarely active and
 not about commas; base-only latents 988 and 990 fire at commas (91%, 82%). A dedicated
