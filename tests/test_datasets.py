@@ -328,6 +328,41 @@ def test_batchtopk_crosscoder_finds_directions_specific_to_each_model():
     assert float(cosine(sae.W_dec.detach()[b_latent, d:], only_b, dim=0)) > 0.95
 
 
+def test_dedicated_latents_carry_a_difference_that_always_comes_with_a_shared_atom():
+    """B = A plus a direction on every row where atom 0 fires (like a fine-tune that changes
+    what a model does at every comma). With tied shared latents and dedicated A-only / B-only
+    latents, a B-only latent carries the direction and fires where atom 0 does."""
+    from mechinterp.datasets.models import Crosscoder
+    from mechinterp.sae import TrainingConfig, train_sae
+
+    g = torch.Generator().manual_seed(0)
+    n, d, atoms = 20000, 32, 24
+    dictionary = torch.randn(atoms, d, generator=g)
+    dictionary /= dictionary.norm(dim=-1, keepdim=True)
+    codes = (torch.rand(n, atoms, generator=g) < 0.08) * torch.rand(n, atoms, generator=g) * 2
+    shared = codes @ dictionary
+    only_b = torch.randn(d, generator=g)
+    only_b /= only_b.norm()
+    with_atom = codes[:, 0] > 0
+    x = torch.cat([shared, shared + 2 * with_atom[:, None].float() * only_b], dim=-1)
+    training = TrainingConfig(samples=256 * 600, batch_size=256)
+    sae = train_sae(
+        x, d_sae=48, architecture="batchtopk", k=3, training=training, progress=False, tied_halves=40,
+        exclusive_halves=4,
+    )  # fmt: skip
+    w = sae.W_dec.detach()
+    assert torch.equal(w[:40, :d], w[:40, d:])  # shared: one vector for both models
+    assert (w[40:44, d:] == 0).all() and (w[44:, :d] == 0).all()  # A-only, B-only
+    cc = Crosscoder(sae, ("A", "B"))
+    assert cc.relative_norms()[44:].min() == 1.0 and cc.relative_norms()[:40].sub(0.5).abs().max() < 1e-6
+    acts = sae.encode(x).detach()
+    b_latent = 44 + int(acts[:, 44:].sum(0).argmax())
+    assert float(torch.nn.functional.cosine_similarity(w[b_latent, d:], only_b, dim=0)) > 0.9
+    assert float(((acts[:, b_latent] > 0) == with_atom).float().mean()) > 0.9
+    with pytest.raises(ValueError, match="tied_halves"):
+        train_sae(x, d_sae=48, architecture="batchtopk", k=3, tied_halves=40, exclusive_halves=5)
+
+
 def test_crosscoder_on_two_models_points_at_the_planted_token_class(model_pair, tmp_path):
     from mechinterp.datasets.models import Crosscoder, diff_models, train_crosscoder
     from mechinterp.explain import ExampleConfig
@@ -363,6 +398,39 @@ def test_crosscoder_on_two_models_points_at_the_planted_token_class(model_pair, 
     torch.testing.assert_close(again.sae.W_dec, cc.sae.W_dec)
     cc.save(tmp_path / "cc")
     torch.testing.assert_close(Crosscoder.load(tmp_path / "cc").relative_norms(), cc.relative_norms())
+
+
+def test_paired_activations_are_the_streams_rows_and_train_a_crosscoder(model_pair):
+    from mechinterp.datasets.models import paired_activations, train_crosscoder
+    from mechinterp.sae import TrainingConfig
+    from mechinterp.sae.activations import content_tokens
+
+    base, tuned, v = model_pair
+    _, texts = corpora(200)
+    hook = "blocks.0.hook_resid_pre"
+    rows = paired_activations(base, tuned, texts, hook, context=64, outlier_ratio=None)
+    tokens, mask = base.encode(texts)
+    tokens, mask = tokens[:, :64], mask[:, :64]
+    keep = content_tokens(base, tokens, mask)
+    _, cache = base.run_with_cache(tokens, attention_mask=mask, names_filter=[hook])
+    # one row per content token, A's activation then B's (texts in the stream's shuffled order)
+    assert rows.shape == (int(keep.sum()), 128) and rows.dtype == torch.float32
+    torch.testing.assert_close(rows[:, :64].sum(0), cache[hook][keep].float().sum(0), rtol=1e-4, atol=1e-3)
+    # B - A is the planted change: along v on the digit tokens, nothing elsewhere
+    digits = [base.tokenizer.convert_tokens_to_ids(c) for c in "0123456789"]
+    changed = (rows[:, 64:] - rows[:, :64]).norm(dim=-1) > 1e-4
+    assert int(changed.sum()) == int(torch.isin(tokens[keep], torch.tensor(digits)).sum()) > 0
+    direction = (rows[changed, 64:] - rows[changed, :64]).mean(0)
+    assert float(torch.nn.functional.cosine_similarity(direction, v, dim=0)) > 0.999
+    assert paired_activations(base, tuned, texts, hook, context=64, max_tokens=50).shape == (50, 128)
+    # training on the rows (many epochs, no model forward) finds latents leaning to the change
+    training = TrainingConfig(samples=128 * 400, batch_size=128, lr=1e-2)
+    cc = train_crosscoder(base, tuned, rows, hook, d_sae=32, k=2, training=training, progress=False)
+    assert cc.hook_name == hook and cc.relative_norms().max() > 0.55
+    with pytest.raises(ValueError, match="paired_activations instead"):
+        train_crosscoder(base, tuned, rows, hook, d_sae=32, context=64)
+    with pytest.raises(ValueError, match=r"\[N, 128\]"):
+        train_crosscoder(base, tuned, rows[:, :64], hook, d_sae=32)
 
 
 def test_sae_difference_ranks_the_planted_feature_first(model_pair):

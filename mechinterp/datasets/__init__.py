@@ -16,6 +16,7 @@ from mechinterp.datasets.models import (
     ModelDiff,
     crosscoder_examples,
     diff_models,
+    paired_activations,
     sae_difference,
     train_crosscoder,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "feature_counts",
     "held_out",
     "log_odds",
+    "paired_activations",
     "sae_difference",
     "train_crosscoder",
 ]

@@ -24,6 +24,8 @@ of ``diff_corpora``, held-out replication included) are what moved.
 
 Example:
     >>> cc = train_crosscoder(base, tuned, texts, "blocks.15.hook_resid_post", d_sae=4096, k=32)
+    >>> rows = paired_activations(base, tuned, texts, "blocks.15.hook_resid_post")  # forward once,
+    >>> cc = train_crosscoder(base, tuned, rows, "blocks.15.hook_resid_post", d_sae=4096, k=32)  # reuse
     >>> cc.latent_table().sort_values("relative_norm").tail(10)        # B-specific latents
     >>> diff = sae_difference(base, tuned, sae, texts)                  # a CorpusDiff
 """
@@ -150,10 +152,47 @@ class Crosscoder:
         return cls(SAE.load(folder, device=device), labels)
 
 
-def train_crosscoder(
+def paired_activations(
     model_a,
     model_b,
     texts: Sequence[str],
+    hook_name: str,
+    *,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    **stream_options,
+) -> Float[Tensor, "batch d_in"]:
+    """Both models' activations at ``hook_name`` over one pass of ``texts``, rows
+    ``[x_A, x_B]`` (float32, width ``2 * d_model``), exactly as ``train_crosscoder``'s stream
+    serves them (beginning-of-sequence tokens, padding and outlier rows dropped).
+
+    The model forwards are what a crosscoder costs; the optimisation is cheap. Collect the
+    rows once and pass the tensor to ``train_crosscoder`` to train for many epochs over it
+    (or to try several sizes) without running either model again. ``stream_options`` are
+    ``ActivationStream`` fields (``context``, ``texts_per_forward``, ``outlier_ratio``);
+    collection stops once ``max_tokens`` rows are in hand.
+
+    Example:
+        >>> rows = paired_activations(base, tuned, texts, "blocks.20.hook_resid_post", context=64)
+        >>> cc = train_crosscoder(base, tuned, rows, "blocks.20.hook_resid_post", d_sae=1024, k=16,
+        ...                       training=TrainingConfig(samples=20 * len(rows), batch_size=512))
+    """
+    check_texts(texts, "texts")
+    stream = ActivationStream(model_a, list(texts), hook_name, model_b=model_b, seed=seed, **stream_options)
+    forwards = -(-len(stream.texts) // stream.texts_per_forward)
+    rows, total = [], 0
+    for _, (block,) in zip(range(forwards), stream.token_batches(), strict=False):
+        rows.append(block.float())
+        total += block.shape[0]
+        if max_tokens is not None and total >= max_tokens:
+            break
+    return torch.cat(rows)[:max_tokens]
+
+
+def train_crosscoder(
+    model_a,
+    model_b,
+    texts: Sequence[str] | Float[Tensor, "batch d_in"],
     hook_name: str,
     *,
     d_sae: int,
@@ -163,39 +202,91 @@ def train_crosscoder(
     checkpoint_dir: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
+    shared_latents: int = 0,
+    exclusive_latents: int = 0,
     **stream_options,
 ) -> Crosscoder:
     """Train a BatchTopK crosscoder on both models' activations at ``hook_name`` over
     ``texts`` with ``train_sae`` (streamed, resumable from ``checkpoint_dir``).
 
-    ``stream_options`` are ``ActivationStream`` fields (``context``, ``texts_per_forward``,
-    ``buffer_tokens``, ``outlier_ratio``).
+    ``texts`` may instead be rows collected by ``paired_activations`` (``[N, 2 * d_model]``):
+    training then cycles through them (``training.samples`` may exceed ``N``: epochs) and
+    runs neither model. ``stream_options`` are ``ActivationStream`` fields (``context``,
+    ``texts_per_forward``, ``buffer_tokens``, ``outlier_ratio``) for text input.
+
+    ``shared_latents``: the first this many latents are designated shared (one decoder
+    vector for both models; ``train_sae``'s ``tied_halves``). Without them a difference that
+    always comes with a shared feature (a fine-tune that changes what the model does at
+    every comma) is absorbed into that feature's B decoder (relative norm a little over 1/2, a
+    "changed" latent) rather than given its own B-specific latent; tied latents cannot
+    absorb it, so the free latents must carry it, and the free latents can still absorb it.
+    ``exclusive_latents``: the next this many latents decode into A only, the ones after
+    them into B only (dedicated latents, Jiralerspong & Bricken 2025; their relative norms
+    are 0 and 1 by construction, so ask which of them fire, and on what). With
+    ``shared_latents + 2 * exclusive_latents == d_sae`` a difference between the models can
+    only be written by an exclusive latent.
 
     Example:
         >>> cc = train_crosscoder(base, tuned, texts, "blocks.3.hook_resid_post", d_sae=512, k=16,
         ...                       training=TrainingConfig(samples=200_000, batch_size=512))
     """
-    stream = ActivationStream(model_a, list(texts), hook_name, model_b=model_b, seed=seed, **stream_options)
+    if isinstance(texts, Tensor):
+        source = _checked_rows(model_a, model_b, texts, hook_name, stream_options)
+    else:
+        source = ActivationStream(
+            model_a, list(texts), hook_name, model_b=model_b, seed=seed, **stream_options
+        )
     sae = train_sae(
-        stream,
+        source,
         d_sae=d_sae,
         architecture="batchtopk",
         k=k,
         seed=seed,
+        hook_name=hook_name if isinstance(texts, Tensor) else None,
         training=training or TrainingConfig(),
         checkpoint_dir=checkpoint_dir,
         progress=progress,
+        tied_halves=shared_latents,
+        exclusive_halves=exclusive_latents,
     )
     return Crosscoder(sae, labels)
+
+
+def _checked_rows(model_a, model_b, rows: Tensor, hook_name: str, stream_options: dict) -> Tensor:
+    if stream_options:
+        raise ValueError(
+            f"{sorted(stream_options)} configure the activation stream, which precomputed rows do not use; "
+            "pass them to paired_activations instead"
+        )
+    for model in (model_a, model_b):
+        model.check_hook_name(hook_name)
+    width = model_a.architecture.d_model + model_b.architecture.d_model
+    if rows.ndim != 2 or rows.shape[1] != width:
+        raise ValueError(
+            f"precomputed crosscoder rows must be [N, d_model_a + d_model_b] = [N, {width}] "
+            f"(paired_activations); got {tuple(rows.shape)}"
+        )
+    return rows
 
 
 class CrosscoderReader:
     """Crosscoder latents on token windows: both models run to the hook, their activations
     side by side are encoded; ``[latent, batch, pos]`` with BOS dropped and padding ``-inf``
-    (the ``reader`` of ``collect_examples``)."""
+    (the ``reader`` of ``collect_examples``). Tokens whose activation norm exceeds
+    ``outlier_ratio`` times the batch's median are ``-inf`` too: training
+    (``ActivationStream``) drops them, so the crosscoder's latents mean nothing there, and in
+    SmolLM2 they would fill every latent's top contexts."""
 
-    def __init__(self, model_a, model_b, crosscoder: Crosscoder, latents: Sequence[int]):
+    def __init__(
+        self,
+        model_a,
+        model_b,
+        crosscoder: Crosscoder,
+        latents: Sequence[int],
+        outlier_ratio: float | None = 10.0,
+    ):
         self.models, self.crosscoder, self.latents = (model_a, model_b), crosscoder, list(latents)
+        self.outlier_ratio = outlier_ratio
         for model in self.models:
             model.check_hook_name(crosscoder.hook_name)
 
@@ -205,7 +296,11 @@ class CrosscoderReader:
         acts = [_activation(m, self.crosscoder.hook_name, tokens, mask) for m in self.models]
         x = torch.cat([acts[0], acts[1].to(acts[0].device)], dim=-1).to(self.crosscoder.sae.device)
         latents = self.crosscoder.encode(x)[..., self.latents].float().permute(2, 0, 1)
-        return latents[:, :, 1:].masked_fill(~mask[None, :, 1:].bool().to(latents.device), float("-inf"))
+        keep = mask.bool().to(latents.device)
+        if self.outlier_ratio is not None:
+            norms = x.norm(dim=-1).to(latents.device)
+            keep &= norms <= self.outlier_ratio * norms[:, 1:][keep[:, 1:]].median()
+        return latents[:, :, 1:].masked_fill(~keep[None, :, 1:], float("-inf"))
 
 
 def _activation(model, hook_name: str, tokens: Tensor, mask: Tensor) -> Tensor:
@@ -230,16 +325,19 @@ def crosscoder_examples(
     latents: Sequence[int],
     corpus: Iterable[str],
     config: ExampleConfig | None = None,
+    *,
+    outlier_ratio: float | None = 10.0,
 ) -> list[UnitExamples]:
     """Top, quantile and random contexts of crosscoder ``latents`` (``collect_examples``
-    with both models read side by side).
+    with both models read side by side; tokens whose activation norm exceeds
+    ``outlier_ratio`` times the batch median are skipped, as in training).
 
     Example:
         >>> examples = crosscoder_examples(base, tuned, cc, cc.specific_latents("B", 5), texts)
         >>> examples[0].top[0].marked()
     """
     units = crosscoder_units(crosscoder, latents)
-    reader = CrosscoderReader(model_a, model_b, crosscoder, latents)
+    reader = CrosscoderReader(model_a, model_b, crosscoder, latents, outlier_ratio)
     return collect_examples(model_b, units, corpus, config or ExampleConfig(), progress=False, reader=reader)
 
 

@@ -21,7 +21,14 @@ Losses (reconstruction is the mean squared error per element, on inputs scaled s
 
 Decoder rows are kept at unit norm (the gradient's component along each row is removed
 before a step and the rows renormalised after), so activations measure how much of a
-direction is present. Adam, linear warm-up and a linear decay over the last 20% of steps.
+direction is present. ``tied_halves`` latents (crosscoders: designated shared latents,
+Mishra-Sharma et al. 2025, "Insights on Crosscoder Model Diffing"; Jiralerspong & Bricken
+2025, "Cross-Architecture Model Diffing with Crosscoders") decode one vector into both halves
+of the output: their two half-gradients are averaged and the halves re-averaged after every
+step, so a difference between the two halves can only be carried by the other latents. The
+next ``exclusive_halves`` latents write only the first half, the ``exclusive_halves`` after
+them only the second (the other half is held at zero): Jiralerspong & Bricken's dedicated
+latents. Adam, linear warm-up and a linear decay over the last 20% of steps.
 The decoder bias starts at the data mean; the encoder at the decoder's transpose.
 
 Checkpoints (``checkpoint_dir``) hold the SAE, optimiser, step and firing statistics; a call
@@ -151,6 +158,8 @@ def train_sae(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     callback: Callable[[StepInfo], None] | None = None,
+    tied_halves: int = 0,
+    exclusive_halves: int = 0,
 ) -> SAE:
     """Train an SAE (or a transcoder) on ``source``; see the module docstring.
 
@@ -165,6 +174,10 @@ def train_sae(
         training: optimisation settings (``TrainingConfig``).
         checkpoint_dir: save checkpoints there and resume from the last one.
         callback: called with a ``StepInfo`` after every step.
+        tied_halves: the first ``tied_halves`` latents write the same vector into both
+            halves of the output (crosscoders' shared latents; needs an even output width).
+        exclusive_halves: the next this many latents write only the output's first half,
+            the ``exclusive_halves`` after them only its second half.
 
     Example:
         >>> sae = train_sae(torch.randn(60000, 64), d_sae=256, k=4)
@@ -173,6 +186,15 @@ def train_sae(
     architecture = "topk" if batch_topk else architecture  # trained as topk with a batch-wide top-k
     k = k if architecture == "topk" else None
     batches, cfg = _prepare(source, d_sae=d_sae, architecture=architecture, k=k, hook_name=hook_name)
+    if (tied_halves or exclusive_halves) and (
+        cfg.width_out % 2
+        or min(tied_halves, exclusive_halves) < 0
+        or tied_halves + 2 * exclusive_halves > d_sae
+    ):
+        raise ValueError(
+            f"tied_halves={tied_halves} and exclusive_halves={exclusive_halves} need an even output width "
+            f"(got {cfg.width_out}) and tied_halves + 2 * exclusive_halves <= d_sae={d_sae}"
+        )
     device = source.model.device if isinstance(source, ActivationStream) else _first(source).device
     sample = _sample(source, 8192, seed)
     scale = math.sqrt(cfg.d_in / sample[0].float().pow(2).sum(-1).mean().item())
@@ -191,6 +213,8 @@ def train_sae(
             state["config"] != asdict(training)
             or state["sae_config"] != asdict(cfg)
             or bool(state.get("batch_topk", False)) != batch_topk
+            or (int(state.get("tied_halves", 0)), int(state.get("exclusive_halves", 0)))
+            != (tied_halves, exclusive_halves)
         ):
             raise ValueError(
                 f"{checkpoint} was written by a run with other settings; use another checkpoint_dir"
@@ -199,7 +223,9 @@ def train_sae(
         optimizer.load_state_dict(state["optimizer"])
         last_fired, step, scale = state["last_fired"], state["step"], state["scale"]
     stream = batches(training.batch_size, seed, step)
-    trainer = _Trainer(sae, training, scale, batch_topk=batch_topk)
+    trainer = _Trainer(sae, training, scale, batch_topk=batch_topk, halves=(tied_halves, exclusive_halves))
+    if step == 0 and (tied_halves or exclusive_halves):
+        trainer.after_step()  # tie (and zero halves of) the fresh decoder's rows
     if checkpoint is not None and checkpoint.is_file():
         trainer.theta = state.get("theta")
     with tqdm(
@@ -229,7 +255,12 @@ def train_sae(
                 l0 = (acts > 0).sum(-1).float().mean().item()
                 callback(StepInfo(step, step * training.batch_size, loss.item(), mse.item(), l0, dead))
             if checkpoint is not None and (step % training.checkpoint_every == 0 or step == training.steps):
-                extra = {"batch_topk": batch_topk, "theta": trainer.theta}
+                extra = {
+                    "batch_topk": batch_topk,
+                    "theta": trainer.theta,
+                    "tied_halves": tied_halves,
+                    "exclusive_halves": exclusive_halves,
+                }
                 _save_checkpoint(checkpoint, sae, optimizer, training, cfg, last_fired, step, scale, extra)
     if batch_topk:
         sae = _as_jumprelu(sae, trainer.theta)
@@ -340,8 +371,11 @@ def _lr(cfg: TrainingConfig, step: int) -> float:
 class _Trainer:
     """Training-time forward and losses of one architecture."""
 
-    def __init__(self, sae: SAE, cfg: TrainingConfig, scale: float, *, batch_topk: bool = False):
+    def __init__(
+        self, sae: SAE, cfg: TrainingConfig, scale: float, *, batch_topk: bool = False, halves=(0, 0)
+    ):
         self.sae, self.cfg, self.scale = sae, cfg, scale
+        self.tied, self.exclusive = halves
         self.aux_k = cfg.aux_k or max(1, sae.cfg.d_in // 2)
         self.batch_topk = batch_topk
         self.theta: float | None = None  # batchtopk: running mean of the smallest kept activation
@@ -389,15 +423,28 @@ class _Trainer:
                 extra = cfg.aux_coefficient * torch.nan_to_num(aux / residual.pow(2).mean().clamp_min(1e-12))
         return mse + extra, mse.detach(), acts.detach()
 
+    def _constrain(self, w: Tensor) -> None:
+        """Decoder rows (or their gradient) of tied latents: both halves their mean; of
+        exclusive latents: the other half zero."""
+        half, tied, exclusive = w.shape[1] // 2, self.tied, self.exclusive
+        if tied:
+            mean = (w[:tied, :half] + w[:tied, half:]) / 2
+            w[:tied] = torch.cat([mean, mean], dim=-1)
+        if exclusive:
+            w[tied : tied + exclusive, half:] = 0
+            w[tied + exclusive : tied + 2 * exclusive, :half] = 0
+
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
         w, g = self.sae.W_dec, self.sae.W_dec.grad
         if g is not None:
             g -= (g * w).sum(-1, keepdim=True) * w
+            self._constrain(g)
 
     @torch.no_grad()
     def after_step(self) -> None:
         w = self.sae.W_dec
+        self._constrain(w)
         w /= w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         if self.sae.cfg.architecture == "jumprelu":
             self.sae.threshold.clamp_(min=1e-4)
