@@ -218,8 +218,8 @@ def train_crosscoder(
     vector for both models; ``train_sae``'s ``tied_halves``). Without them a difference that
     always comes with a shared feature (a fine-tune that changes what the model does at
     every comma) is absorbed into that feature's B decoder (relative norm a little over 1/2, a
-    "changed" latent) rather than given its own B-specific latent; tied latents cannot
-    absorb it, so the free latents must carry it, and the free latents can still absorb it.
+    "changed" latent) rather than given its own B-specific latent. Tied latents cannot
+    absorb it, but free (untied) latents still can.
     ``exclusive_latents``: the next this many latents decode into A only, the ones after
     them into B only (dedicated latents, Jiralerspong & Bricken 2025; their relative norms
     are 0 and 1 by construction, so ask which of them fire, and on what). With
