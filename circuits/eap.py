@@ -90,7 +90,7 @@ def _destination_gradients(
         return source.detach().requires_grad_(True)
 
     with model.per_head_hooks(split_inputs=True):
-        relevance = relevance_hooks(model, rules) if rules else []  # first: later hooks read them
+        relevance = relevance_hooks(model, rules)  # first: later hooks read their values
         hooks = [*relevance, ("hook_embed", embeddings), *((g.hook, keep) for g in groups)]
         if record is not None:
             hooks += [(name, save) for name in sorted(source_hook_names(graph)) if name in model.hook_dict]

@@ -56,7 +56,7 @@ from mechinterp.explain.chat import ChatModel
 from mechinterp.explain.examples import UnitExamples
 from mechinterp.explain.explainers import default_explainer
 from mechinterp.sae import SAE, ActivationStream, TrainingConfig, train_sae
-from mechinterp.sae.activations import stop_layer
+from mechinterp.sae.activations import stop_layer, typical_tokens
 
 CROSSCODER_FILE = "crosscoder.json"
 
@@ -296,11 +296,10 @@ class CrosscoderReader:
         acts = [_activation(m, self.crosscoder.hook_name, tokens, mask) for m in self.models]
         x = torch.cat([acts[0], acts[1].to(acts[0].device)], dim=-1).to(self.crosscoder.sae.device)
         latents = self.crosscoder.encode(x)[..., self.latents].float().permute(2, 0, 1)
-        keep = mask.bool().to(latents.device)
-        if self.outlier_ratio is not None:
-            norms = x.norm(dim=-1).to(latents.device)
-            keep &= norms <= self.outlier_ratio * norms[:, 1:][keep[:, 1:]].median()
-        return latents[:, :, 1:].masked_fill(~keep[None, :, 1:], float("-inf"))
+        keep = mask[:, 1:].bool().to(x.device)  # content tokens (BOS dropped)
+        if self.outlier_ratio is not None:  # the stream's rule, on the same rows
+            keep = keep.masked_scatter(keep, typical_tokens(x[:, 1:][keep], self.outlier_ratio))
+        return latents[:, :, 1:].masked_fill(~keep[None].to(latents.device), float("-inf"))
 
 
 def _activation(model, hook_name: str, tokens: Tensor, mask: Tensor) -> Tensor:

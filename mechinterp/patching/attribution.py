@@ -106,7 +106,7 @@ class _GradientRun:
         def leaf(embedding: Tensor, hook) -> Tensor:  # gradients flow from here, not into the weights
             return embedding.detach().requires_grad_(True)
 
-        relevance = relevance_hooks(model, rules) if rules else []  # first: later hooks read them
+        relevance = relevance_hooks(model, rules)  # first: later hooks read their values
         hooks = [*relevance, ("hook_embed", leaf), *((name, keep) for name in sorted(hook_names))]
         for layer in range(model.architecture.n_layers):
             for name in ("hook_attn_out", "hook_mlp_out"):
